@@ -1,0 +1,64 @@
+"""Budget arithmetic: a byte budget becomes a token capacity, from the model's config.
+
+One cached token costs, in every attention layer, a key and a value:
+``kv_heads x (k_head_dim + v_head_dim) x dtype size`` bytes. The layout is read from the text
+config of any transformers VLM (``config.get_text_config()``), so LLaVA, Idefics3/SmolVLM,
+Qwen2-VL and Gemma 3 are all covered by the same code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MIB = 1024 * 1024
+
+
+class BudgetError(ValueError):
+    """A budget the cache cannot honour (too small for the pinned tokens plus one step)."""
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Per-layer shape of one cached token."""
+
+    kv_heads: tuple[int, ...]  # per layer
+    k_head_dim: tuple[int, ...]  # per layer
+    v_head_dim: tuple[int, ...]  # per layer
+    dtype: torch.dtype
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.kv_heads)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def layer_bytes_per_token(self, layer_idx: int) -> int:
+        return self.kv_heads[layer_idx] * (self.k_head_dim[layer_idx] + self.v_head_dim[layer_idx]) * self.dtype_bytes
+
+    @property
+    def bytes_per_token(self) -> int:
+        return sum(self.layer_bytes_per_token(i) for i in range(self.num_layers))
+
+    def capacity(self, budget_bytes: int) -> int:
+        """Tokens that fit in ``budget_bytes`` (rounded down, so allocation never exceeds it)."""
+        return int(budget_bytes) // self.bytes_per_token
+
+    def bytes_for(self, tokens: int) -> int:
+        return int(tokens) * self.bytes_per_token
+
+    @classmethod
+    def from_config(cls, config, dtype: torch.dtype = torch.float32) -> "KVLayout":
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        n_layers = int(text.num_hidden_layers)
+        n_heads = int(text.num_attention_heads)
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or n_heads)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
+        return cls(
+            kv_heads=(kv_heads,) * n_layers,
+            k_head_dim=(int(head_dim),) * n_layers,
+            v_head_dim=(int(head_dim),) * n_layers,
+            dtype=dtype,
+        )

@@ -1,0 +1,392 @@
+"""GatedKVCache: a transformers Cache of fixed size whose contents an eviction policy decides.
+
+Contract with transformers (5.x): the attention layers call ``update(k, v, layer_idx)`` with
+keys already RoPE-rotated; masks come from ``get_seq_length`` / ``get_mask_sizes``. Storage is
+one pair of tensors per layer, [1, kv_heads, capacity, head_dim], allocated once at the budget and
+reused: new tokens are written into the next free slots, eviction compacts the kept tokens down
+by index (no torch.cat growth), and the kept keys are re-rotated so positions stay contiguous.
+For standard RoPE the position of every cached token equals its slot, so ``generate()`` and a
+plain ``model(...)`` call compute correct positions from ``get_seq_length()`` on their own.
+
+The episode API on top (what the policy runtime calls each step):
+    start = cache.reserve(n)    # make room for n new tokens (evicts by the policy if needed)
+    model(..., past_key_values=cache, position_ids=...)
+    cache.commit(kind, step)    # the tokens written since the last commit form a segment
+    cache.set_gate(step, gate, written)
+
+What no library does: transformers v5 has no SinkCache and no eviction at all; kvpress prunes
+a prefill once, it does not run an endless stream; so the cache, the segment table and the
+re-rotation are written here.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from aura_ros.memory.budget import BudgetError, KVLayout
+from aura_ros.memory.rope import RopeRotator
+from aura_ros.memory.scorers import EvictionPolicy, action_gated
+from aura_ros.memory.segments import GroupView, Kind, Segment, SegmentTable
+
+# The cache whose layer was updated last in this thread: the attention hook (attention.py)
+# reads it to add the layer's attention weights to that cache's accumulator. update() runs right
+# before attention inside every attention layer, so this is always the right cache.
+_current = threading.local()
+
+
+def current_cache() -> "GatedKVCache | None":
+    return getattr(_current, "cache", None)
+
+
+class CacheFullError(RuntimeError):
+    """More tokens were written than reserved."""
+
+
+class FixedSlotLayer(CacheLayerMixin):
+    """One layer's keys and values in storage of fixed capacity, filled from slot 0 upwards."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, capacity: int, kv_heads: int, k_dim: int, v_dim: int, dtype, device):
+        super().__init__()
+        self.dtype, self.device = dtype, torch.device(device)
+        self.kv_heads, self.k_dim, self.v_dim = kv_heads, k_dim, v_dim
+        self.length = 0
+        self.allocate(capacity)
+        self.is_initialized = True
+
+    def allocate(self, capacity: int) -> None:
+        """(Re)allocate at ``capacity`` slots, keeping the first ``length`` tokens."""
+        keys = torch.zeros((1, self.kv_heads, capacity, self.k_dim), dtype=self.dtype, device=self.device)
+        values = torch.zeros((1, self.kv_heads, capacity, self.v_dim), dtype=self.dtype, device=self.device)
+        if self.keys is not None and self.length:
+            keys[:, :, : self.length] = self.keys[:, :, : self.length]
+            values[:, :, : self.length] = self.values[:, :, : self.length]
+        self.keys, self.values, self.capacity = keys, values, capacity
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # allocated eagerly
+        return None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        n = key_states.shape[-2]
+        if key_states.shape[0] != 1:
+            raise ValueError("GatedKVCache holds one episode: batch size must be 1")
+        if self.length + n > self.capacity:
+            raise CacheFullError(
+                f"{n} new tokens do not fit ({self.length}/{self.capacity} slots used): call "
+                "GatedKVCache.reserve(n) before the forward pass")
+        self.keys[:, :, self.length: self.length + n] = key_states
+        self.values[:, :, self.length: self.length + n] = value_states
+        self.length += n
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def get_mask_sizes(self, query_length) -> tuple[int, int]:
+        # transformers 5.17 passes cache_position (a tensor), 5.23 the query length (an int).
+        q = query_length.shape[0] if isinstance(query_length, torch.Tensor) else int(query_length)
+        return self.length + q, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def reset(self) -> None:
+        self.length = 0
+
+    @property
+    def allocated_bytes(self) -> int:
+        return self.keys.untyped_storage().nbytes() + self.values.untyped_storage().nbytes()
+
+
+@dataclass
+class MemoryStats:
+    """Everything MemoryBudget and the cache part of GateStats carry, plus the memory map."""
+
+    budget_bytes: int
+    allocated_bytes: int
+    used_bytes: int
+    capacity_tokens: int
+    used_tokens: int
+    pinned_tokens: int
+    segments_kept: int
+    steps_kept: int
+    long_term_steps_kept: int
+    oldest_kept_step: int
+    max_position: int
+    evictions_total: int
+    kept_steps: list[int] = field(default_factory=list)
+
+
+class GatedKVCache(Cache):
+    """A fixed-budget KV cache for one endless episode (batch size 1)."""
+
+    def __init__(self, config, budget_bytes: int, rotator: RopeRotator | None = None,
+                 policy: EvictionPolicy | None = None, recent_steps: int = 8,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 min_step_tokens: int = 1):
+        self.layout = KVLayout.from_config(config, dtype)
+        self.policy = policy or action_gated()
+        self.rotator = rotator
+        if recent_steps < 0:
+            raise ValueError(f"recent_steps must be >= 0, got {recent_steps}")
+        self.recent_steps = int(recent_steps)
+        self.min_step_tokens = int(min_step_tokens)
+        self.table = SegmentTable()
+        self.evictions_total = 0
+        self.current_step = 0
+        capacity = self.layout.capacity(budget_bytes)
+        if capacity < self.min_step_tokens:
+            raise BudgetError(
+                f"budget of {budget_bytes} bytes holds {capacity} tokens "
+                f"({self.layout.bytes_per_token} bytes each); one step needs {self.min_step_tokens}")
+        self.budget_bytes = int(budget_bytes)
+        layers = [FixedSlotLayer(capacity, self.layout.kv_heads[i], self.layout.k_head_dim[i],
+                                 self.layout.v_head_dim[i], dtype, device)
+                  for i in range(self.layout.num_layers)]
+        super().__init__(layers=layers)
+        # H2O-style accumulated attention per slot; filled by the attention hook when enabled.
+        self.attention = torch.zeros(capacity, dtype=torch.float32, device=device)
+
+    # ----------------------------------------------------------------- transformers contract
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        _current.cache = self
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].length
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return self.capacity
+
+    def reset(self) -> None:
+        """Empty the cache completely (transformers' meaning of reset); see clear_memory()."""
+        self._compact([])
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].capacity
+
+    @property
+    def used_tokens(self) -> int:
+        return self.layers[0].length
+
+    @property
+    def free_tokens(self) -> int:
+        return self.capacity - self.used_tokens
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(layer.allocated_bytes for layer in self.layers)
+
+    @property
+    def used_bytes(self) -> int:
+        return self.layout.bytes_for(self.used_tokens)
+
+    @property
+    def pinned_tokens(self) -> int:
+        return self.table.pinned_tokens
+
+    @property
+    def next_position(self) -> int:
+        """Position id of the next token (uncommitted tokens count one position each)."""
+        return self.table.next_position + (self.used_tokens - self.table.used_tokens)
+
+    @property
+    def track_attention(self) -> bool:
+        return self.policy.uses_attention
+
+    def observe_attention(self, weights: torch.Tensor) -> None:
+        """Add one layer's attention weights [B, H, q, kv] to the per-slot accumulator."""
+        kv = weights.shape[-1]
+        self.attention[:kv] += weights.detach().float().sum(dim=(0, 1, 2))
+
+    # ----------------------------------------------------------------- episode API
+    def reserve(self, n_tokens: int) -> int:
+        """Make room for ``n_tokens`` new tokens (evicting by the policy if needed).
+
+        Returns the position id of the first new token. Eviction re-places the kept tokens, so
+        position ids for the next forward pass must be computed after this call.
+        """
+        if self.used_tokens != self.table.used_tokens:
+            raise RuntimeError("commit() the tokens of the previous forward pass before reserve()")
+        self.min_step_tokens = max(self.min_step_tokens, int(n_tokens))
+        if n_tokens > self.capacity - self.table.pinned_tokens * self.policy.protect_pinned:
+            raise BudgetError(
+                f"{n_tokens} tokens do not fit in a cache of {self.capacity} tokens with "
+                f"{self.table.pinned_tokens} pinned; raise the budget")
+        self._evict_until(self.capacity, n_tokens)
+        return self.next_position
+
+    def commit(self, kind: Kind | str, step: int, pos_span: int | None = None,
+               gate: float = 1.0, written: bool | None = None) -> Segment | None:
+        """The tokens written since the last commit become one segment.
+
+        pos_span: how far the running position advances across the segment (default: its
+        length; for mrope image chunks the caller passes max position + 1 - start).
+        """
+        kind = Kind(kind)
+        start = self.table.used_tokens
+        length = self.used_tokens - start
+        if length <= 0:
+            return None
+        span = length if pos_span is None else int(pos_span)
+        if kind in (Kind.PINNED, Kind.SINK):
+            step, written = -1, True
+        seg = Segment(kind, int(step), start, length, self.table.next_position, span, float(gate),
+                      bool(written) if written is not None else False)
+        self.table.append(seg)
+        if seg.is_step:
+            self.current_step = max(self.current_step, seg.step)
+        sinks = self.policy.sink_tokens
+        if sinks and seg.start < sinks and seg.kind not in (Kind.SINK,):
+            self.table.split(len(self.table) - 1, sinks - seg.start, Kind.SINK)
+        return seg
+
+    def set_gate(self, step: int, gate: float, written: bool) -> None:
+        self.table.set_gate(step, gate, written)
+
+    def set_budget(self, budget_bytes: int) -> None:
+        """Change the hard budget at run time: evict down to it, then reallocate storage."""
+        capacity = self.layout.capacity(budget_bytes)
+        need = self.table.pinned_tokens + self.min_step_tokens
+        if capacity < need:
+            raise BudgetError(
+                f"budget of {budget_bytes} bytes ({capacity} tokens at {self.layout.bytes_per_token} "
+                f"bytes each) is below the pinned tokens ({self.table.pinned_tokens}) plus one step "
+                f"({self.min_step_tokens}): at least {self.layout.bytes_for(need)} bytes are needed")
+        if self.used_tokens != self.table.used_tokens:
+            raise RuntimeError("set_budget() between steps only (uncommitted tokens present)")
+        self._evict_until(capacity, 0)
+        for layer in self.layers:
+            layer.allocate(capacity)
+        attention = torch.zeros(capacity, dtype=torch.float32, device=self.attention.device)
+        n = self.used_tokens
+        attention[:n] = self.attention[:n]
+        self.attention = attention
+        self.budget_bytes = int(budget_bytes)
+
+    def clear_memory(self, keep_pinned: bool = True) -> None:
+        """Forget the episode; the pinned instruction stays unless keep_pinned is False."""
+        keep = [s for s in self.table.segments if keep_pinned and s.kind in (Kind.PINNED, Kind.SINK)]
+        self._compact(keep)
+
+    def drop_pinned(self) -> None:
+        """Remove the pinned segments (before a new instruction is committed)."""
+        self._compact([s for s in self.table.segments if s.kind not in (Kind.PINNED, Kind.SINK)])
+
+    def stats(self) -> MemoryStats:
+        summary = self.table.step_summary()
+        steps = [s for s, *_ in summary]
+        return MemoryStats(
+            budget_bytes=self.budget_bytes, allocated_bytes=self.allocated_bytes, used_bytes=self.used_bytes,
+            capacity_tokens=self.capacity, used_tokens=self.used_tokens, pinned_tokens=self.pinned_tokens,
+            segments_kept=len(self.table), steps_kept=len(steps),
+            long_term_steps_kept=sum(1 for _, _, w, _ in summary if w),
+            oldest_kept_step=steps[0] if steps else -1,
+            max_position=max(self.next_position - 1, 0), evictions_total=self.evictions_total,
+            kept_steps=steps)
+
+    # ----------------------------------------------------------------- eviction
+    def _group_view(self) -> tuple[list[list[int]], GroupView]:
+        keys = self.table.group_keys()
+        groups: dict[tuple, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        members = list(groups.values())
+        segs = self.table.segments
+        att = self.attention
+        rows = []
+        for idx in members:
+            first = segs[idx[0]]
+            tokens = sum(segs[i].length for i in idx)
+            attention = (sum(float(att[segs[i].start: segs[i].end].sum()) for i in idx) / tokens
+                         if self.track_attention else 0.0)
+            rows.append((first.step, max(self.current_step - first.step, 0) if first.is_step else 0,
+                         tokens, first.gate, first.written, attention,
+                         first.kind is Kind.PINNED, first.kind is Kind.SINK))
+        cols = list(zip(*rows)) if rows else [()] * 8
+        view = GroupView(
+            step=np.asarray(cols[0], dtype=np.int64), age=np.asarray(cols[1], dtype=np.int64),
+            tokens=np.asarray(cols[2], dtype=np.int64), gate=np.asarray(cols[3], dtype=np.float64),
+            written=np.asarray(cols[4], dtype=bool), attention=np.asarray(cols[5], dtype=np.float64),
+            pinned=np.asarray(cols[6], dtype=bool), sink=np.asarray(cols[7], dtype=bool))
+        return members, view
+
+    def _evict_until(self, capacity: int, incoming: int) -> int:
+        """Evict groups until ``incoming`` tokens fit in ``capacity``; returns segments evicted."""
+        excess = self.used_tokens + incoming - capacity
+        if excess <= 0:
+            return 0
+        members, view = self._group_view()
+        pol = self.policy
+        never = view.sink | (view.pinned & pol.protect_pinned)
+        recent = (~view.pinned & ~view.sink) & (view.step > self.current_step - self.recent_steps)
+        scores = pol.scorer.score(view)
+        # First pass: the policy's order among groups that are neither protected nor recent.
+        # Second pass: if that is not enough, the recent window gives way, oldest first
+        # (the budget is hard; the window is a preference). Ties break by age, oldest first.
+        first = [g for g in np.lexsort((view.step, scores)) if not never[g]
+                 and not (pol.protect_recent and recent[g])]
+        first_set = set(first)
+        second = [g for g in np.argsort(view.step, kind="stable") if not never[g] and g not in first_set]
+        evict: set[int] = set()
+        freed = 0
+        for g in first + second:
+            if freed >= excess:
+                break
+            evict.add(int(g))
+            freed += int(view.tokens[g])
+        if freed < excess:
+            raise BudgetError(
+                f"cannot free {excess} tokens: {self.table.pinned_tokens} pinned tokens and the "
+                f"current step fill the cache of {capacity} tokens; raise the budget")
+        dropped = {i for g in evict for i in members[g]}
+        keep = [s for i, s in enumerate(self.table.segments) if i not in dropped]
+        self._compact(keep)
+        self.evictions_total += len(dropped)
+        return len(dropped)
+
+    def _compact(self, keep: list[Segment]) -> None:
+        """Move the kept segments down to contiguous slots and positions (keys re-rotated)."""
+        old_used = self.used_tokens
+        if self.used_tokens != self.table.used_tokens:
+            raise RuntimeError("cannot compact with uncommitted tokens in the cache")
+        slot, pos = 0, 0
+        first_moved = None
+        src, deltas = [], []
+        for seg in keep:
+            if first_moved is None and (seg.start != slot or seg.pos_start != pos):
+                first_moved = slot
+            if first_moved is not None:
+                src.append(torch.arange(seg.start, seg.end))
+                deltas.append(torch.full((seg.length,), pos - seg.pos_start, dtype=torch.float32))
+            seg.start, seg.pos_start = slot, pos
+            slot += seg.length
+            pos += seg.pos_span
+        if first_moved is not None:
+            device = self.layers[0].keys.device
+            index = torch.cat(src).to(device)
+            delta = torch.cat(deltas)
+            rotate = self.rotator is not None and bool(delta.ne(0).any())
+            if not rotate and bool(delta.ne(0).any()):
+                raise RuntimeError("positions changed but the cache has no RopeRotator")
+            n = index.numel()
+            for li, layer in enumerate(self.layers):
+                moved_k = layer.keys.index_select(2, index)
+                if rotate:
+                    self.rotator.rotate_(moved_k, delta, li)
+                layer.keys[:, :, first_moved: first_moved + n] = moved_k
+                layer.values[:, :, first_moved: first_moved + n] = layer.values.index_select(2, index)
+            self.attention[first_moved: first_moved + n] = self.attention.index_select(0, index)
+        for layer in self.layers:
+            layer.length = slot
+        self.attention[slot:old_used] = 0
+        self.table.segments = keep

@@ -1,0 +1,152 @@
+"""Eviction scorers: each is a small dataclass with one ``score()`` method (kvpress's presses are
+the model) and scorers compose by weighted sum. A higher score means "keep"; the cache evicts
+the lowest-scoring group first. Protection (pinned, sinks, the recent window) is the policy's
+business, not the scorer's, so every scorer stays a pure function of the candidates.
+
+All ``score`` methods take a GroupView (arrays of shape [G], one entry per evictable group)
+and return a float64 array of shape [G].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aura_ros.memory.segments import GroupView
+
+
+@dataclass(frozen=True)
+class OldestFirst:
+    """Sliding window: the older the group, the lower its score."""
+
+    uses_attention = False
+
+    def score(self, view: GroupView) -> np.ndarray:
+        return view.step.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Recency:
+    """exp(-age / tau): 1 for the newest step, towards 0 for old ones."""
+
+    tau: float = 100.0
+    uses_attention = False
+
+    def score(self, view: GroupView) -> np.ndarray:
+        return np.exp(-view.age.astype(np.float64) / self.tau)
+
+
+@dataclass(frozen=True)
+class GateValue:
+    """The action gate's value for the step (pinned groups have 1)."""
+
+    uses_attention = False
+
+    def score(self, view: GroupView) -> np.ndarray:
+        return view.gate.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Written:
+    """1 for steps written to long-term memory, 0 for transient ones."""
+
+    uses_attention = False
+
+    def score(self, view: GroupView) -> np.ndarray:
+        return view.written.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class AccumulatedAttention:
+    """H2O's heavy hitters: mean attention per token received so far, scaled to [0, 1]."""
+
+    uses_attention = True
+
+    def score(self, view: GroupView) -> np.ndarray:
+        att = view.attention.astype(np.float64)
+        top = att.max() if att.size else 0.0
+        return att / top if top > 0 else np.zeros_like(att)
+
+
+@dataclass(frozen=True)
+class Weighted:
+    """sum_i w_i * scorer_i.score(view)."""
+
+    terms: tuple[tuple[float, object], ...]
+
+    @property
+    def uses_attention(self) -> bool:
+        return any(w != 0 and s.uses_attention for w, s in self.terms)
+
+    def score(self, view: GroupView) -> np.ndarray:
+        total = np.zeros(len(view), dtype=np.float64)
+        for weight, scorer in self.terms:
+            if weight:
+                total += weight * scorer.score(view)
+        return total
+
+
+@dataclass(frozen=True)
+class EvictionPolicy:
+    """What the cache may evict and in which order.
+
+    protect_pinned: pinned segments (instruction) are never evicted.
+    sink_tokens: the first N tokens of the sequence are split into a protected sink segment.
+    protect_recent: the last ``recent_steps`` steps are kept while anything else can go.
+    """
+
+    name: str
+    scorer: object
+    protect_pinned: bool = True
+    sink_tokens: int = 0
+    protect_recent: bool = True
+
+    @property
+    def uses_attention(self) -> bool:
+        return bool(getattr(self.scorer, "uses_attention", False))
+
+
+@dataclass(frozen=True)
+class UtilityWeights:
+    """Weights of the action-gated utility (the node's gate.* / memory.* parameters)."""
+
+    written: float = 10.0  # dominates: transient steps go before any long-term step
+    gate: float = 1.0
+    attention: float = 0.0  # > 0 turns on the (eager) attention hook
+    recency: float = 0.5
+    recency_tau: float = 100.0
+
+
+def action_gated(weights: UtilityWeights | None = None) -> EvictionPolicy:
+    """aura_ros's policy: instruction pinned, recent window kept, transient steps first, then the
+    long-term steps of lowest utility (gate value, attention still received, age)."""
+    w = weights or UtilityWeights()
+    scorer = Weighted(((w.written, Written()), (w.gate, GateValue()),
+                       (w.attention, AccumulatedAttention()), (w.recency, Recency(w.recency_tau))))
+    return EvictionPolicy("action_gate", scorer, protect_pinned=True, protect_recent=True)
+
+
+def sliding_window() -> EvictionPolicy:
+    """Plain sliding window: oldest first, nothing protected (the instruction goes first)."""
+    return EvictionPolicy("sliding_window", OldestFirst(), protect_pinned=False, protect_recent=True)
+
+
+def streaming_llm(sink_tokens: int = 4) -> EvictionPolicy:
+    """StreamingLLM: ``sink_tokens`` attention sinks + a window of the most recent tokens."""
+    return EvictionPolicy("streaming_llm", OldestFirst(), protect_pinned=False, sink_tokens=sink_tokens)
+
+
+def h2o() -> EvictionPolicy:
+    """H2O: heavy hitters by accumulated attention, plus the recent window."""
+    return EvictionPolicy("h2o", AccumulatedAttention(), protect_pinned=False, protect_recent=True)
+
+
+POLICIES = {"action_gate": action_gated, "sliding_window": sliding_window,
+            "streaming_llm": streaming_llm, "h2o": h2o}
+
+
+def make_policy(name: str, **kwargs) -> EvictionPolicy:
+    try:
+        return POLICIES[name](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown eviction policy {name!r}; choose one of {sorted(POLICIES)}") from None
