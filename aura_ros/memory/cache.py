@@ -140,6 +140,7 @@ class GatedKVCache(Cache):
         self.min_step_tokens = int(min_step_tokens)
         self.table = SegmentTable()
         self.evictions_total = 0
+        self.evicted_written_total = 0  # long-term steps evicted: a sign of budget pressure
         self.current_step = 0
         capacity = self.layout.capacity(budget_bytes)
         if capacity < self.min_step_tokens:
@@ -253,6 +254,14 @@ class GatedKVCache(Cache):
     def set_gate(self, step: int, gate: float, written: bool) -> None:
         self.table.set_gate(step, gate, written)
 
+    def rollback(self) -> int:
+        """Forget the tokens written since the last commit (e.g. a scored question); returns how many."""
+        n = self.used_tokens - self.table.used_tokens
+        for layer in self.layers:
+            layer.length = self.table.used_tokens
+        self.attention[self.table.used_tokens: self.table.used_tokens + n] = 0
+        return n
+
     def set_budget(self, budget_bytes: int) -> None:
         """Change the hard budget at run time: evict down to it, then reallocate storage."""
         capacity = self.layout.capacity(budget_bytes)
@@ -349,6 +358,8 @@ class GatedKVCache(Cache):
                 f"cannot free {excess} tokens: {self.table.pinned_tokens} pinned tokens and the "
                 f"current step fill the cache of {capacity} tokens; raise the budget")
         dropped = {i for g in evict for i in members[g]}
+        self.evicted_written_total += sum(1 for g in evict if view.written[g] and not view.pinned[g]
+                                          and not view.sink[g])
         keep = [s for i, s in enumerate(self.table.segments) if i not in dropped]
         self._compact(keep)
         self.evictions_total += len(dropped)

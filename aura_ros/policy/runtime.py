@@ -1,0 +1,238 @@
+"""The step loop: one control step through the VLM and the gated cache.
+
+    policy = VLMPolicy.from_pretrained(None, PolicyConfig(...))   # None: the embedded default
+    policy.set_instruction("pick up the red block")
+    while True:
+        action = policy.step(rgb_frame, joint_positions)
+
+Each step appends one observation segment (the frame's image tokens and a compact text of the
+joint state) and one action segment (the action tokens, decoded under a logits mask), then the
+action gate scores the step and the cache is told whether it is long-term memory. The cache
+never grows; positions are explicit (mrope for the Qwen family); nothing per step outlives it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from aura_ros.memory import (ActionGate, GateConfig, GateDecision, GatedKVCache, Kind, RopeRotator, UtilityWeights,
+                             action_gated, make_policy)
+from aura_ros.memory.stats import StepStats
+from aura_ros.memory.unbounded import UnboundedCache
+from aura_ros.policy.actions import ActionSpace, constrained_argmax
+from aura_ros.policy.positions import mrope_positions, rope_positions
+
+DEFAULT_SYSTEM_PROMPT = "You are a robot policy. Follow the instruction. Output one action per step."
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    joint_names: tuple[str, ...] = ("shoulder", "elbow", "wrist", "gripper")
+    low: tuple[float, ...] = (-3.14, -2.5, -3.14, 0.0)
+    high: tuple[float, ...] = (3.14, 2.5, 3.14, 1.0)
+    discrete_joints: tuple[str, ...] = ("gripper",)  # a change of state here is always an event
+    n_bins: int = 256
+    chunk: int = 1
+    budget_bytes: int = 8 * 1024 * 1024
+    recent_steps: int = 8
+    eviction: str = "action_gate"  # or sliding_window, streaming_llm, h2o, unbounded (the baselines)
+    unbounded_max_tokens: int | None = None  # the stated cap of the unbounded reference
+    gate: GateConfig = field(default_factory=GateConfig)
+    utility: UtilityWeights = field(default_factory=UtilityWeights)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    clear_memory_on_instruction: bool = False
+    state_decimals: int = 2
+
+    def action_space(self) -> ActionSpace:
+        return ActionSpace(tuple(self.joint_names), np.array(self.low), np.array(self.high),
+                           self.n_bins, self.chunk)
+
+
+@dataclass
+class Action:
+    step: int
+    joint_names: tuple[str, ...]
+    positions: np.ndarray  # [chunk, dim], inside [low, high]
+    bins: np.ndarray  # [chunk, dim]
+    gate: GateDecision
+    stats: StepStats
+
+    @property
+    def first(self) -> np.ndarray:
+        """The action executed now (the first of the chunk)."""
+        return self.positions[0]
+
+
+class VLMPolicy:
+    """A transformers VLM driven one control step at a time through a GatedKVCache."""
+
+    def __init__(self, model, processor, config: PolicyConfig, action_token_ids: list[int],
+                 instruction: str = ""):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.config = config
+        self.space = config.action_space()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        if len(action_token_ids) < config.n_bins:
+            raise ValueError(f"model has {len(action_token_ids)} action tokens, config needs {config.n_bins}")
+        self.action_ids = torch.tensor(action_token_ids[: config.n_bins], device=self.device)
+        mc = model.config
+        self.is_mrope = "mrope_section" in (getattr(mc.get_text_config(), "rope_parameters", None) or {}) \
+            or mc.model_type in ("qwen2_vl", "qwen2_5_vl")
+        self.image_token_id = getattr(mc, "image_token_id", None) or getattr(mc, "image_token_index", None)
+        self.cache = self._make_cache()
+        discrete = np.array([n in config.discrete_joints for n in config.joint_names])
+        self.gate = ActionGate(self.space.low, self.space.high, discrete, config.gate)
+        self.step_index = 0
+        self.writes_total = 0
+        self.write_rate = 0.0
+        self.instruction = ""
+        self._image_prompt = self._find_image_prompt()
+        self.set_instruction(instruction)
+
+    def _make_cache(self) -> GatedKVCache | UnboundedCache:
+        cfg = self.config
+        if cfg.eviction == "unbounded":
+            return UnboundedCache(self.model.config, cfg.unbounded_max_tokens)
+        policy = action_gated(cfg.utility) if cfg.eviction == "action_gate" else make_policy(cfg.eviction)
+        if policy.uses_attention:
+            from aura_ros.memory.attention import register
+
+            self.model.set_attn_implementation(register())
+        return GatedKVCache(self.model.config, cfg.budget_bytes, RopeRotator.from_model(self.model), policy=policy,
+                            recent_steps=cfg.recent_steps, dtype=self.dtype, device=self.device)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, model: str | None, config: PolicyConfig | None = None, instruction: str = "",
+                        **load_kwargs) -> "VLMPolicy":
+        """Load ``model`` (a local folder or hub id; None: the embedded default) and wrap it."""
+        from aura_ros.policy.loading import action_token_ids, load_model
+
+        config = config or PolicyConfig()
+        loaded = load_model(model, **load_kwargs)
+        ids = action_token_ids(loaded.tokenizer, config.n_bins)
+        return cls(loaded.model, loaded.processor, config, ids, instruction)
+
+    def _find_image_prompt(self) -> str:
+        if self.is_mrope:
+            return "<|vision_start|><|image_pad|><|vision_end|>"
+        token = getattr(self.processor, "image_token", None)
+        if token is None:
+            raise ValueError(f"{type(self.processor).__name__} has no image_token; not a supported VLM processor")
+        return token
+
+    # ------------------------------------------------------------------ forward helpers
+    def _positions(self, start: int, input_ids: torch.Tensor, grid=None) -> tuple[torch.Tensor, int]:
+        n = input_ids.shape[1]
+        if not self.is_mrope:
+            return rope_positions(start, n, self.device), n
+        merge = getattr(self.model.config.vision_config, "spatial_merge_size", 1)
+        pos, span = mrope_positions(input_ids.cpu(), start, self.image_token_id, grid, merge)
+        return pos.to(self.device), span
+
+    @torch.inference_mode()
+    def _forward(self, inputs: dict, commit: tuple[Kind, int] | None) -> torch.Tensor:
+        """Append one chunk to the cache (space already reserved) and return its last logits.
+
+        With ``commit``, the tokens written since the last commit become one segment.
+        """
+        ids = inputs["input_ids"]
+        pos, span = self._positions(self.cache.next_position, ids, inputs.get("image_grid_thw"))
+        out = self.model(**inputs, past_key_values=self.cache, position_ids=pos, use_cache=True,
+                         logits_to_keep=1)
+        if commit is not None:
+            # Text advances one position a token (the default); an mrope image chunk less.
+            self.cache.commit(commit[0], commit[1], pos_span=span if "image_grid_thw" in inputs else None)
+        return out.logits[0, -1]
+
+    def _encode_text(self, text: str, special: bool) -> dict:
+        ids = self.tokenizer(text, add_special_tokens=special, return_tensors="pt")["input_ids"]
+        return {"input_ids": ids.to(self.device)}
+
+    def _encode_observation(self, image, state: np.ndarray) -> dict:
+        names = self.config.joint_names if len(state) == len(self.config.joint_names) else range(len(state))
+        d = self.config.state_decimals
+        state_text = " ".join(f"{n} {v:.{d}f}" for n, v in zip(names, state))
+        text = f"<obs>{self._image_prompt}<state>{state_text}<act>"
+        inputs = self.processor(text=[text], images=[[image]] if not self.is_mrope else [image],
+                                return_tensors="pt", add_special_tokens=False)
+        inputs.pop("attention_mask", None)
+        inputs.pop("mm_token_type_ids", None)
+        return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                for k, v in inputs.items()}
+
+    # ------------------------------------------------------------------ public API
+    def set_instruction(self, instruction: str) -> None:
+        """Pin a new system prompt + instruction; older memory stays unless configured otherwise."""
+        if self.config.clear_memory_on_instruction:
+            self.cache.clear_memory(keep_pinned=False)
+            self.gate.reset()
+        else:
+            self.cache.drop_pinned()
+        text = f"{self.config.system_prompt}\nInstruction: {instruction}\n"
+        inputs = self._encode_text(text, special=True)
+        self.cache.reserve(inputs["input_ids"].shape[1])
+        self._forward(inputs, (Kind.PINNED, -1))
+        self.instruction = instruction
+
+    def set_budget(self, budget_bytes: int) -> None:
+        self.cache.set_budget(budget_bytes)
+        self.config = replace(self.config, budget_bytes=int(budget_bytes))
+
+    def reset_memory(self) -> None:
+        """Forget the episode; the instruction stays pinned."""
+        self.cache.clear_memory(keep_pinned=True)
+        self.gate.reset()
+
+    @torch.inference_mode()
+    def step(self, image, joint_state, instruction: str | None = None, event: bool = False) -> Action:
+        """One control step: observe, decode an action chunk, gate the step."""
+        t0 = time.perf_counter()
+        if instruction is not None and instruction != self.instruction:
+            self.set_instruction(instruction)
+        state = np.asarray(joint_state, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(state)):
+            raise ValueError("joint state contains NaN or infinite values")
+        step = self.step_index
+        inputs = self._encode_observation(image, state)
+        n_act = self.space.tokens_per_step
+        self.cache.reserve(inputs["input_ids"].shape[1] + n_act)
+        logits = self._forward(inputs, (Kind.OBSERVATION, step))
+        bins = np.empty(n_act, dtype=np.int64)
+        for i in range(n_act):
+            bins[i] = constrained_argmax(logits, self.action_ids)
+            token = self.action_ids[bins[i]].view(1, 1)
+            # Every action token is fed back (the last one too), so the whole action is in memory
+            # for later steps; the step's action tokens form one segment.
+            logits = self._forward({"input_ids": token}, (Kind.ACTION, step) if i == n_act - 1 else None)
+        bins = bins.reshape(self.space.chunk, self.space.dim)
+        positions = np.stack([self.space.from_bins(b) for b in bins])
+        decision = self.gate.update(positions[0], event=event)
+        self.cache.set_gate(step, decision.value, decision.written)
+        self.writes_total += int(decision.written)
+        self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
+        self.step_index += 1
+        stats = self._stats(step, decision, (time.perf_counter() - t0) * 1000.0)
+        return Action(step, self.space.joint_names, positions, bins, decision, stats)
+
+    def _stats(self, step: int, decision: GateDecision, latency_ms: float) -> StepStats:
+        m = self.cache.stats()
+        dev_alloc = dev_res = 0
+        if self.device.type == "cuda":
+            dev_alloc = torch.cuda.memory_allocated(self.device)
+            dev_res = torch.cuda.memory_reserved(self.device)
+        return StepStats(
+            step=step, budget_bytes=m.budget_bytes, allocated_bytes=m.allocated_bytes, used_bytes=m.used_bytes,
+            capacity_tokens=m.capacity_tokens, used_tokens=m.used_tokens, pinned_tokens=m.pinned_tokens,
+            device_allocated_bytes=dev_alloc, device_reserved_bytes=dev_res,
+            gate_value=decision.value, written=decision.written, writes_total=self.writes_total,
+            evictions_total=m.evictions_total, segments_kept=m.segments_kept, steps_kept=m.steps_kept,
+            long_term_steps_kept=m.long_term_steps_kept, oldest_kept_step=m.oldest_kept_step,
+            max_position=m.max_position, write_rate=self.write_rate, action_delta=decision.action_delta,
+            step_latency_ms=latency_ms, kept_steps=m.kept_steps)
