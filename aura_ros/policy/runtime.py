@@ -185,6 +185,27 @@ class VLMPolicy:
         self.cache.set_budget(budget_bytes)
         self.config = replace(self.config, budget_bytes=int(budget_bytes))
 
+    def save_memory(self, path) -> str:
+        """Write the episode's memory (KV, segments, positions, gate state) atomically."""
+        from aura_ros.memory import snapshot
+
+        if not isinstance(self.cache, GatedKVCache):
+            raise RuntimeError("only the gated cache can be saved")
+        extra = {"step_index": self.step_index, "writes_total": self.writes_total, "write_rate": self.write_rate,
+                 "instruction": self.instruction, "gate": self.gate.state()}
+        return str(snapshot.save(self.cache, path, snapshot.model_fingerprint(self.model), extra))
+
+    def load_memory(self, path) -> None:
+        """Resume an episode from a snapshot of the same model; SnapshotError leaves memory as it was."""
+        from aura_ros.memory import snapshot
+
+        extra = snapshot.load(self.cache, path, snapshot.model_fingerprint(self.model))
+        self.step_index = int(extra.get("step_index", 0))
+        self.writes_total = int(extra.get("writes_total", 0))
+        self.write_rate = float(extra.get("write_rate", 0.0))
+        self.instruction = str(extra.get("instruction", ""))
+        self.gate.load_state(extra.get("gate", {}))
+
     def reset_memory(self) -> None:
         """Forget the episode; the instruction stays pinned."""
         self.cache.clear_memory(keep_pinned=True)

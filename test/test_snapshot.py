@@ -1,0 +1,79 @@
+"""Snapshots: save, restore into a fresh cache, and continue exactly; bad snapshots refused."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from aura_ros.memory import GatedKVCache, Kind, KVLayout, RopeRotator
+from aura_ros.memory.snapshot import SnapshotError, load, model_fingerprint, save
+from cache_models import BUILDERS
+
+
+def fresh(model, tokens=60):
+    return GatedKVCache(model.config, KVLayout.from_config(model.config).bytes_for(tokens),
+                        RopeRotator.from_model(model), recent_steps=2)
+
+
+def feed(model, cache, ids, kind, step):
+    start = cache.reserve(ids.shape[1])
+    pos = torch.arange(start, start + ids.shape[1])[None]
+    with torch.no_grad():
+        logits = model(input_ids=ids, past_key_values=cache, position_ids=pos).logits
+    cache.commit(kind, step)
+    return logits
+
+
+def test_round_trip_continues_identically(tmp_path):
+    model = BUILDERS["llama"]()
+    g = torch.Generator().manual_seed(0)
+    cache = fresh(model)
+    feed(model, cache, torch.arange(1, 9)[None], Kind.PINNED, -1)
+    for step in range(20):  # far past capacity: evictions and re-rotations happened
+        feed(model, cache, torch.randint(0, 100, (1, 7), generator=g), Kind.OBSERVATION, step)
+        cache.set_gate(step, 0.9 if step % 5 == 0 else 0.1, step % 5 == 0)
+    fp = model_fingerprint(model)
+    save(cache, tmp_path / "mem", fp, {"note": "x"})
+    restored = fresh(model)
+    assert load(restored, tmp_path / "mem", fp) == {"note": "x"}
+    assert [vars(s) for s in restored.table.segments] == [vars(s) for s in cache.table.segments]
+    nxt = torch.randint(0, 100, (1, 7), generator=g)
+    a = feed(model, cache, nxt, Kind.OBSERVATION, 20)
+    b = feed(model, restored, nxt, Kind.OBSERVATION, 20)
+    assert torch.equal(a, b)
+
+
+def test_corrupt_and_foreign_snapshots_are_refused(tmp_path):
+    model = BUILDERS["llama"]()
+    cache = fresh(model)
+    feed(model, cache, torch.arange(1, 9)[None], Kind.PINNED, -1)
+    fp = model_fingerprint(model)
+    save(cache, tmp_path / "mem", fp)
+    target = fresh(model)
+    with pytest.raises(SnapshotError, match="another model"):
+        load(target, tmp_path / "mem", "0" * 32)
+    other = BUILDERS["gemma3"]()
+    with pytest.raises(SnapshotError):
+        load(fresh(other), tmp_path / "mem", model_fingerprint(other))
+    blob = bytearray((tmp_path / "mem.safetensors").read_bytes())
+    blob[-5] ^= 0xFF
+    (tmp_path / "mem.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(SnapshotError, match="corrupt|does not match"):
+        load(target, tmp_path / "mem", fp)
+    (tmp_path / "mem.json").write_text("{ not json")
+    with pytest.raises(SnapshotError, match="corrupt"):
+        load(target, tmp_path / "mem", fp)
+    assert target.used_tokens == 0 and len(target.table) == 0  # nothing was half-loaded
+    meta = tmp_path / "none.json"
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        load(target, meta, fp)
+
+
+def test_save_leaves_no_temporary_files(tmp_path):
+    model = BUILDERS["llama"]()
+    cache = fresh(model)
+    feed(model, cache, torch.arange(1, 9)[None], Kind.PINNED, -1)
+    save(cache, tmp_path / "mem", model_fingerprint(model))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mem.json", "mem.safetensors"]
+    assert json.loads((tmp_path / "mem.json").read_text())["format"].startswith("aura_ros")
