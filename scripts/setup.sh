@@ -82,8 +82,19 @@ rm -rf "$SITE"/aura_ros-*.egg-info
 
 log "installing aura_ros (editable)"
 "${PIP[@]}" --no-build-isolation --no-deps -e "$ROOT"
+# Python's path finder accepts that namespace portion before it asks setuptools' editable finder
+# (which is appended to sys.meta_path): outside the repository root, `import aura_ros` then gave
+# the bare namespace and the package's own __init__.py never ran (`aura-ros version` failed).
+# A regular package anywhere on sys.path beats namespace portions, so a .pth file puts a link to
+# the source package on sys.path; its __init__.py then adds the generated portion (extend_path).
+# Only the link's folder goes on sys.path, not the repository root (whose launch/, config/ ...
+# would become importable namespace packages).
+mkdir -p "$VENV/aura_ros_src"
+ln -sfn "$ROOT/aura_ros" "$VENV/aura_ros_src/aura_ros"
+printf '%s\n' "$VENV/aura_ros_src" >"$SITE/aura_ros_src.pth"
 
-"$PY" -c 'from aura_ros.msg import MemoryBudget, GateStats' \
-  || { log "message import failed after build"; exit 1; }
+# From outside the repository: the working directory must not be what makes the imports work.
+(cd "$VENV" && "$PY" -c 'import aura_ros; from aura_ros.msg import MemoryBudget, GateStats; aura_ros.__version__') \
+  || { log "aura_ros or its messages do not import after set-up"; exit 1; }
 fingerprint >"$STAMP"
 log "done"
