@@ -63,6 +63,7 @@ log "rewriting the wheels' baked include paths"
 "$PY" "$ROOT/scripts/fix_wheel_cmake.py" "$VENV"
 
 log "building msg/ into the venv"
+mkdir -p "$BUILD"  # build/ is not in a fresh clone (ignored by git); cmake.log is written there
 # shellcheck disable=SC1091
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
