@@ -168,9 +168,10 @@ def test_scanner_finds_every_kind_of_import():
 
 
 def test_scan_covers_the_shipped_code(imports):
-    # The layers' core imports must be seen, or the scan is looking at the wrong files.
-    assert {"torch", "transformers", "rclpy"} <= set(imports), sorted(imports)
-    assert ROOT / PACKAGE / "ros" / "env.py" in shipped_files()
+    # The memory layer's core imports must be seen, or the scan is looking at the wrong files.
+    assert {"torch", "transformers"} <= set(imports), sorted(imports)
+    files = shipped_files()
+    assert ROOT / PACKAGE / "__init__.py" in files and ROOT / PACKAGE / "ros" / "env.py" in files
 
 
 def test_every_import_has_a_known_dependency(imports):
