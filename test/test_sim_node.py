@@ -17,8 +17,10 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -227,6 +229,38 @@ def test_cmd_vel_moves_the_view_and_times_out(sim):
     assert obs.spin_until(lambda: len(obs.images) >= 3)
     assert np.array_equal(image_to_rgb(obs.images[-1]), image_to_rgb(obs.images[-3]))
     assert obs.spin_until(lambda: obs.diagnostics and float(obs.diagnostics[-1]["base_pose"].split()[0]) > 0.05)
+
+
+def test_live_parameters_apply_and_limits_hold(sim):
+    """rate_hz and publish_compressed change at run time; ranges and read-only are enforced."""
+    obs, _ = sim
+    client = obs.node.create_client(SetParameters, f"{obs.ns}/aura_sim/set_parameters")
+    assert obs.spin_until(client.service_is_ready), "no set_parameters service"
+
+    def set_params(**values) -> list:
+        msgs = [Parameter(name, value=value).to_parameter_msg() for name, value in values.items()]
+        future = client.call_async(SetParameters.Request(parameters=msgs))
+        assert obs.spin_until(future.done), "set_parameters did not answer"
+        return future.result().results
+
+    def rate(seconds: float = 1.5) -> float:
+        n0, t0 = len(obs.states), time.monotonic()
+        obs.spin_until(lambda: False, timeout=seconds)
+        return (len(obs.states) - n0) / (time.monotonic() - t0)
+
+    try:
+        results = set_params(rate_hz=0.0, width=320, jpeg_quality=101)
+        assert [r.successful for r in results] == [False, False, False], results
+        assert all(r.reason for r in results)
+        assert [r.successful for r in set_params(rate_hz=5.0, publish_compressed=False)] == [True, True]
+        assert 3.0 < rate() < 7.5
+        obs.compressed.clear()
+        obs.spin_until(lambda: False, timeout=0.5)
+        assert not obs.compressed
+    finally:
+        set_params(rate_hz=RATE_HZ, publish_compressed=True)
+    assert obs.spin_until(lambda: bool(obs.compressed))
+    assert 12.0 < rate() < 30.0
 
 
 def test_out_of_range_parameter_exits_with_a_clear_error(run_python):
