@@ -1,37 +1,25 @@
 """Per-step statistics: everything MemoryBudget and GateStats carry, plus the memory map."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+
+from aura_ros.memory.cache import MemoryStats
 
 
 @dataclass
-class StepStats:
-    step: int
-    # MemoryBudget
-    budget_bytes: int
-    allocated_bytes: int
-    used_bytes: int
-    capacity_tokens: int
-    used_tokens: int
-    pinned_tokens: int
-    device_allocated_bytes: int = 0
+class StepStats(MemoryStats):
+    """The cache's MemoryStats plus what the step, the gate and the device add."""
+
+    step: int = 0
+    device_allocated_bytes: int = 0  # torch.cuda.memory_allocated() on CUDA, 0 on CPU
     device_reserved_bytes: int = 0
-    process_rss_bytes: int = 0
-    # GateStats
+    process_rss_bytes: int = 0  # filled by the node (psutil), 0 elsewhere
     gate_value: float = 0.0
     written: bool = False
     writes_total: int = 0
-    evictions_total: int = 0
-    segments_kept: int = 0
-    steps_kept: int = 0
-    long_term_steps_kept: int = 0
-    oldest_kept_step: int = -1
-    max_position: int = 0
-    write_rate: float = 0.0
+    write_rate: float = 0.0  # exponential moving average of `written`
     action_delta: float = 0.0
     step_latency_ms: float = 0.0
-    # memory map: control steps with a segment in the cache, oldest first
-    kept_steps: list[int] = field(default_factory=list)
 
     @property
     def used_fraction(self) -> float:

@@ -25,6 +25,7 @@ from aura_ros.memory.unbounded import UnboundedCache
 from aura_ros.policy.actions import ActionSpace, constrained_argmax
 from aura_ros.policy.positions import mrope_positions, rope_positions
 
+MODEL_INPUTS = ("input_ids", "pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
 DEFAULT_SYSTEM_PROMPT = "You are a robot policy. Follow the instruction. Output one action per step."
 
 
@@ -162,10 +163,10 @@ class VLMPolicy:
         text = f"<obs>{self._image_prompt}<state>{state_text}<act>"
         inputs = self.processor(text=[text], images=[[image]] if not self.is_mrope else [image],
                                 return_tensors="pt", add_special_tokens=False)
-        inputs.pop("attention_mask", None)
-        inputs.pop("mm_token_type_ids", None)
+        # Only what the forward pass needs: no attention mask (the cache builds it), no labels or
+        # token types (PaliGemma's prefix-LM types do not apply to a stream of steps).
         return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                for k, v in inputs.items()}
+                for k, v in inputs.items() if k in MODEL_INPUTS}
 
     # ------------------------------------------------------------------ public API
     def set_instruction(self, instruction: str) -> None:
@@ -248,12 +249,6 @@ class VLMPolicy:
         if self.device.type == "cuda":
             dev_alloc = torch.cuda.memory_allocated(self.device)
             dev_res = torch.cuda.memory_reserved(self.device)
-        return StepStats(
-            step=step, budget_bytes=m.budget_bytes, allocated_bytes=m.allocated_bytes, used_bytes=m.used_bytes,
-            capacity_tokens=m.capacity_tokens, used_tokens=m.used_tokens, pinned_tokens=m.pinned_tokens,
-            device_allocated_bytes=dev_alloc, device_reserved_bytes=dev_res,
-            gate_value=decision.value, written=decision.written, writes_total=self.writes_total,
-            evictions_total=m.evictions_total, segments_kept=m.segments_kept, steps_kept=m.steps_kept,
-            long_term_steps_kept=m.long_term_steps_kept, oldest_kept_step=m.oldest_kept_step,
-            max_position=m.max_position, write_rate=self.write_rate, action_delta=decision.action_delta,
-            step_latency_ms=latency_ms, kept_steps=m.kept_steps)
+        return StepStats(**vars(m), step=step, device_allocated_bytes=dev_alloc, device_reserved_bytes=dev_res,
+                         gate_value=decision.value, written=decision.written, writes_total=self.writes_total,
+                         write_rate=self.write_rate, action_delta=decision.action_delta, step_latency_ms=latency_ms)
