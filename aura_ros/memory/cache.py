@@ -273,6 +273,9 @@ class GatedKVCache(Cache):
                 f"({self.min_step_tokens}): at least {self.layout.bytes_for(need)} bytes are needed")
         if self.used_tokens != self.table.used_tokens:
             raise RuntimeError("set_budget() between steps only (uncommitted tokens present)")
+        if capacity == self.capacity:  # same storage: nothing to evict or reallocate
+            self.budget_bytes = int(budget_bytes)
+            return
         self._evict_until(capacity, 0)
         for layer in self.layers:
             layer.allocate(capacity)

@@ -60,8 +60,8 @@ class UnboundedCache(DynamicCache):
         # Sliced by hand: DynamicCache.crop's argument changed meaning between transformers 5.x releases.
         n = self.used_tokens - self.table.used_tokens
         keep = self.table.used_tokens
-        if n:
-            for layer in self.layers:
+        for layer in self.layers:  # every layer: a failed forward may have left them uneven
+            if layer.is_initialized and layer.keys is not None and layer.keys.shape[-2] != keep:
                 layer.keys, layer.values = layer.keys[:, :, :keep].clone(), layer.values[:, :, :keep].clone()
         return n
 

@@ -60,6 +60,7 @@ class Action:
     bins: np.ndarray  # [chunk, dim]
     gate: GateDecision
     stats: StepStats
+    logits: np.ndarray  # [n_bins]: the first action token's logits over the action tokens
 
     @property
     def first(self) -> np.ndarray:
@@ -221,12 +222,22 @@ class VLMPolicy:
         state = np.asarray(joint_state, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(state)):
             raise ValueError("joint state contains NaN or infinite values")
+        try:
+            return self._step(image, state, event, t0)
+        except BaseException:
+            # A step that failed half-way (an exception inside a layer, out of memory) must not
+            # leave tokens behind, or layers of different lengths: back to the last commit.
+            self.cache.rollback()
+            raise
+
+    def _step(self, image, state: np.ndarray, event: bool, t0: float) -> Action:
         step = self.step_index
         inputs = self._encode_observation(image, state)
         n_act = self.space.tokens_per_step
         self.cache.reserve(inputs["input_ids"].shape[1] + n_act)
         logits = self._forward(inputs, (Kind.OBSERVATION, step))
         bins = np.empty(n_act, dtype=np.int64)
+        first_logits = logits.index_select(-1, self.action_ids).float().cpu().numpy()
         for i in range(n_act):
             bins[i] = constrained_argmax(logits, self.action_ids)
             token = self.action_ids[bins[i]].view(1, 1)
@@ -241,7 +252,7 @@ class VLMPolicy:
         self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
         self.step_index += 1
         stats = self._stats(step, decision, (time.perf_counter() - t0) * 1000.0)
-        return Action(step, self.space.joint_names, positions, bins, decision, stats)
+        return Action(step, self.space.joint_names, positions, bins, decision, stats, first_logits)
 
     def _stats(self, step: int, decision: GateDecision, latency_ms: float) -> StepStats:
         m = self.cache.stats()

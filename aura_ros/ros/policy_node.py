@@ -28,6 +28,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import ExternalShutdownException
 from rclpy.signals import SignalHandlerOptions
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
@@ -45,7 +46,8 @@ from aura_ros.srv import GetMemoryMap
 # Frames are downscaled to this longest side before they reach the processor: every VLM
 # processor resizes to a few hundred pixels anyway, and an 8K frame would cost 100 MB of copies.
 MAX_MODEL_SIDE = 512
-LIVE_CACHE_PARAMS = {"memory.vram_budget_mb", "memory.recent_steps", "memory.clear_on_instruction"}
+# On out of memory the KV budget shrinks by this factor, then the step is retried once.
+OOM_SHRINK = 0.75
 
 
 @dataclass
@@ -376,7 +378,7 @@ class PolicyNode(LifecycleNode):
                 self._hold(snap)
                 return
             try:
-                action = self.policy.step(snap.image, snap.state)
+                action = self._step_with_oom_retry(snap)
             except Exception as exc:  # keep serving: hold, report ERROR, try again next tick
                 self.health.model_error(f"{type(exc).__name__}: {exc}")
                 self.get_logger().error(f"policy step failed: {type(exc).__name__}: {exc}")
@@ -398,6 +400,25 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"control step failed: {type(exc).__name__}: {exc}")
         finally:
             self._busy = False
+
+    def _step_with_oom_retry(self, snap: Inputs):
+        """Out of memory: shrink the KV budget by OOM_SHRINK and retry the step once."""
+        import torch
+
+        oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+        try:
+            return self.policy.step(snap.image, snap.state)
+        except oom as exc:
+            self.health.count("out_of_memory")
+            old_mb = self.settings.budget_mb
+            new_mb = old_mb * OOM_SHRINK
+            self.get_logger().error(f"out of memory ({exc}); shrinking the KV budget {old_mb:.3f} -> "
+                                    f"{new_mb:.3f} MiB and retrying once")
+            self.policy.set_budget(int(new_mb * MIB))  # BudgetError here: too small to shrink, reported
+            self.settings = replace(self.settings, budget_mb=new_mb)
+            # Keep the parameter truthful; the post-set callback queues the same budget (a no-op).
+            self.set_parameters([Parameter("memory.vram_budget_mb", value=new_mb)])
+            return self.policy.step(snap.image, snap.state)
 
     def _hold(self, snap: Inputs) -> None:
         """Stop safely: zero velocity for a base, the current positions for an arm."""
