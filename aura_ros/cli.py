@@ -1,20 +1,115 @@
-"""The `aura-ros` command: sub-commands are added by the layers that provide them."""
+"""The `aura-ros` command: the demo and the benchmarks.
+
+    aura-ros demo                   # the closed loop over real topics, with a plot
+    aura-ros bench memory           # flat memory / latency per policy (20k steps by default)
+    aura-ros bench recall           # what the memory keeps, with real SmolLM2-135M weights
+    aura-ros soak --steps 100000    # node + sim, invariants checked on every message
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def _bench_memory(args) -> int:
+    from aura_ros.bench import memory
+
+    ratios = memory.run(steps=args.steps, budget_mb=args.budget_mb, model=args.model,
+                        policies=tuple(args.policies.split(",")), unbounded_cap=args.unbounded_cap, out=Path(args.out))
+    print(f"\nwrote {args.out}/memory_checkpoints.csv, memory_table.md, memory.png, memory_summary.json")
+    for k, v in ratios.items():
+        print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    return 0
+
+
+def _bench_recall(args) -> int:
+    import torch
+
+    from aura_ros.bench import recall
+    from aura_ros.policy.smollm import load_smollm2_decoder
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, tokenizer = load_smollm2_decoder()
+    results, runs = recall.run_recall(model, tokenizer, episodes=args.episodes, steps=args.steps,
+                                      budgets=tuple(float(b) for b in args.budgets.split(",")),
+                                      policies=tuple(args.policies.split(",")), seed=args.seed)
+    rows = recall.summarise(results)
+    recall.write_outputs(Path(args.out), results, runs, rows)
+    print((Path(args.out) / "recall_table.md").read_text())
+    return 0
+
+
+def _demo(args) -> int:
+    from aura_ros.demo import run_demo
+
+    return run_demo(steps=args.steps, budget_mb=args.budget_mb, rate_hz=args.rate_hz, out=Path(args.out),
+                    unbounded_steps=args.unbounded_steps)
+
+
+def _soak(args) -> int:
+    from aura_ros.soak import run_soak
+
+    rep = run_soak(steps=args.steps, hours=args.hours, budget_mb=args.budget_mb, rate_hz=args.rate_hz,
+                   out=Path(args.out))
+    print(f"soak: {rep.steps} steps in {rep.seconds:.0f} s, KV allocated {rep.allocated_bytes / 2**20:.3f} MiB "
+          f"(constant), max position {rep.max_position} <= capacity {rep.capacity_tokens}, RSS growth after "
+          f"warm-up {rep.rss_growth:+.2%}, p50 {rep.p50_latency_ms:.1f} ms, writes {rep.writes_total}, "
+          f"evictions {rep.evictions_total}")
+    for v in rep.violations:
+        print(f"VIOLATION: {v}")
+    return 1 if rep.violations else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aura-ros", description=__doc__)
+    parser = argparse.ArgumentParser(prog="aura-ros", description="aura_ros: demo and benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version")
+
+    demo = sub.add_parser("demo", help="run the sim and the policy node over real topics, then plot")
+    demo.add_argument("--steps", type=int, default=2000, help="control steps of the gated run")
+    demo.add_argument("--budget-mb", type=float, default=1.0, help="KV budget of the policy node (MiB)")
+    demo.add_argument("--rate-hz", type=float, default=30.0, help="control rate of the node and the sim")
+    demo.add_argument("--unbounded-steps", type=int, default=800,
+                      help="steps of the unbounded-cache comparison (it slows down as it grows)")
+    demo.add_argument("--out", default="out/demo", help="folder for the plot and the CSV")
+    demo.set_defaults(func=_demo)
+
+    soak = sub.add_parser("soak", help="run node + sim and check the memory invariants throughout")
+    soak.add_argument("--steps", type=int, default=2000)
+    soak.add_argument("--hours", type=float, default=None, help="run for this long instead of --steps")
+    soak.add_argument("--budget-mb", type=float, default=0.5)
+    soak.add_argument("--rate-hz", type=float, default=50.0)
+    soak.add_argument("--out", default="out/soak")
+    soak.set_defaults(func=_soak)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    mem = bench.add_parser("memory", help="memory and latency over a long episode, per policy")
+    mem.add_argument("--steps", type=int, default=20000)
+    mem.add_argument("--budget-mb", type=float, default=2.0)
+    mem.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
+    mem.add_argument("--policies", default=",".join(("unbounded", "sliding_window", "streaming_llm", "h2o",
+                                                      "action_gate")))
+    mem.add_argument("--unbounded-cap", type=int, default=2000, help="steps after which the unbounded run stops")
+    mem.add_argument("--out", default="out/bench_memory")
+    mem.set_defaults(func=_bench_memory)
+
+    rec = bench.add_parser("recall", help="memory quality with real SmolLM2-135M weights")
+    rec.add_argument("--episodes", type=int, default=2)
+    rec.add_argument("--steps", type=int, default=240, help="steps per episode")
+    rec.add_argument("--budgets", default="0.05,0.10,0.25", help="budgets as fractions of the episode's tokens")
+    rec.add_argument("--policies", default="full,sliding_window,streaming_llm,h2o,action_gate")
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--out", default="out/bench_recall")
+    rec.set_defaults(func=_bench_recall)
+
     args = parser.parse_args(argv)
     if args.command == "version":
         from aura_ros import __version__
 
         print(__version__)
-    return 0
+        return 0
+    return args.func(args)
 
 
 if __name__ == "__main__":

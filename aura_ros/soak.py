@@ -1,0 +1,126 @@
+"""`aura-ros soak`: the node and the sim for a given number of steps (or hours), checking the
+memory invariants on every MemoryBudget / GateStats message as they arrive over DDS.
+
+Checked throughout: the KV allocation never changes; used <= allocated <= budget; the largest
+position stays within the capacity; the step counter never goes back; the node's RSS after a
+warm-up grows by no more than ``--rss-growth`` (default 5%); the /diagnostics key set (the
+node's counters' storage) stays bounded. Exits non-zero on the first broken invariant.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aura_ros.demo import INSTRUCTION, start_process, stop_process
+
+
+@dataclass
+class SoakReport:
+    steps: int = 0
+    seconds: float = 0.0
+    allocated_bytes: int = -1
+    budget_bytes: int = 0
+    max_used_bytes: int = 0
+    max_position: int = 0
+    capacity_tokens: int = 0
+    rss_after_warmup: int = 0
+    rss_last: int = 0
+    writes_total: int = 0
+    evictions_total: int = 0
+    diagnostic_keys_max: int = 0
+    p50_latency_ms: float = 0.0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def rss_growth(self) -> float:
+        return self.rss_last / self.rss_after_warmup - 1.0 if self.rss_after_warmup else 0.0
+
+
+def run_soak(steps: int = 2000, hours: float | None = None, budget_mb: float = 0.5, rate_hz: float = 50.0,
+             warmup_steps: int = 200, rss_growth: float = 0.05, out: Path = Path("out/soak"), progress=print) -> SoakReport:
+    import numpy as np
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+
+    from aura_ros.msg import GateStats, MemoryBudget
+    from aura_ros.ros import qos
+    from aura_ros.ros.env import apply_local_ros_env
+
+    out.mkdir(parents=True, exist_ok=True)
+    env = apply_local_ros_env(domain_id=random.randint(120, 200))
+    sim = start_process("aura_ros.ros.sim_node", {"rate_hz": rate_hz}, env, out / "sim_node.log")
+    node = start_process("aura_ros.ros.policy_node", {"control.rate_hz": rate_hz, "memory.vram_budget_mb": budget_mb,
+                                                      "instruction": f"'{INSTRUCTION}'"}, env, out / "policy_node.log")
+    rep = SoakReport()
+    latencies: list[float] = []
+    last_step = [-1]
+
+    def violate(text: str) -> None:
+        rep.violations.append(text)
+
+    def on_memory(m: MemoryBudget) -> None:
+        if rep.allocated_bytes < 0:
+            rep.allocated_bytes, rep.budget_bytes, rep.capacity_tokens = m.allocated_bytes, m.budget_bytes, m.capacity_tokens
+        if m.allocated_bytes != rep.allocated_bytes:
+            violate(f"step {m.step}: allocated {m.allocated_bytes} != {rep.allocated_bytes}")
+        if not m.used_bytes <= m.allocated_bytes <= m.budget_bytes:
+            violate(f"step {m.step}: used {m.used_bytes} / allocated {m.allocated_bytes} / budget {m.budget_bytes}")
+        rep.max_used_bytes = max(rep.max_used_bytes, m.used_bytes)
+        if m.step == warmup_steps or (rep.rss_after_warmup == 0 and m.step > warmup_steps):
+            rep.rss_after_warmup = m.process_rss_bytes
+        rep.rss_last = m.process_rss_bytes
+
+    def on_gate(g: GateStats) -> None:
+        if g.step <= last_step[0]:
+            violate(f"step went back: {g.step} after {last_step[0]}")
+        last_step[0] = g.step
+        rep.steps += 1
+        rep.max_position = max(rep.max_position, g.max_position)
+        if rep.capacity_tokens and g.max_position > rep.capacity_tokens:
+            violate(f"step {g.step}: max position {g.max_position} > capacity {rep.capacity_tokens}")
+        rep.writes_total, rep.evictions_total = g.writes_total, g.evictions_total
+        latencies.append(g.step_latency_ms)
+        if len(latencies) > 10000:
+            del latencies[:5000]
+
+    def on_diag(d: DiagnosticArray) -> None:
+        for s in d.status:
+            if s.name.startswith("aura_ros"):
+                rep.diagnostic_keys_max = max(rep.diagnostic_keys_max, len(s.values))
+
+    rclpy.init()
+    mon = Node("aura_soak_monitor")
+    mon.create_subscription(MemoryBudget, "/aura_policy/memory", on_memory, qos.STATS)
+    mon.create_subscription(GateStats, "/aura_policy/gate_stats", on_gate, qos.STATS)
+    mon.create_subscription(DiagnosticArray, "/diagnostics", on_diag, qos.DIAGNOSTICS)
+    t0 = time.monotonic()
+    deadline = t0 + hours * 3600 if hours else None
+    last_print = 0.0
+    try:
+        while (rep.steps < steps if deadline is None else time.monotonic() < deadline) and not rep.violations:
+            rclpy.spin_once(mon, timeout_sec=0.1)
+            for proc, name in ((sim, "sim_node"), (node, "policy_node")):
+                if proc.poll() is not None:
+                    violate(f"{name} exited with {proc.returncode}; see {out / (name + '.log')}")
+            if rep.steps == 0 and time.monotonic() - t0 > 120:
+                violate("no GateStats within 120 s")
+            if time.monotonic() - last_print > 2.0:
+                last_print = time.monotonic()
+                progress(f"soak: {rep.steps} steps, {time.monotonic() - t0:.0f} s, KV {rep.max_used_bytes / 2**20:.3f}/"
+                         f"{rep.budget_bytes / 2**20:.3f} MiB, max position {rep.max_position}, "
+                         f"RSS {rep.rss_last / 2**20:.1f} MiB")
+    finally:
+        mon.destroy_node()
+        rclpy.try_shutdown()
+        stop_process(node)
+        stop_process(sim)
+    rep.seconds = time.monotonic() - t0
+    rep.p50_latency_ms = float(np.median(latencies)) if latencies else 0.0
+    if rep.steps > warmup_steps and rep.rss_growth > rss_growth:
+        violate(f"RSS grew {rep.rss_growth:.1%} after warm-up (limit {rss_growth:.0%})")
+    (out / "soak.json").write_text(json.dumps({**asdict(rep), "rss_growth": rep.rss_growth}, indent=1))
+    return rep
