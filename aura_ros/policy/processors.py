@@ -14,12 +14,9 @@ processes images + text.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from transformers import ProcessorMixin, Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor, SmolVLMProcessor
-
-log = logging.getLogger(__name__)
 
 
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
