@@ -25,9 +25,12 @@ from aura_ros.policy.tiny_models import (build_tiny_vlm, model_inputs, observati
                                          train_tokenizer)
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.fixture(autouse=True, scope="module")
+def _offline():
+    """Offline for the whole module, set before the module-scoped builds below run."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture
@@ -287,3 +290,7 @@ def test_smollm2_vlm_wraps_the_same_decoder(smollm2_paths):
     assert int((x["input_ids"] == vlm.model.config.image_token_id).sum()) == 16
     with torch.inference_mode():
         assert torch.isfinite(vlm.model(**x, logits_to_keep=1).logits).all()
+
+
+def test_this_module_runs_offline():
+    assert loading.is_offline()

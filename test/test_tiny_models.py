@@ -25,9 +25,12 @@ from aura_ros.policy.tiny_models import (ARCHS, DEFAULT_IMAGE_TOKENS, GEMMA3_SLI
 CACHE_EQUIVALENT = tuple(a for a in ARCHS if a != "paligemma")
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.fixture(autouse=True, scope="module")
+def _offline():
+    """Offline for the whole module, set before the module-scoped builds below run."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture(scope="module")
