@@ -12,9 +12,17 @@ import sys
 from pathlib import Path
 
 
+def _threads(n: int) -> None:
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def _bench_memory(args) -> int:
     from aura_ros.bench import memory
 
+    _threads(args.threads)
     ratios = memory.run(steps=args.steps, budget_mb=args.budget_mb, model=args.model,
                         policies=tuple(args.policies.split(",")), unbounded_cap=args.unbounded_cap, out=Path(args.out))
     print(f"\nwrote {args.out}/memory_checkpoints.csv, memory_table.md, memory.png, memory_summary.json")
@@ -24,12 +32,10 @@ def _bench_memory(args) -> int:
 
 
 def _bench_recall(args) -> int:
-    import torch
-
     from aura_ros.bench import recall
     from aura_ros.policy.smollm import load_smollm2_decoder
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    _threads(args.threads)
     model, tokenizer = load_smollm2_decoder()
     results, runs = recall.run_recall(model, tokenizer, episodes=args.episodes, steps=args.steps,
                                       budgets=tuple(float(b) for b in args.budgets.split(",")),
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       "action_gate")))
     mem.add_argument("--unbounded-cap", type=int, default=2000, help="steps after which the unbounded run stops")
     mem.add_argument("--out", default="out/bench_memory")
+    mem.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     mem.set_defaults(func=_bench_memory)
 
     rec = bench.add_parser("recall", help="memory quality with real SmolLM2-135M weights")
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--policies", default="full,sliding_window,streaming_llm,h2o,action_gate")
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--out", default="out/bench_recall")
+    rec.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     rec.set_defaults(func=_bench_recall)
 
     args = parser.parse_args(argv)

@@ -38,7 +38,7 @@ def test_bench_memory_short(tmp_path):
 def test_bench_recall_short(tmp_path):
     out = tmp_path / "recall"
     assert main(["bench", "recall", "--episodes", "1", "--steps", "60", "--budgets", "0.25",
-                 "--out", str(out)]) == 0
+                 "--threads", "1", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "recall_summary.csv")))
     kept = {(r["policy"], r["kind"]): float(r["fact_kept"]) for r in rows}
     # the behaviour the gate promises, at 25% of the episode's tokens:

@@ -33,6 +33,9 @@ PARAMS: tuple[Spec, ...] = (
          read_only=True),
     Spec("model.dtype", "float32", "Model and KV dtype: float32, bfloat16 or float16", read_only=True, choices=DTYPES),
     Spec("model.device", "cpu", "torch device: cpu, cuda or cuda:N", read_only=True),
+    Spec("model.torch_threads", 1,
+         "torch CPU threads for inference; 1 keeps a 2-core machine responsive for DDS and the sim (0 = torch's default)",
+         read_only=True, range=(0, 256)),
     Spec("model.trust_remote_code", False, "Allow code from the model folder (off unless you trust it)",
          read_only=True),
     Spec("memory.vram_budget_mb", 8.0, "Hard KV-cache budget in MiB; live: shrinking evicts, growing reallocates",
@@ -120,6 +123,7 @@ class Settings:
     dtype: str
     device: str
     trust_remote_code: bool
+    torch_threads: int
     budget_mb: float
     recent_steps: int
     eviction: str
@@ -156,7 +160,8 @@ class Settings:
 
 _FIELDS = {
     "model.path": "model_path", "model.dtype": "dtype", "model.device": "device",
-    "model.trust_remote_code": "trust_remote_code", "memory.vram_budget_mb": "budget_mb",
+    "model.trust_remote_code": "trust_remote_code", "model.torch_threads": "torch_threads",
+    "memory.vram_budget_mb": "budget_mb",
     "memory.recent_steps": "recent_steps", "memory.eviction": "eviction",
     "memory.clear_on_instruction": "clear_on_instruction", "memory.snapshot_path": "snapshot_path",
     "memory.snapshot_period_s": "snapshot_period_s", "memory.snapshot_on_shutdown": "snapshot_on_shutdown",
