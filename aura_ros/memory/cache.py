@@ -373,33 +373,40 @@ class GatedKVCache(Cache):
         old_used = self.used_tokens
         if self.used_tokens != self.table.used_tokens:
             raise RuntimeError("cannot compact with uncommitted tokens in the cache")
-        slot, pos = 0, 0
-        first_moved = None
-        src, deltas = [], []
-        for seg in keep:
-            if first_moved is None and (seg.start != slot or seg.pos_start != pos):
-                first_moved = slot
-            if first_moved is not None:
-                src.append(torch.arange(seg.start, seg.end))
-                deltas.append(torch.full((seg.length,), pos - seg.pos_start, dtype=torch.float32))
-            seg.start, seg.pos_start = slot, pos
-            slot += seg.length
-            pos += seg.pos_span
-        if first_moved is not None:
+        n_keep = len(keep)
+        starts = np.fromiter((s.start for s in keep), dtype=np.int64, count=n_keep)
+        lengths = np.fromiter((s.length for s in keep), dtype=np.int64, count=n_keep)
+        pos_starts = np.fromiter((s.pos_start for s in keep), dtype=np.int64, count=n_keep)
+        spans = np.fromiter((s.pos_span for s in keep), dtype=np.int64, count=n_keep)
+        new_starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if n_keep else starts
+        new_pos = np.concatenate(([0], np.cumsum(spans)[:-1])) if n_keep else pos_starts
+        moved = np.nonzero((new_starts != starts) | (new_pos != pos_starts))[0]
+        slot = int(lengths.sum())
+        if moved.size:
+            first = int(moved[0])
+            first_moved = int(new_starts[first])
+            # Source slots of every token from the first moved segment on, and each token's
+            # position change: built with numpy in one go, not a tensor per segment.
+            seg_len = lengths[first:]
+            offsets = np.arange(int(seg_len.sum())) - np.repeat(np.cumsum(seg_len) - seg_len, seg_len)
+            src = np.repeat(starts[first:], seg_len) + offsets
+            delta = np.repeat(new_pos[first:] - pos_starts[first:], seg_len)
             device = self.layers[0].keys.device
-            index = torch.cat(src).to(device)
-            delta = torch.cat(deltas)
-            rotate = self.rotator is not None and bool(delta.ne(0).any())
-            if not rotate and bool(delta.ne(0).any()):
+            index = torch.from_numpy(src).to(device)
+            shift = torch.from_numpy(delta)
+            rotate = bool(np.any(delta != 0))
+            if rotate and self.rotator is None:
                 raise RuntimeError("positions changed but the cache has no RopeRotator")
             n = index.numel()
             for li, layer in enumerate(self.layers):
                 moved_k = layer.keys.index_select(2, index)
                 if rotate:
-                    self.rotator.rotate_(moved_k, delta, li)
+                    self.rotator.rotate_(moved_k, shift, li)
                 layer.keys[:, :, first_moved: first_moved + n] = moved_k
                 layer.values[:, :, first_moved: first_moved + n] = layer.values.index_select(2, index)
             self.attention[first_moved: first_moved + n] = self.attention.index_select(0, index)
+        for seg, start, pos in zip(keep, new_starts.tolist(), new_pos.tolist()):
+            seg.start, seg.pos_start = start, pos
         for layer in self.layers:
             layer.length = slot
         self.attention[slot:old_used] = 0

@@ -41,9 +41,12 @@ class RopeRotator:
         """Rotate ``keys`` [B, H, N, D] in place by ``delta`` [N] positions (may be negative)."""
         inv_freq = self.inv_freqs[layer_idx].to(keys.device)
         rot = inv_freq.numel() * 2
-        angles = delta.to(device=keys.device, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [N, rot/2]
-        angles = torch.cat((angles, angles), dim=-1)  # [N, rot]
-        cos, sin = angles.cos(), angles.sin()
+        # After an eviction most moved tokens shift by the same few amounts: compute cos/sin once
+        # per distinct shift and gather, instead of once per token.
+        shifts, which = torch.unique(delta.to(keys.device), return_inverse=True)
+        angles = shifts.to(torch.float32)[:, None] * inv_freq[None, :]  # [U, rot/2]
+        angles = torch.cat((angles, angles), dim=-1)  # [U, rot]
+        cos, sin = angles.cos()[which], angles.sin()[which]  # [N, rot]
         part = keys[..., :rot].float()
         keys[..., :rot] = (part * cos + rotate_half(part) * sin).to(keys.dtype)
 
