@@ -167,8 +167,7 @@ class PolicyNode(LifecycleNode):
         for name in ("_cmd_pub", "_memory_pub", "_gate_pub"):
             pub = getattr(self, name, None)
             if pub is not None:
-                self.destroy_lifecycle_publisher(pub) if hasattr(self, "destroy_lifecycle_publisher") \
-                    else self.destroy_publisher(pub)
+                self.destroy_lifecycle_publisher(pub)
                 setattr(self, name, None)
         self._entities = []
         self.policy = None
@@ -529,6 +528,11 @@ def main(args=None) -> None:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # A signal can shut the context down while spin() builds its wait set; that surfaces as an
+        # RCLError instead of ExternalShutdownException. During shutdown it is a clean exit.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node._release(snapshot=True)
