@@ -17,8 +17,8 @@ from transformers import DynamicCache
 
 from aura_ros.policy.loading import MARKER_TOKENS, action_token_ids, load_model
 from aura_ros.policy.tiny_models import (ARCHS, DEFAULT_IMAGE_TOKENS, GEMMA3_SLIDING_WINDOW, build_tiny_vlm,
-                                         measure_step, model_inputs, observation_prompt, read_info,
-                                         train_tokenizer)
+                                         measure_step, model_inputs, observation_prompt, position_inputs,
+                                         read_info, train_tokenizer)
 
 # PaliGemma is a prefix-LM: with no suffix its whole prompt attends bidirectionally, so a chunk
 # appended to a cache cannot equal the same tokens run in one pass (by design, not a cache bug).
@@ -42,17 +42,6 @@ def built(tmp_path_factory) -> dict:
 
 def frame(h: int = 48, w: int = 64, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def positions(loaded, input_ids: torch.Tensor, start: int, grid=None) -> dict:
-    """Explicit 3-D mrope positions for Qwen2-VL (a cached chunk needs them), nothing otherwise."""
-    if not loaded.is_mrope:
-        return {}
-    from aura_ros.policy.positions import mrope_positions
-
-    cfg = loaded.model.config
-    pos, _ = mrope_positions(input_ids, start, cfg.image_token_id, grid, cfg.vision_config.spatial_merge_size)
-    return {"position_ids": pos}
 
 
 def image_token_id(model) -> int:
@@ -85,14 +74,14 @@ def test_forward_with_image_through_the_real_processor(built, arch):
     for marker in ("<obs>", "<state>", "<act>"):
         assert loaded.tokenizer.convert_tokens_to_ids(marker) in ids[0].tolist()
     with torch.inference_mode():
-        logits = loaded.model(**x, **positions(loaded, ids, 0, x.get("image_grid_thw"))).logits
+        logits = loaded.model(**x, **position_inputs(loaded, ids, 0, x.get("image_grid_thw"))).logits
     assert logits.shape == (1, ids.shape[1], loaded.model.get_input_embeddings().weight.shape[0])
     assert torch.isfinite(logits).all()
     # The pixels reach the logits: another frame changes them (a model that ignored the image,
     # e.g. a dropped pixel_values key, would not).
     y = model_inputs(loaded, frame(64, 64, seed=1), observation_prompt(loaded))
     with torch.inference_mode():
-        other = loaded.model(**y, **positions(loaded, y["input_ids"], 0, y.get("image_grid_thw"))).logits
+        other = loaded.model(**y, **position_inputs(loaded, y["input_ids"], 0, y.get("image_grid_thw"))).logits
     assert not torch.allclose(logits[0, -1], other[0, -1])
 
 
@@ -111,11 +100,11 @@ def test_image_chunk_appended_to_a_cache_equals_one_pass(built, arch):
     chunk = model_inputs(loaded, frame(), observation_prompt(loaded), past_tokens=n)
     whole = dict(chunk, input_ids=torch.cat([prefix, chunk["input_ids"]], 1))
     with torch.inference_mode():
-        one_pass = model(**whole, **positions(loaded, whole["input_ids"], 0, chunk.get("image_grid_thw"))).logits
+        one_pass = model(**whole, **position_inputs(loaded, whole["input_ids"], 0, chunk.get("image_grid_thw"))).logits
         cache = DynamicCache(config=model.config)
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, **positions(loaded, prefix, 0))
+        model(input_ids=prefix, past_key_values=cache, use_cache=True, **position_inputs(loaded, prefix, 0))
         stepped = model(**chunk, past_key_values=cache, use_cache=True,
-                        **positions(loaded, chunk["input_ids"], n, chunk.get("image_grid_thw"))).logits
+                        **position_inputs(loaded, chunk["input_ids"], n, chunk.get("image_grid_thw"))).logits
     torch.testing.assert_close(stepped[0], one_pass[0, n:], atol=1e-5, rtol=1e-4)
 
 

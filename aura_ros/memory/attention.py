@@ -45,7 +45,9 @@ def aura_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tens
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, v).transpose(1, 2).contiguous()
     cache = current_cache()
-    if cache is not None and cache.track_attention:
+    # Only a text layer that just wrote to the cache attends over its slots; a vision tower's
+    # attention (same function when the whole model is switched) must not be added.
+    if cache is not None and cache.track_attention and weights.shape[-1] == cache.used_tokens:
         cache.observe_attention(weights)
     return out, weights
 

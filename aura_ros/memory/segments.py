@@ -104,9 +104,12 @@ class SegmentTable:
         return [(k, v[0], v[1], v[2]) for k, v in sorted(out.items())]
 
     def set_gate(self, step: int, gate: float, written: bool) -> None:
-        for s in self.segments:
+        # Called every step for the newest step: walk back from the end, stop at older steps.
+        for s in reversed(self.segments):
             if s.is_step and s.step == step:
                 s.gate, s.written = gate, written
+            elif s.is_step and s.step < step:
+                break
 
     def split(self, index: int, at: int, first_kind: Kind) -> None:
         """Split segment ``index`` after ``at`` tokens; the first part gets ``first_kind``."""

@@ -337,7 +337,8 @@ def model_inputs(loaded, image, text: str, past_tokens: int = 0) -> dict:
     return inputs
 
 
-def _positions(loaded, input_ids: torch.Tensor, start: int, grid=None) -> dict:
+def position_inputs(loaded, input_ids: torch.Tensor, start: int, grid=None) -> dict:
+    """Explicit 3-D mrope positions for Qwen2-VL (a cached chunk needs them), nothing otherwise."""
     from aura_ros.policy.positions import mrope_positions
 
     if not loaded.is_mrope:
@@ -381,7 +382,7 @@ def measure_step(path: str | Path, past_tokens: int = 1000, repeats: int = 30, n
     text_ids = loaded.tokenizer("\n".join(training_corpus()[:60]), add_special_tokens=False)["input_ids"]
     past_ids = torch.tensor(text_ids * (past_tokens // len(text_ids) + 1))[None, :past_tokens]
     base = DynamicCache(config=model.config)
-    model(input_ids=past_ids, past_key_values=base, use_cache=True, **_positions(loaded, past_ids, 0))
+    model(input_ids=past_ids, past_key_values=base, use_cache=True, **position_inputs(loaded, past_ids, 0))
     proc_ms, obs_ms, act_ms, step_ms = [], [], [], []
     for _ in range(repeats):
         cache = copy.deepcopy(base)  # outside the timed part
@@ -389,7 +390,7 @@ def measure_step(path: str | Path, past_tokens: int = 1000, repeats: int = 30, n
         x = model_inputs(loaded, frame, text, past_tokens)
         t1 = time.perf_counter()
         out = model(**x, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                    **_positions(loaded, x["input_ids"], past_tokens, x.get("image_grid_thw")))
+                    **position_inputs(loaded, x["input_ids"], past_tokens, x.get("image_grid_thw")))
         t2 = time.perf_counter()
         pos = past_tokens + x["input_ids"].shape[1] + 100  # any later position: timing only
         for i in range(n_action_tokens):
