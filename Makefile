@@ -17,16 +17,16 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m aura_ros.cli demo $(DEMO_ARGS)
+	$(PY) -m aura_ros.tools.cli demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench-memory: setup
-	$(PY) -m aura_ros.cli bench memory $(BENCH_ARGS)
+	$(PY) -m aura_ros.tools.cli bench memory $(BENCH_ARGS)
 
 bench-recall: setup
-	$(PY) -m aura_ros.cli bench recall $(BENCH_ARGS)
+	$(PY) -m aura_ros.tools.cli bench recall $(BENCH_ARGS)
 
 clean:
 	rm -rf build install log

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import json
 
-from aura_ros.cli import main
+from aura_ros.tools.cli import main
 
 
 def test_bench_memory_short(tmp_path):

@@ -8,9 +8,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from aura_ros.memory import (ActionGate, BudgetError, GatedKVCache, GateConfig, Kind, KVLayout, RopeRotator,
-                             h2o, sliding_window, streaming_llm)
-from aura_ros.memory.attention import register as register_attention
+from aura_ros.backends.transformers.cache import GatedKVCache
+from aura_ros.backends.transformers.rope import RopeRotator
+from aura_ros.memory import (ActionGate, BudgetError, GateConfig, Kind, KVLayout, h2o, sliding_window,
+                             streaming_llm)
+from aura_ros.backends.transformers.attention import register as register_attention
 from cache_models import BUILDERS, positions
 
 ARCHS = list(BUILDERS)

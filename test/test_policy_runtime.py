@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aura_ros.core.types import Observation
 from aura_ros.memory import Kind
-from aura_ros.policy.loading import action_token_ids, load_model
-from aura_ros.policy.runtime import PolicyConfig, VLMPolicy
-from aura_ros.policy.tiny_models import build_tiny_vlm
+from aura_ros.backends.transformers.loading import action_token_ids, load_model
+from aura_ros.backends.transformers.policy import PolicyConfig, VLMPolicy
+from aura_ros.backends.transformers.tiny_models import build_tiny_vlm
 
 LOW = (-3.14, -2.5, -3.14, 0.0)
 HIGH = (3.14, 2.5, 3.14, 1.0)
@@ -33,7 +34,7 @@ def frame(seed: int) -> np.ndarray:
 @pytest.mark.parametrize("arch", ["llava", "idefics3", "smolvlm", "qwen2_vl", "gemma3"])
 def test_one_step_gives_a_valid_action(built, arch):
     policy = make_policy(built[arch], chunk=2)
-    action = policy.step(frame(0), np.array([0.1, -0.2, 0.3, 0.0]))
+    action = policy.step(Observation(frame(0), np.array([0.1, -0.2, 0.3, 0.0])))
     assert action.positions.shape == (2, 4) and action.bins.shape == (2, 4)
     assert np.all(action.positions >= LOW) and np.all(action.positions <= HIGH)
     kinds = [s.kind for s in policy.cache.table.segments]
@@ -60,7 +61,7 @@ def test_thousand_step_episode_is_flat(built):
     try:
         for t in range(1000):
             state = rng.uniform(LOW, HIGH)
-            a = policy.step(frame(t % 7), state)
+            a = policy.step(Observation(frame(t % 7), state))
             assert np.all(a.positions >= LOW) and np.all(a.positions <= HIGH)
             assert cache.allocated_bytes == allocated and a.stats.used_bytes <= allocated <= 256 * 1024
             assert a.stats.max_position < cache.capacity
@@ -82,10 +83,10 @@ def test_thousand_step_episode_is_flat(built):
 def test_new_instruction_replaces_the_pinned_segment(built):
     policy = make_policy(built["qwen2_vl"])
     for t in range(5):
-        policy.step(frame(t), np.zeros(4))
+        policy.step(Observation(frame(t), np.zeros(4)))
     old = [s for s in policy.cache.table.segments if s.kind is Kind.PINNED]
     steps_before = policy.cache.table.kept_steps()
-    policy.step(frame(9), np.zeros(4), instruction="open the drawer instead")
+    policy.step(Observation(frame(9), np.zeros(4), instruction="open the drawer instead"))
     pinned = [s for s in policy.cache.table.segments if s.kind is Kind.PINNED]
     assert len(pinned) == 1 and pinned[0] is not old[0] and policy.instruction == "open the drawer instead"
     assert set(steps_before) <= set(policy.cache.table.kept_steps())  # memory kept by default
@@ -96,10 +97,10 @@ def test_new_instruction_replaces_the_pinned_segment(built):
 
 def test_failed_step_rolls_back(built):
     policy = make_policy(built["llava"])
-    policy.step(frame(0), np.zeros(4))
+    policy.step(Observation(frame(0), np.zeros(4)))
     before = (policy.cache.used_tokens, len(policy.cache.table), policy.step_index)
     with pytest.raises(ValueError, match="NaN"):
-        policy.step(frame(1), np.array([np.nan, 0, 0, 0]))
+        policy.step(Observation(frame(1), np.array([np.nan, 0, 0, 0])))
     real_forward = policy.model.forward
     calls = {"n": 0}
 
@@ -111,24 +112,24 @@ def test_failed_step_rolls_back(built):
 
     policy.model.forward = flaky
     with pytest.raises(RuntimeError, match="boom"):
-        policy.step(frame(1), np.zeros(4))
+        policy.step(Observation(frame(1), np.zeros(4)))
     policy.model.forward = real_forward
     cache = policy.cache
     assert all(layer.length == cache.table.used_tokens for layer in cache.layers)
     assert policy.step_index == before[2]
-    a = policy.step(frame(2), np.zeros(4))
+    a = policy.step(Observation(frame(2), np.zeros(4)))
     assert a.step == before[2]
 
 
 def test_dynamic_cache_reference_grows(built):
     policy = make_policy(built["llava"], eviction="unbounded")
-    sizes = [policy.step(frame(t), np.zeros(4)).stats.allocated_bytes for t in range(5)]
+    sizes = [policy.step(Observation(frame(t), np.zeros(4))).stats.allocated_bytes for t in range(5)]
     assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
 
 
 def test_default_model_runs_from_none(monkeypatch, tmp_path):
     monkeypatch.setenv("AURA_ROS_CACHE", str(tmp_path))
     policy = VLMPolicy.from_pretrained(None, PolicyConfig(), instruction="wave")
-    a = policy.step(frame(0), np.zeros(4))
+    a = policy.step(Observation(frame(0), np.zeros(4)))
     assert a.positions.shape == (1, 4)
     assert policy.cache.used_tokens > 0

@@ -5,7 +5,7 @@ import inspect
 
 import torch
 
-from aura_ros.policy.positions import mrope_positions, rope_positions
+from aura_ros.backends.transformers.positions import mrope_positions, rope_positions
 from cache_models import qwen2_vl
 
 

@@ -167,7 +167,7 @@ def test_bad_input_is_dropped_counted_and_survived(run_python, driver):
 
 FAULTY_NODE = """
 import sys, pathlib, torch
-from aura_ros.policy import runtime
+from aura_ros.backends.transformers import policy as runtime
 flag = pathlib.Path(sys.argv[1])
 real_step = runtime.VLMPolicy.step
 def step(self, *a, **k):
@@ -257,7 +257,8 @@ def test_policy_restart_gives_identical_next_step(tmp_path):
     script = """
 import sys, numpy as np, torch
 torch.manual_seed(0)
-from aura_ros.policy.runtime import PolicyConfig, VLMPolicy
+from aura_ros.backends.transformers.policy import PolicyConfig, VLMPolicy
+from aura_ros.core.types import Observation
 cfg = PolicyConfig(budget_bytes=256 * 1024, recent_steps=4)
 pol = VLMPolicy.from_pretrained(None, cfg, instruction="stack the cubes")
 rng = np.random.default_rng(1)
@@ -265,11 +266,11 @@ frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(41)]
 mode, path = sys.argv[1], sys.argv[2]
 if mode == "save":
     for i in range(40):
-        pol.step(frames[i], np.full(4, 0.01 * i))
+        pol.step(Observation(frames[i], np.full(4, 0.01 * i)))
     pol.save_memory(path)
 else:
     pol.load_memory(path)
-a = pol.step(frames[40], np.full(4, 0.4))
+a = pol.step(Observation(frames[40], np.full(4, 0.4)))
 segs = [(s.kind.value, s.step, s.start, s.length, s.pos_start) for s in pol.cache.table.segments]
 np.save(sys.argv[3], a.logits)
 print(repr((a.step, a.bins.tolist(), segs)))

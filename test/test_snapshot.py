@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
-from aura_ros.memory import GatedKVCache, Kind, KVLayout, RopeRotator
-from aura_ros.memory.snapshot import SnapshotError, load, model_fingerprint, save
+from aura_ros.backends.transformers.cache import GatedKVCache
+from aura_ros.backends.transformers.rope import RopeRotator
+from aura_ros.memory import Kind, KVLayout
+from aura_ros.backends.transformers.snapshot import SnapshotError, load, model_fingerprint, save
 from cache_models import BUILDERS
 
 

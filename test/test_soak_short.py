@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from aura_ros.cli import main
+from aura_ros.tools.cli import main
 
 
 def test_soak_short(tmp_path):

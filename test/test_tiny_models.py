@@ -2,7 +2,7 @@
 
 Every arch goes through the real path the policy uses: the saved folder -> load_model ->
 the arch's own processor on a camera frame + the observation prompt -> the model's forward.
-No timing is asserted (CI machines vary); `python -m aura_ros.policy.tiny_models` prints them.
+No timing is asserted (CI machines vary); `python -m aura_ros.backends.transformers.tiny_models` prints them.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from aura_ros.policy.loading import MARKER_TOKENS, action_token_ids, load_model
-from aura_ros.policy.tiny_models import (ARCHS, DEFAULT_IMAGE_TOKENS, GEMMA3_SLIDING_WINDOW, build_tiny_vlm,
+from aura_ros.backends.transformers.loading import MARKER_TOKENS, action_token_ids, load_model
+from aura_ros.backends.transformers.tiny_models import (ARCHS, DEFAULT_IMAGE_TOKENS, GEMMA3_SLIDING_WINDOW, build_tiny_vlm,
                                          measure_step, model_inputs, observation_prompt, position_inputs,
                                          read_info, train_tokenizer)
 

@@ -44,12 +44,14 @@ def checkpoints(steps: int) -> list[int]:
 
 def run_policy(policy_name: str, steps: int, budget_bytes: int, model: str | None, unbounded_cap: int,
                seed: int = 0, progress=None) -> list[Checkpoint]:
-    from aura_ros.policy.runtime import PolicyConfig, VLMPolicy
+    from aura_ros.core.config import PolicyConfig
+    from aura_ros.core.registry import make_policy
+    from aura_ros.core.types import Observation
     from aura_ros.sim.scene import SimScene
 
     config = PolicyConfig(budget_bytes=budget_bytes, eviction=policy_name,
                           unbounded_max_tokens=None if policy_name != "unbounded" else 10 ** 9)
-    policy = VLMPolicy.from_pretrained(model, config, instruction="pick up the red block and put it in the bin")
+    policy = make_policy(model, config, instruction="pick up the red block and put it in the bin")
     scene = SimScene(seed=seed)
     process = psutil.Process()
     marks = checkpoints(steps if policy_name != "unbounded" else min(steps, unbounded_cap))
@@ -59,7 +61,7 @@ def run_policy(policy_name: str, steps: int, budget_bytes: int, model: str | Non
     for step in range(1, marks[-1] + 1):
         frame = scene.render()
         _, positions, _ = scene.joint_state()
-        action = policy.step(frame, positions)
+        action = policy.step(Observation(frame, positions))
         scene.apply_position_command(action.first, dt)
         window.append(action.stats.step_latency_ms)
         if step == marks[len(out)]:

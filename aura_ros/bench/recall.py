@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from aura_ros.bench.episodes import HIGH, LOW, Episode, make_episode
-from aura_ros.memory import ActionGate, GatedKVCache, Kind, KVLayout, RopeRotator, make_policy
-from aura_ros.memory.attention import register as register_attention
-from aura_ros.memory.unbounded import UnboundedCache
+from aura_ros.backends.transformers.cache import GatedKVCache
+from aura_ros.backends.transformers.rope import RopeRotator
+from aura_ros.memory import ActionGate, Kind, KVLayout, make_policy
+from aura_ros.backends.transformers.attention import register as register_attention
+from aura_ros.backends.transformers.unbounded import UnboundedCache
 
 POLICIES = ("full", "sliding_window", "streaming_llm", "h2o", "action_gate")
 
@@ -75,7 +77,7 @@ class Reader:
             pol = make_policy(policy)
             self.model.set_attn_implementation(register_attention() if pol.uses_attention else "sdpa")
             cache = GatedKVCache(self.model.config, self.layout.bytes_for(budget_tokens), self.rotator, policy=pol,
-                                 recent_steps=self.recent_steps, dtype=self.layout.dtype)
+                                 recent_steps=self.recent_steps, dtype=self.model.dtype)
         gate = ActionGate(LOW, HIGH, discrete=np.array([False, False, True]))
         self.forward(cache, self.ids(ep.instruction))
         cache.commit(Kind.PINNED, -1)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 MIB = 1024 * 1024
 
 
@@ -25,15 +23,11 @@ class KVLayout:
     kv_heads: tuple[int, ...]  # per layer
     k_head_dim: tuple[int, ...]  # per layer
     v_head_dim: tuple[int, ...]  # per layer
-    dtype: torch.dtype
+    dtype_bytes: int  # bytes of one K or V element (2 for f16/bf16, 4 for f32)
 
     @property
     def num_layers(self) -> int:
         return len(self.kv_heads)
-
-    @property
-    def dtype_bytes(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
 
     def layer_bytes_per_token(self, layer_idx: int) -> int:
         return self.kv_heads[layer_idx] * (self.k_head_dim[layer_idx] + self.v_head_dim[layer_idx]) * self.dtype_bytes
@@ -50,7 +44,8 @@ class KVLayout:
         return int(tokens) * self.bytes_per_token
 
     @classmethod
-    def from_config(cls, config, dtype: torch.dtype = torch.float32) -> "KVLayout":
+    def from_config(cls, config, dtype=4) -> "KVLayout":
+        """``dtype``: a torch dtype (its itemsize is read) or a size in bytes."""
         text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
         n_layers = int(text.num_hidden_layers)
         n_heads = int(text.num_attention_heads)
@@ -60,5 +55,20 @@ class KVLayout:
             kv_heads=(kv_heads,) * n_layers,
             k_head_dim=(int(head_dim),) * n_layers,
             v_head_dim=(int(head_dim),) * n_layers,
-            dtype=dtype,
+            dtype_bytes=int(getattr(dtype, "itemsize", dtype)),
         )
+
+
+def budget_error(layout: KVLayout, budget_bytes: int, pinned_tokens: int, step_tokens: int) -> str | None:
+    """Why a budget cannot hold the pinned tokens plus one step, or None when it can.
+
+    The one statement of the rule: the cache, the policy and the node's parameter check call it.
+    """
+    capacity = layout.capacity(budget_bytes)
+    need = int(pinned_tokens) + int(step_tokens)
+    if capacity >= need:
+        return None
+    return (f"a budget of {int(budget_bytes)} bytes ({budget_bytes / MIB:.4f} MiB) holds {capacity} tokens at "
+            f"{layout.bytes_per_token} bytes each; the pinned instruction ({pinned_tokens}) plus one step "
+            f"({step_tokens}) need {need} tokens = {layout.bytes_for(need)} bytes "
+            f"({layout.bytes_for(need) / MIB:.4f} MiB)")

@@ -1,9 +1,27 @@
 """Per-step statistics: everything MemoryBudget and GateStats carry, plus the memory map."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from aura_ros.memory.cache import MemoryStats
+
+@dataclass
+class MemoryStats:
+    """Everything MemoryBudget and the cache part of GateStats carry, plus the memory map."""
+
+    budget_bytes: int
+    allocated_bytes: int
+    used_bytes: int
+    capacity_tokens: int
+    used_tokens: int
+    pinned_tokens: int
+    segments_kept: int
+    steps_kept: int
+    long_term_steps_kept: int
+    oldest_kept_step: int
+    max_position: int
+    evictions_total: int
+    evicted_written_total: int = 0  # long-term steps evicted: a sign of budget pressure
+    kept_steps: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
+from aura_ros.core.types import Observation
 from aura_ros.memory import MIB, BudgetError, GateConfig
 from aura_ros.ros import qos
 from aura_ros.ros.diagnostics import Health, diagnostics_msg
@@ -126,7 +127,7 @@ class PolicyNode(LifecycleNode):
             self._snapshot_timer = self.create_timer(s.snapshot_period_s, self._periodic_snapshot)
         self.get_logger().info(
             f"policy ready: {s.model_path or 'embedded default model'}, budget {s.budget_mb:.3f} MiB "
-            f"({self.policy.cache.capacity} tokens), action {s.action_type} {list(s.joint_names)}")
+            f"({self.policy.stats().capacity_tokens} tokens), action {s.action_type} {list(s.joint_names)}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -189,7 +190,8 @@ class PolicyNode(LifecycleNode):
     def _load_policy(self, s: Settings):
         import torch
 
-        from aura_ros.policy.runtime import PolicyConfig, VLMPolicy
+        from aura_ros.core.config import PolicyConfig
+        from aura_ros.core.registry import make_policy
 
         if s.torch_threads > 0:
             # Measured: with 2 threads on a 2-core machine that also runs DDS and the sim, one busy
@@ -200,7 +202,7 @@ class PolicyNode(LifecycleNode):
             discrete_joints=tuple(s.discrete_joints), n_bins=s.n_bins, chunk=s.chunk,
             budget_bytes=int(s.budget_mb * MIB), recent_steps=s.recent_steps, eviction=s.eviction,
             gate=self._gate_config(s), clear_memory_on_instruction=s.clear_on_instruction)
-        return VLMPolicy.from_pretrained(s.model_path or None, config, instruction=s.instruction[: s.instruction_max_chars],
+        return make_policy(s.model_path or None, config, instruction=s.instruction[: s.instruction_max_chars],
                                          dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
 
     @staticmethod
@@ -217,14 +219,9 @@ class PolicyNode(LifecycleNode):
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             if p.name == "memory.vram_budget_mb" and self.policy is not None:
-                cache = self.policy.cache
-                need = cache.pinned_tokens + cache.min_step_tokens
-                tokens = cache.layout.capacity(int(value * MIB))
-                if tokens < need:
-                    return SetParametersResult(successful=False, reason=(
-                        f"memory.vram_budget_mb={value} holds {tokens} tokens; the pinned instruction "
-                        f"({cache.pinned_tokens}) plus one step ({cache.min_step_tokens}) need "
-                        f"{need} tokens = {cache.layout.bytes_for(need) / MIB:.4f} MiB"))
+                reason = self.policy.budget_error(int(value * MIB))
+                if reason:
+                    return SetParametersResult(successful=False, reason=f"memory.vram_budget_mb={value}: {reason}")
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params) -> None:
@@ -243,7 +240,7 @@ class PolicyNode(LifecycleNode):
             pending, self._pending = self._pending, {}
             instruction, self._inputs.instruction = self._inputs.instruction, None
         if pending.pop("__reset__", False):
-            self.policy.reset_memory()
+            self.policy.reset()
             self.get_logger().info("episode memory cleared (instruction kept)")
         if pending:
             old = self.settings
@@ -252,16 +249,14 @@ class PolicyNode(LifecycleNode):
             if "memory.vram_budget_mb" in pending:
                 try:
                     self.policy.set_budget(int(s.budget_mb * MIB))
-                    self.get_logger().info(f"KV budget now {s.budget_mb:.3f} MiB ({self.policy.cache.capacity} tokens)")
+                    self.get_logger().info(f"KV budget now {s.budget_mb:.3f} MiB ({self.policy.stats().capacity_tokens} tokens)")
                 except BudgetError as exc:  # the pinned instruction grew since validation
                     self.get_logger().error(str(exc))
                     self.settings = replace(self.settings, budget_mb=old.budget_mb)
-            if "memory.recent_steps" in pending:
-                self.policy.cache.recent_steps = int(s.recent_steps)
-            if "memory.clear_on_instruction" in pending:
-                self.policy.config = replace(self.policy.config, clear_memory_on_instruction=s.clear_on_instruction)
-            if any(n.startswith("gate.") for n in pending):
-                self.policy.gate.config = self._gate_config(s)
+            self.policy.set_options(
+                recent_steps=s.recent_steps if "memory.recent_steps" in pending else None,
+                gate=self._gate_config(s) if any(n.startswith("gate.") for n in pending) else None,
+                clear_memory_on_instruction=s.clear_on_instruction if "memory.clear_on_instruction" in pending else None)
         if instruction is not None:
             try:
                 self.policy.set_instruction(instruction)
@@ -397,7 +392,7 @@ class PolicyNode(LifecycleNode):
             self._memory_pub.publish(memory_msg(stats, header))
             self._gate_pub.publish(gate_msg(stats, header))
             self.health.step_done(stats, period_s=1.0 / s.rate_hz, since_tick_s=time.monotonic() - tick_time,
-                                  evicted_written_total=getattr(self.policy.cache, "evicted_written_total", 0))
+                                  evicted_written_total=action.stats.evicted_written_total)
         except Exception as exc:  # nothing may kill the worker thread silently
             self.health.model_error(f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"control step failed: {type(exc).__name__}: {exc}")
@@ -410,7 +405,7 @@ class PolicyNode(LifecycleNode):
 
         oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
         try:
-            return self.policy.step(snap.image, snap.state)
+            return self.policy.step(Observation(snap.image, snap.state))
         except oom as exc:
             self.health.count("out_of_memory")
             old_mb = self.settings.budget_mb
@@ -421,7 +416,7 @@ class PolicyNode(LifecycleNode):
             self.settings = replace(self.settings, budget_mb=new_mb)
             # Keep the parameter truthful; the post-set callback queues the same budget (a no-op).
             self.set_parameters([Parameter("memory.vram_budget_mb", value=new_mb)])
-            return self.policy.step(snap.image, snap.state)
+            return self.policy.step(Observation(snap.image, snap.state))
 
     def _hold(self, snap: Inputs) -> None:
         """Stop safely: zero velocity for a base, the current positions for an arm."""
@@ -454,7 +449,7 @@ class PolicyNode(LifecycleNode):
         return path
 
     def _load_snapshot(self) -> str:
-        from aura_ros.memory.snapshot import SnapshotError
+        from aura_ros.backends.transformers.snapshot import SnapshotError
 
         try:
             self.policy.load_memory(self.settings.snapshot_path)
@@ -464,7 +459,7 @@ class PolicyNode(LifecycleNode):
             raise
         self.health.count("snapshots_loaded")
         msg = (f"memory resumed from {self.settings.snapshot_path} at step {self.policy.step_index} "
-               f"({self.policy.cache.used_tokens} tokens, {len(self.policy.cache.table.kept_steps())} steps)")
+               f"({self.policy.stats().used_tokens} tokens, {self.policy.stats().steps_kept} steps)")
         self.get_logger().info(msg)
         return msg
 
@@ -504,13 +499,13 @@ class PolicyNode(LifecycleNode):
     def _srv_memory_map(self, request, response):
         if self.policy is None:
             return response
-        summary = self.policy.cache.table.step_summary()
+        summary = self.policy.memory_map()
         response.step = self.policy.step_index
         response.kept_steps = [int(s) for s, *_ in summary]
         response.gate_values = [float(g) for _, g, _, _ in summary]
         response.long_term = [bool(w) for _, _, w, _ in summary]
         response.tokens = [int(t) for *_, t in summary]
-        response.pinned_tokens = int(self.policy.cache.pinned_tokens)
+        response.pinned_tokens = int(self.policy.stats().pinned_tokens)
         return response
 
     # ------------------------------------------------------------------ diagnostics

@@ -101,15 +101,17 @@ def _gated_run(steps: int, budget_mb: float, rate_hz: float, out: Path) -> list[
 
 
 def _unbounded_run(steps: int) -> list[dict]:
-    from aura_ros.policy.runtime import PolicyConfig, VLMPolicy
+    from aura_ros.core.config import PolicyConfig
+    from aura_ros.core.registry import make_policy
+    from aura_ros.core.types import Observation
     from aura_ros.sim.scene import SimScene
 
-    policy = VLMPolicy.from_pretrained(None, PolicyConfig(eviction="unbounded"), instruction=INSTRUCTION)
+    policy = make_policy(None, PolicyConfig(eviction="unbounded"), instruction=INSTRUCTION)
     scene = SimScene(seed=0)
     rows = []
     for i in range(steps):
         _, positions, _ = scene.joint_state()
-        action = policy.step(scene.render(), positions)
+        action = policy.step(Observation(scene.render(), positions))
         scene.apply_position_command(action.first, 0.1)
         st = action.stats
         rows.append({"step": st.step, "latency_ms": st.step_latency_ms, "used_bytes": st.used_bytes,

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
-from aura_ros.memory.cache import current_cache
+from aura_ros.backends.transformers.cache import current_cache
 
 ATTENTION_NAME = "aura_eager"
 

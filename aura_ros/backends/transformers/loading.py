@@ -80,7 +80,7 @@ def action_token_ids(tokenizer, n_bins: int = 256) -> list[int]:
         raise ValueError(
             f"the tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) lacks {len(missing)} of the "
             f"{n_bins} action tokens (first missing: {missing[0]!r}). Models built by aura_ros have them; for "
-            "another model call aura_ros.policy.loading.ensure_action_tokens(model, tokenizer, n_bins) and "
+            "another model call aura_ros.backends.transformers.loading.ensure_action_tokens(model, tokenizer, n_bins) and "
             "save the result (the new embedding rows are untrained until the policy is fine-tuned).")
     ids = [vocab[n] for n in names]
     # One encode of all names: each must come out as its own single id (not split into bytes).
@@ -161,7 +161,7 @@ def ensure_default_model(arch: str = DEFAULT_ARCH, seed: int = 0, n_action_bins:
     The folder name carries the arch, seed, bins and builder version, so a change of any of them
     builds a new model instead of reusing a stale one.
     """
-    from aura_ros.policy import tiny_models
+    from aura_ros.backends.transformers import tiny_models
 
     root = Path(cache_dir) if cache_dir is not None else default_model_dir()
     target = root / f"tiny-{arch}-s{seed}-b{n_action_bins}-v{tiny_models.BUILDER_VERSION}"
@@ -255,7 +255,7 @@ def load_model(model: str | Path | None = None, dtype: str | torch.dtype = "floa
                               AutoModelForImageTextToText, AutoTokenizer)
     from transformers.utils.hub import cached_file
 
-    from aura_ros.policy.processors import load_processor
+    from aura_ros.backends.transformers.processors import load_processor
 
     source, local_only = resolve_model(model, local_files_only)
     common = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)

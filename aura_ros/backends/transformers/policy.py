@@ -3,7 +3,7 @@
     policy = VLMPolicy.from_pretrained(None, PolicyConfig(...))   # None: the embedded default
     policy.set_instruction("pick up the red block")
     while True:
-        action = policy.step(rgb_frame, joint_positions)
+        action = policy.step(Observation(rgb_frame, joint_positions))
 
 Each step appends one observation segment (the frame's image tokens and a compact text of the
 joint state) and one action segment (the action tokens, decoded under a logits mask), then the
@@ -13,59 +13,26 @@ never grows; positions are explicit (mrope for the Qwen family); nothing per ste
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from aura_ros.memory import (ActionGate, GateConfig, GateDecision, GatedKVCache, Kind, RopeRotator, UtilityWeights,
-                             action_gated, make_policy)
-from aura_ros.memory.stats import StepStats
-from aura_ros.memory.unbounded import UnboundedCache
-from aura_ros.policy.actions import ActionSpace, constrained_argmax
-from aura_ros.policy.positions import mrope_positions, rope_positions
+from aura_ros.backends.transformers.cache import GatedKVCache
+from aura_ros.backends.transformers.rope import RopeRotator
+from aura_ros.backends.transformers.unbounded import UnboundedCache
+from aura_ros.core.config import PolicyConfig
+from aura_ros.core.types import Action, Observation
+from aura_ros.memory import ActionGate, BudgetError, GateConfig, GateDecision, Kind, action_gated, make_policy
+from aura_ros.memory.stats import MemoryStats, StepStats
+from aura_ros.backends.transformers.positions import mrope_positions, rope_positions
+
+def constrained_argmax(logits: torch.Tensor, allowed_ids: torch.Tensor) -> int:
+    """Index into ``allowed_ids`` of the highest logit among them (a logits mask)."""
+    return int(torch.argmax(logits.index_select(-1, allowed_ids)).item())
+
 
 MODEL_INPUTS = ("input_ids", "pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
-DEFAULT_SYSTEM_PROMPT = "You are a robot policy. Follow the instruction. Output one action per step."
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    joint_names: tuple[str, ...] = ("shoulder", "elbow", "wrist", "gripper")
-    low: tuple[float, ...] = (-3.14, -2.5, -3.14, 0.0)
-    high: tuple[float, ...] = (3.14, 2.5, 3.14, 1.0)
-    discrete_joints: tuple[str, ...] = ("gripper",)  # a change of state here is always an event
-    n_bins: int = 256
-    chunk: int = 1
-    budget_bytes: int = 8 * 1024 * 1024
-    recent_steps: int = 8
-    eviction: str = "action_gate"  # or sliding_window, streaming_llm, h2o, unbounded (the baselines)
-    unbounded_max_tokens: int | None = None  # the stated cap of the unbounded reference
-    gate: GateConfig = field(default_factory=GateConfig)
-    utility: UtilityWeights = field(default_factory=UtilityWeights)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    clear_memory_on_instruction: bool = False
-    state_decimals: int = 2
-
-    def action_space(self) -> ActionSpace:
-        return ActionSpace(tuple(self.joint_names), np.array(self.low), np.array(self.high),
-                           self.n_bins, self.chunk)
-
-
-@dataclass
-class Action:
-    step: int
-    joint_names: tuple[str, ...]
-    positions: np.ndarray  # [chunk, dim], inside [low, high]
-    bins: np.ndarray  # [chunk, dim]
-    gate: GateDecision
-    stats: StepStats
-    logits: np.ndarray  # [n_bins]: the first action token's logits over the action tokens
-
-    @property
-    def first(self) -> np.ndarray:
-        """The action executed now (the first of the chunk)."""
-        return self.positions[0]
 
 
 class VLMPolicy:
@@ -88,8 +55,7 @@ class VLMPolicy:
             or mc.model_type in ("qwen2_vl", "qwen2_5_vl")
         self.image_token_id = getattr(mc, "image_token_id", None) or getattr(mc, "image_token_index", None)
         self.cache = self._make_cache()
-        discrete = np.array([n in config.discrete_joints for n in config.joint_names])
-        self.gate = ActionGate(self.space.low, self.space.high, discrete, config.gate)
+        self.gate = ActionGate(self.space.low, self.space.high, config.discrete_mask(), config.gate)
         self.step_index = 0
         self.writes_total = 0
         self.write_rate = 0.0
@@ -103,18 +69,19 @@ class VLMPolicy:
             return UnboundedCache(self.model.config, cfg.unbounded_max_tokens)
         policy = action_gated(cfg.utility) if cfg.eviction == "action_gate" else make_policy(cfg.eviction)
         if policy.uses_attention:
-            from aura_ros.memory.attention import register
+            from aura_ros.backends.transformers.attention import register
 
             self.model.set_attn_implementation(register())
         return GatedKVCache(self.model.config, cfg.budget_bytes, RopeRotator.from_model(self.model), policy=policy,
-                            recent_steps=cfg.recent_steps, dtype=self.dtype, device=self.device)
+                            recent_steps=cfg.recent_steps, dtype=self.dtype, device=self.device,
+                            block_fraction=cfg.block_fraction)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, model: str | None, config: PolicyConfig | None = None, instruction: str = "",
                         **load_kwargs) -> "VLMPolicy":
         """Load ``model`` (a local folder or hub id; None: the embedded default) and wrap it."""
-        from aura_ros.policy.loading import action_token_ids, load_model
+        from aura_ros.backends.transformers.loading import action_token_ids, load_model
 
         config = config or PolicyConfig()
         loaded = load_model(model, **load_kwargs)
@@ -187,9 +154,34 @@ class VLMPolicy:
         self.cache.set_budget(budget_bytes)
         self.config = replace(self.config, budget_bytes=int(budget_bytes))
 
+    def budget_error(self, budget_bytes: int) -> str | None:
+        if not isinstance(self.cache, GatedKVCache):
+            return "the unbounded reference cache has no budget"
+        return self.cache.budget_error(budget_bytes)
+
+    def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
+                    clear_memory_on_instruction: bool | None = None) -> None:
+        if recent_steps is not None:
+            if recent_steps < 0:
+                raise ValueError(f"recent_steps must be >= 0, got {recent_steps}")
+            self.cache.recent_steps = int(recent_steps)
+            self.config = replace(self.config, recent_steps=int(recent_steps))
+        if gate is not None:
+            gate.validate()
+            self.gate.config = gate
+            self.config = replace(self.config, gate=gate)
+        if clear_memory_on_instruction is not None:
+            self.config = replace(self.config, clear_memory_on_instruction=bool(clear_memory_on_instruction))
+
+    def stats(self) -> MemoryStats:
+        return self.cache.stats()
+
+    def memory_map(self) -> list[tuple[int, float, bool, int]]:
+        return self.cache.table.step_summary()
+
     def save_memory(self, path) -> str:
         """Write the episode's memory (KV, segments, positions, gate state) atomically."""
-        from aura_ros.memory import snapshot
+        from aura_ros.backends.transformers import snapshot
 
         if not isinstance(self.cache, GatedKVCache):
             raise RuntimeError("only the gated cache can be saved")
@@ -199,7 +191,7 @@ class VLMPolicy:
 
     def load_memory(self, path) -> None:
         """Resume an episode from a snapshot of the same model; SnapshotError leaves memory as it was."""
-        from aura_ros.memory import snapshot
+        from aura_ros.backends.transformers import snapshot
 
         extra = snapshot.load(self.cache, path, snapshot.model_fingerprint(self.model))
         self.step_index = int(extra.get("step_index", 0))
@@ -208,22 +200,22 @@ class VLMPolicy:
         self.instruction = str(extra.get("instruction", ""))
         self.gate.load_state(extra.get("gate", {}))
 
-    def reset_memory(self) -> None:
+    def reset(self) -> None:
         """Forget the episode; the instruction stays pinned."""
         self.cache.clear_memory(keep_pinned=True)
         self.gate.reset()
 
     @torch.inference_mode()
-    def step(self, image, joint_state, instruction: str | None = None, event: bool = False) -> Action:
+    def step(self, obs: Observation) -> Action:
         """One control step: observe, decode an action chunk, gate the step."""
         t0 = time.perf_counter()
-        if instruction is not None and instruction != self.instruction:
-            self.set_instruction(instruction)
-        state = np.asarray(joint_state, dtype=np.float64).reshape(-1)
+        if obs.instruction is not None and obs.instruction != self.instruction:
+            self.set_instruction(obs.instruction)
+        state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(state)):
             raise ValueError("joint state contains NaN or infinite values")
         try:
-            return self._step(image, state, event, t0)
+            return self._step(obs.image, state, obs.event, t0)
         except BaseException:
             # A step that failed half-way (an exception inside a layer, out of memory) must not
             # leave tokens behind, or layers of different lengths: back to the last commit.

@@ -21,16 +21,17 @@ re-rotation are written here.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from aura_ros.memory.budget import BudgetError, KVLayout
-from aura_ros.memory.rope import RopeRotator
+from aura_ros.memory.budget import BudgetError, KVLayout, budget_error
+from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.memory.scorers import EvictionPolicy, action_gated
-from aura_ros.memory.segments import GroupView, Kind, Segment, SegmentTable
+from aura_ros.memory.planner import plan_eviction, plan_moves
+from aura_ros.memory.segments import Kind, Segment, SegmentTable
+from aura_ros.memory.stats import MemoryStats
 
 # The cache whose layer was updated last in this thread: the attention hook (attention.py)
 # reads it to add the layer's attention weights to that cache's accumulator. update() runs right
@@ -70,6 +71,34 @@ class FixedSlotLayer(CacheLayerMixin):
             values[:, :, : self.length] = self.values[:, :, : self.length]
         self.keys, self.values, self.capacity = keys, values, capacity
 
+    def move(self, src: np.ndarray, delta: np.ndarray | None, first_slot: int, rotator, layer_idx: int) -> None:
+        """Gather the tokens at slots ``src`` to ``first_slot..``; keys re-rotated by ``delta`` positions."""
+        index = torch.from_numpy(src).to(self.keys.device)
+        n = index.numel()
+        moved_k = self.keys.index_select(2, index)
+        if delta is not None:
+            if rotator is None:
+                raise RuntimeError("positions changed but the cache has no RopeRotator")
+            rotator.rotate_(moved_k, torch.from_numpy(delta), layer_idx)
+        self.keys[:, :, first_slot: first_slot + n] = moved_k
+        self.values[:, :, first_slot: first_slot + n] = self.values.index_select(2, index)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The used keys and values (copies on the CPU)."""
+        return {"keys": self.keys[:, :, : self.length].contiguous().cpu(),
+                "values": self.values[:, :, : self.length].contiguous().cpu()}
+
+    def load(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Replace the contents by ``keys``/``values`` [1, kv_heads, n, dim] (n <= capacity)."""
+        n = keys.shape[-2]
+        if n > self.capacity or keys.shape[1] != self.kv_heads or keys.shape[-1] != self.k_dim \
+                or values.shape != (1, self.kv_heads, n, self.v_dim):
+            raise ValueError(f"tensors of shape {tuple(keys.shape)}/{tuple(values.shape)} do not fit this layer "
+                             f"(capacity {self.capacity}, {self.kv_heads} heads, dims {self.k_dim}/{self.v_dim})")
+        self.keys[:, :, :n] = keys.to(self.device, self.dtype)
+        self.values[:, :, :n] = values.to(self.device, self.dtype)
+        self.length = n
+
     def lazy_initialization(self, key_states, value_states) -> None:  # allocated eagerly
         return None
 
@@ -105,32 +134,17 @@ class FixedSlotLayer(CacheLayerMixin):
         return self.keys.untyped_storage().nbytes() + self.values.untyped_storage().nbytes()
 
 
-@dataclass
-class MemoryStats:
-    """Everything MemoryBudget and the cache part of GateStats carry, plus the memory map."""
-
-    budget_bytes: int
-    allocated_bytes: int
-    used_bytes: int
-    capacity_tokens: int
-    used_tokens: int
-    pinned_tokens: int
-    segments_kept: int
-    steps_kept: int
-    long_term_steps_kept: int
-    oldest_kept_step: int
-    max_position: int
-    evictions_total: int
-    kept_steps: list[int] = field(default_factory=list)
-
-
 class GatedKVCache(Cache):
     """A fixed-budget KV cache for one endless episode (batch size 1)."""
 
     def __init__(self, config, budget_bytes: int, rotator: RopeRotator | None = None,
                  policy: EvictionPolicy | None = None, recent_steps: int = 8,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 min_step_tokens: int = 1):
+                 min_step_tokens: int = 1, block_fraction: float = 0.0):
+        if not 0.0 <= block_fraction < 1.0:
+            raise ValueError(f"block_fraction must be in [0, 1), got {block_fraction}")
+        # When full, free at least this fraction of the capacity at once (see planner.plan_eviction).
+        self.block_fraction = float(block_fraction)
         self.layout = KVLayout.from_config(config, dtype)
         self.policy = policy or action_gated()
         self.rotator = rotator
@@ -142,6 +156,7 @@ class GatedKVCache(Cache):
         self.evictions_total = 0
         self.evicted_written_total = 0  # long-term steps evicted: a sign of budget pressure
         self.current_step = 0
+        self._last_step, self.last_step_tokens = -1, 0  # the newest step's size (budget checks)
         capacity = self.layout.capacity(budget_bytes)
         if capacity < self.min_step_tokens:
             raise BudgetError(
@@ -218,7 +233,6 @@ class GatedKVCache(Cache):
         """
         if self.used_tokens != self.table.used_tokens:
             raise RuntimeError("commit() the tokens of the previous forward pass before reserve()")
-        self.min_step_tokens = max(self.min_step_tokens, int(n_tokens))
         if n_tokens > self.capacity - self.table.pinned_tokens * self.policy.protect_pinned:
             raise BudgetError(
                 f"{n_tokens} tokens do not fit in a cache of {self.capacity} tokens with "
@@ -245,6 +259,9 @@ class GatedKVCache(Cache):
                       bool(written) if written is not None else False)
         self.table.append(seg)
         if seg.is_step:
+            if seg.step != self._last_step:
+                self._last_step, self.last_step_tokens = seg.step, 0
+            self.last_step_tokens += seg.length
             self.current_step = max(self.current_step, seg.step)
         sinks = self.policy.sink_tokens
         if sinks and seg.start < sinks and seg.kind not in (Kind.SINK,):
@@ -262,15 +279,23 @@ class GatedKVCache(Cache):
         self.attention[self.table.used_tokens: self.table.used_tokens + n] = 0
         return n
 
+    @property
+    def step_tokens(self) -> int:
+        """Tokens one step needs: the largest kept step (observation + action segments only, so
+        a long instruction or an old outlier does not inflate it), at least ``min_step_tokens``."""
+        sizes = [tokens for *_, tokens in self.table.step_summary()]
+        return max([self.min_step_tokens, self.last_step_tokens, *sizes])
+
+    def budget_error(self, budget_bytes: int) -> str | None:
+        """Why ``budget_bytes`` cannot hold the pinned tokens plus one step now, or None."""
+        return budget_error(self.layout, budget_bytes, self.table.pinned_tokens, self.step_tokens)
+
     def set_budget(self, budget_bytes: int) -> None:
         """Change the hard budget at run time: evict down to it, then reallocate storage."""
+        reason = self.budget_error(budget_bytes)
+        if reason:
+            raise BudgetError(reason)
         capacity = self.layout.capacity(budget_bytes)
-        need = self.table.pinned_tokens + self.min_step_tokens
-        if capacity < need:
-            raise BudgetError(
-                f"budget of {budget_bytes} bytes ({capacity} tokens at {self.layout.bytes_per_token} "
-                f"bytes each) is below the pinned tokens ({self.table.pinned_tokens}) plus one step "
-                f"({self.min_step_tokens}): at least {self.layout.bytes_for(need)} bytes are needed")
         if self.used_tokens != self.table.used_tokens:
             raise RuntimeError("set_budget() between steps only (uncommitted tokens present)")
         if capacity == self.capacity:  # same storage: nothing to evict or reallocate
@@ -304,110 +329,40 @@ class GatedKVCache(Cache):
             long_term_steps_kept=sum(1 for _, _, w, _ in summary if w),
             oldest_kept_step=steps[0] if steps else -1,
             max_position=max(self.next_position - 1, 0), evictions_total=self.evictions_total,
+            evicted_written_total=self.evicted_written_total,
             kept_steps=steps)
 
     # ----------------------------------------------------------------- eviction
-    def _group_view(self) -> tuple[list[list[int]], GroupView]:
-        keys = self.table.group_keys()
-        groups: dict[tuple, list[int]] = {}
-        for i, key in enumerate(keys):
-            groups.setdefault(key, []).append(i)
-        members = list(groups.values())
-        segs = self.table.segments
-        att = self.attention
-        rows = []
-        for idx in members:
-            first = segs[idx[0]]
-            tokens = sum(segs[i].length for i in idx)
-            attention = (sum(float(att[segs[i].start: segs[i].end].sum()) for i in idx) / tokens
-                         if self.track_attention else 0.0)
-            rows.append((first.step, max(self.current_step - first.step, 0) if first.is_step else 0,
-                         tokens, first.gate, first.written, attention,
-                         first.kind is Kind.PINNED, first.kind is Kind.SINK))
-        cols = list(zip(*rows)) if rows else [()] * 8
-        view = GroupView(
-            step=np.asarray(cols[0], dtype=np.int64), age=np.asarray(cols[1], dtype=np.int64),
-            tokens=np.asarray(cols[2], dtype=np.int64), gate=np.asarray(cols[3], dtype=np.float64),
-            written=np.asarray(cols[4], dtype=bool), attention=np.asarray(cols[5], dtype=np.float64),
-            pinned=np.asarray(cols[6], dtype=bool), sink=np.asarray(cols[7], dtype=bool))
-        return members, view
-
     def _evict_until(self, capacity: int, incoming: int) -> int:
-        """Evict groups until ``incoming`` tokens fit in ``capacity``; returns segments evicted."""
-        excess = self.used_tokens + incoming - capacity
-        if excess <= 0:
+        """Evict by the planner until ``incoming`` tokens fit in ``capacity``; returns segments evicted."""
+        attention = self.attention[: self.used_tokens].cpu().numpy() if self.track_attention else None
+        block = int(self.block_fraction * capacity) if capacity == self.capacity else 0
+        plan = plan_eviction(self.table, self.policy, capacity=capacity, incoming=incoming,
+                             current_step=self.current_step, recent_steps=self.recent_steps,
+                             attention=attention, block_tokens=block)
+        if plan is None:
             return 0
-        members, view = self._group_view()
-        pol = self.policy
-        never = view.sink | (view.pinned & pol.protect_pinned)
-        recent = (~view.pinned & ~view.sink) & (view.step > self.current_step - self.recent_steps)
-        scores = pol.scorer.score(view)
-        # First pass: the policy's order among groups that are neither protected nor recent.
-        # Second pass: if that is not enough, the recent window gives way, oldest first
-        # (the budget is hard; the window is a preference). Ties break by age, oldest first.
-        first = [g for g in np.lexsort((view.step, scores)) if not never[g]
-                 and not (pol.protect_recent and recent[g])]
-        first_set = set(first)
-        second = [g for g in np.argsort(view.step, kind="stable") if not never[g] and g not in first_set]
-        evict: set[int] = set()
-        freed = 0
-        for g in first + second:
-            if freed >= excess:
-                break
-            evict.add(int(g))
-            freed += int(view.tokens[g])
-        if freed < excess:
-            raise BudgetError(
-                f"cannot free {excess} tokens: {self.table.pinned_tokens} pinned tokens and the "
-                f"current step fill the cache of {capacity} tokens; raise the budget")
-        dropped = {i for g in evict for i in members[g]}
-        self.evicted_written_total += sum(1 for g in evict if view.written[g] and not view.pinned[g]
-                                          and not view.sink[g])
-        keep = [s for i, s in enumerate(self.table.segments) if i not in dropped]
-        self._compact(keep)
-        self.evictions_total += len(dropped)
-        return len(dropped)
+        self.evicted_written_total += plan.dropped_written_steps
+        self._compact(plan.keep)
+        self.evictions_total += plan.dropped_segments
+        return plan.dropped_segments
 
     def _compact(self, keep: list[Segment]) -> None:
-        """Move the kept segments down to contiguous slots and positions (keys re-rotated)."""
-        old_used = self.used_tokens
+        """Execute the move plan: kept segments to contiguous slots and positions (keys re-rotated)."""
         if self.used_tokens != self.table.used_tokens:
             raise RuntimeError("cannot compact with uncommitted tokens in the cache")
-        n_keep = len(keep)
-        starts = np.fromiter((s.start for s in keep), dtype=np.int64, count=n_keep)
-        lengths = np.fromiter((s.length for s in keep), dtype=np.int64, count=n_keep)
-        pos_starts = np.fromiter((s.pos_start for s in keep), dtype=np.int64, count=n_keep)
-        spans = np.fromiter((s.pos_span for s in keep), dtype=np.int64, count=n_keep)
-        new_starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if n_keep else starts
-        new_pos = np.concatenate(([0], np.cumsum(spans)[:-1])) if n_keep else pos_starts
-        moved = np.nonzero((new_starts != starts) | (new_pos != pos_starts))[0]
-        slot = int(lengths.sum())
-        if moved.size:
-            first = int(moved[0])
-            first_moved = int(new_starts[first])
-            # Source slots of every token from the first moved segment on, and each token's
-            # position change: built with numpy in one go, not a tensor per segment.
-            seg_len = lengths[first:]
-            offsets = np.arange(int(seg_len.sum())) - np.repeat(np.cumsum(seg_len) - seg_len, seg_len)
-            src = np.repeat(starts[first:], seg_len) + offsets
-            delta = np.repeat(new_pos[first:] - pos_starts[first:], seg_len)
-            device = self.layers[0].keys.device
-            index = torch.from_numpy(src).to(device)
-            shift = torch.from_numpy(delta)
-            rotate = bool(np.any(delta != 0))
-            if rotate and self.rotator is None:
-                raise RuntimeError("positions changed but the cache has no RopeRotator")
-            n = index.numel()
-            for li, layer in enumerate(self.layers):
-                moved_k = layer.keys.index_select(2, index)
-                if rotate:
-                    self.rotator.rotate_(moved_k, shift, li)
-                layer.keys[:, :, first_moved: first_moved + n] = moved_k
-                layer.values[:, :, first_moved: first_moved + n] = layer.values.index_select(2, index)
-            self.attention[first_moved: first_moved + n] = self.attention.index_select(0, index)
-        for seg, start, pos in zip(keep, new_starts.tolist(), new_pos.tolist()):
-            seg.start, seg.pos_start = start, pos
+        old_used = self.used_tokens
+        moves = plan_moves(keep)
+        if moves.moves:
+            for li in range(len(self.layers)):
+                self.layers[li].move(moves.src, moves.delta if moves.rotates else None, moves.first_slot,
+                                     self.rotator, li)
+            device = self.attention.device
+            index = torch.from_numpy(moves.src).to(device)
+            first, n = moves.first_slot, moves.src.size
+            self.attention[first: first + n] = self.attention.index_select(0, index)
+        moves.apply_to(keep)
         for layer in self.layers:
-            layer.length = slot
-        self.attention[slot:old_used] = 0
+            layer.length = moves.used_tokens
+        self.attention[moves.used_tokens:old_used] = 0
         self.table.segments = keep

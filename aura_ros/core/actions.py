@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,3 @@ class ActionSpace:
         b = np.asarray(bins, dtype=np.float64)
         values = self.low + (b + 0.5) * (self.high - self.low) / self.n_bins
         return np.clip(values, self.low, self.high)
-
-
-def constrained_argmax(logits: torch.Tensor, allowed_ids: torch.Tensor) -> int:
-    """Index into ``allowed_ids`` of the highest logit among them (a logits mask)."""
-    return int(torch.argmax(logits.index_select(-1, allowed_ids)).item())

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aura_ros.demo import INSTRUCTION, start_process, stop_process
+from aura_ros.tools.demo import INSTRUCTION, start_process, stop_process
 
 
 @dataclass

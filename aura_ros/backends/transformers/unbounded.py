@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from transformers import DynamicCache
 
-from aura_ros.memory.cache import MemoryStats
+from aura_ros.memory.stats import MemoryStats
 from aura_ros.memory.segments import Kind, Segment, SegmentTable
 
 

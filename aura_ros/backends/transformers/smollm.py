@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from aura_ros.policy.loading import (build_atomically, default_model_dir, ensure_action_tokens, load_model,
+from aura_ros.backends.transformers.loading import (build_atomically, default_model_dir, ensure_action_tokens, load_model,
                                      quiet_progress)
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _build_vlm(out: Path, decoder_dir: Path, seed: int) -> None:
     """SmolVLM = random SigLIP tower + random connector + the real SmolLM2 decoder, into ``out``."""
     import transformers as tf
 
-    from aura_ros.policy.processors import SmolVLMImageOnlyProcessor
+    from aura_ros.backends.transformers.processors import SmolVLMImageOnlyProcessor
 
     with quiet_progress():
         decoder = tf.AutoModelForCausalLM.from_pretrained(str(decoder_dir), dtype=torch.float32, use_safetensors=True)

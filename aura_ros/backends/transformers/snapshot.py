@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from aura_ros.memory.cache import GatedKVCache
+from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.memory.segments import Kind, Segment
 
 FORMAT = "aura_ros.kv_snapshot/1"
@@ -83,7 +83,7 @@ def save(cache: GatedKVCache, base: str | os.PathLike, fingerprint: str, extra: 
         "fingerprint": fingerprint,
         "tensor_sha256": hashlib.sha256(blob).hexdigest(),
         "layout": {"kv_heads": cache.layout.kv_heads, "k_head_dim": cache.layout.k_head_dim,
-                   "v_head_dim": cache.layout.v_head_dim, "dtype": str(cache.layout.dtype)},
+                   "v_head_dim": cache.layout.v_head_dim, "dtype": str(cache.layers[0].dtype)},
         "policy": cache.policy.name,
         "budget_bytes": cache.budget_bytes,
         "recent_steps": cache.recent_steps,
@@ -120,7 +120,7 @@ def load(cache: GatedKVCache, base: str | os.PathLike, fingerprint: str) -> dict
                             f"this model {fingerprint})")
     layout = cache.layout
     expected = {"kv_heads": list(layout.kv_heads), "k_head_dim": list(layout.k_head_dim),
-                "v_head_dim": list(layout.v_head_dim), "dtype": str(layout.dtype)}
+                "v_head_dim": list(layout.v_head_dim), "dtype": str(cache.layers[0].dtype)}
     got = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in meta.get("layout", {}).items()}
     if got != expected:
         raise SnapshotError(f"{meta_path} was written for another cache layout: {got} != {expected}")

@@ -33,7 +33,7 @@ def _bench_memory(args) -> int:
 
 def _bench_recall(args) -> int:
     from aura_ros.bench import recall
-    from aura_ros.policy.smollm import load_smollm2_decoder
+    from aura_ros.backends.transformers.smollm import load_smollm2_decoder
 
     _threads(args.threads)
     model, tokenizer = load_smollm2_decoder()
@@ -47,14 +47,14 @@ def _bench_recall(args) -> int:
 
 
 def _demo(args) -> int:
-    from aura_ros.demo import run_demo
+    from aura_ros.tools.demo import run_demo
 
     return run_demo(steps=args.steps, budget_mb=args.budget_mb, rate_hz=args.rate_hz, out=Path(args.out),
                     unbounded_steps=args.unbounded_steps)
 
 
 def _soak(args) -> int:
-    from aura_ros.soak import run_soak
+    from aura_ros.tools.soak import run_soak
 
     rep = run_soak(steps=args.steps, hours=args.hours, budget_mb=args.budget_mb, rate_hz=args.rate_hz,
                    out=Path(args.out))

@@ -10,7 +10,7 @@ small fixed number of image tokens (16 by default). The weights are random: the 
 not "see". Built once into a cache folder (``loading.ensure_default_model``), reloaded offline.
 
     path = build_tiny_vlm("llava", Path("/tmp/tiny-llava"))
-    loaded = load_model(path)          # aura_ros.policy.loading
+    loaded = load_model(path)          # aura_ros.backends.transformers.loading
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from aura_ros.policy.loading import MARKER_TOKENS, action_token_ids, action_token_names, quiet_progress
+from aura_ros.backends.transformers.loading import MARKER_TOKENS, action_token_ids, action_token_names, quiet_progress
 
 # Bump when the builder's output changes, so cached builds of an older layout are not reused.
 BUILDER_VERSION = 1
@@ -199,7 +199,7 @@ def _build(arch: str, tok, image_size: int, patch_size: int):
             proc = tf.Idefics3Processor(image_processor=tf.Idefics3ImageProcessorPil(**image_kw), tokenizer=tok,
                                         image_seq_len=seq)
         else:
-            from aura_ros.policy.processors import SmolVLMImageOnlyProcessor
+            from aura_ros.backends.transformers.processors import SmolVLMImageOnlyProcessor
 
             cfg = tf.SmolVLMConfig(vision_config=vision, text_config=text, scale_factor=scale,
                                    image_token_id=tok.convert_tokens_to_ids("<image>"))
@@ -208,7 +208,7 @@ def _build(arch: str, tok, image_size: int, patch_size: int):
                                              tokenizer=tok, image_seq_len=seq)
         return model, proc, seq
     if arch == "qwen2_vl":
-        from aura_ros.policy.processors import Qwen2VLImageOnlyProcessor
+        from aura_ros.backends.transformers.processors import Qwen2VLImageOnlyProcessor
 
         merge = 2
         text = dict(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
@@ -339,7 +339,7 @@ def model_inputs(loaded, image, text: str, past_tokens: int = 0) -> dict:
 
 def position_inputs(loaded, input_ids: torch.Tensor, start: int, grid=None) -> dict:
     """Explicit 3-D mrope positions for Qwen2-VL (a cached chunk needs them), nothing otherwise."""
-    from aura_ros.policy.positions import mrope_positions
+    from aura_ros.backends.transformers.positions import mrope_positions
 
     if not loaded.is_mrope:
         return {}
@@ -365,7 +365,7 @@ def measure_step(path: str | Path, past_tokens: int = 1000, repeats: int = 30, n
     from PIL import Image
     from transformers import DynamicCache
 
-    from aura_ros.policy.loading import load_model
+    from aura_ros.backends.transformers.loading import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -412,7 +412,7 @@ def measure_step(path: str | Path, past_tokens: int = 1000, repeats: int = 30, n
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m aura_ros.policy.tiny_models [--archs a,b]: build each arch, print its step-time table.
+    """python -m aura_ros.backends.transformers.tiny_models [--archs a,b]: build each arch, print its step-time table.
 
     The archs are measured in interleaved rounds and each figure is the best round's median, so a
     burst of load from another process on a small machine does not decide the comparison.

@@ -1,0 +1,1 @@
+"""The policy seam: types, the Policy protocol, the backend registry, the default arm."""

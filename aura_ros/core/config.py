@@ -1,0 +1,40 @@
+"""PolicyConfig: what every backend needs to know about the robot and the memory."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aura_ros.core import arm
+from aura_ros.core.actions import ActionSpace
+from aura_ros.memory.gate import GateConfig
+from aura_ros.memory.scorers import UtilityWeights
+
+DEFAULT_SYSTEM_PROMPT = "You are a robot policy. Follow the instruction. Output one action per step."
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    joint_names: tuple[str, ...] = arm.JOINT_NAMES
+    low: tuple[float, ...] = arm.LOW
+    high: tuple[float, ...] = arm.HIGH
+    discrete_joints: tuple[str, ...] = arm.DISCRETE_JOINTS
+    n_bins: int = 256
+    chunk: int = 1
+    budget_bytes: int = 8 * 1024 * 1024
+    recent_steps: int = 8
+    eviction: str = "action_gate"  # or sliding_window, streaming_llm, h2o, unbounded (the baselines)
+    unbounded_max_tokens: int | None = None  # the stated cap of the unbounded reference
+    block_fraction: float = 0.0  # when full, free at least this fraction of the capacity at once
+    gate: GateConfig = field(default_factory=GateConfig)
+    utility: UtilityWeights = field(default_factory=UtilityWeights)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    clear_memory_on_instruction: bool = False
+    state_decimals: int = 2
+
+    def action_space(self) -> ActionSpace:
+        return ActionSpace(tuple(self.joint_names), np.array(self.low), np.array(self.high),
+                           self.n_bins, self.chunk)
+
+    def discrete_mask(self) -> np.ndarray:
+        return np.array([n in self.discrete_joints for n in self.joint_names])

@@ -1,0 +1,41 @@
+"""What crosses the policy seam: one Observation in, one Action out, per control step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aura_ros.memory.gate import GateDecision
+from aura_ros.memory.stats import StepStats
+
+
+@dataclass
+class Observation:
+    """The newest inputs of one control step.
+
+    image: HxWx3 uint8 RGB (None for a backend that runs on text observations alone).
+    joint_state: one value per joint, in the policy's joint order.
+    instruction: a new instruction, or None to keep the pinned one.
+    event: an external event (a new sub-task) that the gate treats as a discrete change.
+    """
+
+    image: np.ndarray | None
+    joint_state: np.ndarray
+    instruction: str | None = None
+    event: bool = False
+
+
+@dataclass
+class Action:
+    step: int
+    joint_names: tuple[str, ...]
+    positions: np.ndarray  # [chunk, dim], inside [low, high]
+    bins: np.ndarray  # [chunk, dim]
+    gate: GateDecision
+    stats: StepStats
+    logits: np.ndarray  # [n_bins]: the first action token's logits over the action tokens
+
+    @property
+    def first(self) -> np.ndarray:
+        """The action executed now (the first of the chunk)."""
+        return self.positions[0]
