@@ -20,6 +20,7 @@ import torch
 
 from aura_ros.bench.episodes import HIGH, LOW, Episode, make_episode
 from aura_ros.backends.transformers.cache import GatedKVCache
+from aura_ros.backends.transformers.policy import cache_kwarg
 from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.memory import ActionGate, Kind, KVLayout, make_policy
 from aura_ros.backends.transformers.attention import register as register_attention
@@ -65,7 +66,7 @@ class Reader:
     def forward(self, cache, ids: torch.Tensor) -> torch.Tensor:
         start = cache.reserve(ids.shape[1])
         pos = torch.arange(start, start + ids.shape[1])[None]
-        return self.model(input_ids=ids, past_key_values=cache, position_ids=pos).logits[0]
+        return self.model(input_ids=ids, **{cache_kwarg(self.model): cache}, position_ids=pos).logits[0]
 
     def episode_tokens(self, ep: Episode) -> int:
         return sum(self.ids(line).shape[1] for line in [ep.instruction] + ["\n" + x for x in ep.lines])

@@ -12,6 +12,7 @@ never grows; positions are explicit (mrope for the Qwen family); nothing per ste
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import replace
 
@@ -23,6 +24,7 @@ from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.backends.transformers.unbounded import UnboundedCache
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.types import Action, Observation
+from aura_ros.memory.budget import budget_error
 from aura_ros.memory import ActionGate, BudgetError, GateConfig, GateDecision, Kind, action_gated, make_policy
 from aura_ros.memory.stats import MemoryStats, StepStats
 from aura_ros.backends.transformers.positions import mrope_positions, rope_positions
@@ -30,6 +32,12 @@ from aura_ros.backends.transformers.positions import mrope_positions, rope_posit
 def constrained_argmax(logits: torch.Tensor, allowed_ids: torch.Tensor) -> int:
     """Index into ``allowed_ids`` of the highest logit among them (a logits mask)."""
     return int(torch.argmax(logits.index_select(-1, allowed_ids)).item())
+
+
+def cache_kwarg(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` from transformers 5.2x on
+    (``past_key_values`` is deprecated there and removed in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 MODEL_INPUTS = ("input_ids", "pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
@@ -54,6 +62,7 @@ class VLMPolicy:
         self.is_mrope = "mrope_section" in (getattr(mc.get_text_config(), "rope_parameters", None) or {}) \
             or mc.model_type in ("qwen2_vl", "qwen2_5_vl")
         self.image_token_id = getattr(mc, "image_token_id", None) or getattr(mc, "image_token_index", None)
+        self._cache_kwarg = cache_kwarg(model)
         self.cache = self._make_cache()
         self.gate = ActionGate(self.space.low, self.space.high, config.discrete_mask(), config.gate)
         self.step_index = 0
@@ -113,7 +122,7 @@ class VLMPolicy:
         """
         ids = inputs["input_ids"]
         pos, span = self._positions(self.cache.next_position, ids, inputs.get("image_grid_thw"))
-        out = self.model(**inputs, past_key_values=self.cache, position_ids=pos, use_cache=True,
+        out = self.model(**inputs, **{self._cache_kwarg: self.cache}, position_ids=pos, use_cache=True,
                          logits_to_keep=1)
         if commit is not None:
             # Text advances one position a token (the default); an mrope image chunk less.
@@ -137,16 +146,36 @@ class VLMPolicy:
                 for k, v in inputs.items() if k in MODEL_INPUTS}
 
     # ------------------------------------------------------------------ public API
+    def encode_instruction(self, instruction: str) -> dict:
+        """The pinned segment: system prompt (with the tokenizer's special tokens) + the instruction.
+
+        The instruction is tokenized as plain text (special-token parsing off), so a sender cannot
+        inject action tokens or structure markers (<act_0>, <obs>, <image>, </s>) into the prompt.
+        """
+        head = self.tokenizer(f"{self.config.system_prompt}\nInstruction: ", add_special_tokens=True,
+                              return_tensors="pt")["input_ids"]
+        body = self.tokenizer(f"{instruction}\n", add_special_tokens=False, split_special_tokens=True,
+                              return_tensors="pt")["input_ids"]
+        return {"input_ids": torch.cat([head, body], dim=1).to(self.device)}
+
     def set_instruction(self, instruction: str) -> None:
-        """Pin a new system prompt + instruction; older memory stays unless configured otherwise."""
+        """Pin a new system prompt + instruction; older memory stays unless configured otherwise.
+
+        Raises BudgetError, with the old instruction still pinned, when the new one cannot fit
+        beside one step.
+        """
+        inputs = self.encode_instruction(instruction)
+        n = inputs["input_ids"].shape[1]
+        if isinstance(self.cache, GatedKVCache):
+            reason = budget_error(self.cache.layout, self.cache.budget_bytes, n, self.cache.step_tokens)
+            if reason:
+                raise BudgetError(f"instruction of {n} tokens refused: {reason}")
         if self.config.clear_memory_on_instruction:
             self.cache.clear_memory(keep_pinned=False)
             self.gate.reset()
         else:
             self.cache.drop_pinned()
-        text = f"{self.config.system_prompt}\nInstruction: {instruction}\n"
-        inputs = self._encode_text(text, special=True)
-        self.cache.reserve(inputs["input_ids"].shape[1])
+        self.cache.reserve(n)
         self._forward(inputs, (Kind.PINNED, -1))
         self.instruction = instruction
 
