@@ -3,6 +3,7 @@
     aura-ros demo                   # the closed loop over real topics, with a plot
     aura-ros bench memory           # flat memory / latency per policy (20k steps by default)
     aura-ros bench recall           # what the memory keeps, with real SmolLM2-135M weights
+    aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
     aura-ros soak --steps 100000    # node + sim, invariants checked on every message
 """
 from __future__ import annotations
@@ -43,6 +44,22 @@ def _bench_recall(args) -> int:
     rows = recall.summarise(results)
     recall.write_outputs(Path(args.out), results, runs, rows)
     print((Path(args.out) / "recall_table.md").read_text())
+    return 0
+
+
+def _bench_tasks(args) -> int:
+    from aura_ros.bench import tasks
+
+    _threads(args.threads)
+    summary = tasks.run(tasks=tuple(args.tasks.split(",")), policies=tuple(args.policies.split(",")),
+                        distractors=tuple(int(d) for d in args.distractors.split(",")), episodes=args.episodes,
+                        budget_tokens=args.budget_tokens, budget_mb=args.budget_mb, unbounded_cap=args.unbounded_cap,
+                        recent_steps=args.recent_steps, novelty_weight=args.novelty_weight, model=args.model,
+                        seed=args.seed, expert=not args.no_expert, out=Path(args.out), progress=not args.no_progress)
+    out = Path(args.out)
+    print(f"\nwrote {out}/tasks_episodes.csv, tasks_success.csv, tasks_table.md, tasks_success.png, "
+          f"tasks_summary.json ({summary['meta']['seconds']:.0f} s)")
+    print((out / "tasks_table.md").read_text())
     return 0
 
 
@@ -110,6 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--out", default="out/bench_recall")
     rec.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     rec.set_defaults(func=_bench_recall)
+
+    tb = bench.add_parser("tasks", help="closed-loop success on the memory tasks, per memory policy")
+    tb.add_argument("--tasks", default="cue_recall,latent_fact")
+    tb.add_argument("--policies", default="unbounded,sliding_window,streaming_llm,h2o,action_gate,action_gate_novelty")
+    tb.add_argument("--distractors", default="20,200,2000", help="distractor lengths D (steps)")
+    tb.add_argument("--episodes", default="20", help="episodes per (task, policy, D): one N, or one per D (20,20,5)")
+    budget = tb.add_mutually_exclusive_group()
+    budget.add_argument("--budget-tokens", type=int, default=1024, help="KV budget of every bounded policy, in tokens")
+    budget.add_argument("--budget-mb", type=float, default=None, help="KV budget in MiB (instead of --budget-tokens)")
+    tb.add_argument("--unbounded-cap", type=int, default=600,
+                    help="the unbounded cache runs only episodes of at most this many steps")
+    tb.add_argument("--recent-steps", type=int, default=8, help="recent steps every bounded policy keeps")
+    tb.add_argument("--novelty-weight", type=float, default=1.0, help="w_novelty of the action_gate_novelty row")
+    tb.add_argument("--model", default=None, help="model folder (default: the embedded trained policy)")
+    tb.add_argument("--seed", type=int, default=0, help="episode i uses seed + i, for every policy and D")
+    tb.add_argument("--no-expert", action="store_true", help="skip the scripted expert's reference rows")
+    tb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tb.add_argument("--out", default="out/bench_tasks")
+    tb.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    tb.set_defaults(func=_bench_tasks)
 
     args = parser.parse_args(argv)
     if args.command == "version":
