@@ -7,6 +7,15 @@ gripper, a turn changes the heading, a drop opens the gripper) and carry the fac
 about later. Control facts sit in steady steps with no action change: the gate has no reason to
 keep them, and the benchmark reports what that costs.
 
+Variants (``make_episode(..., variant=...)``), after what real action streams do and the first
+episodes lacked (issue 16):
+- ``steady``: steady steps repeat one action exactly and grasps/drops persist (the first variant);
+- ``jitter``: the same events, but every step's forward speed is drawn around its value
+  (``jitter``: half-width, in the joint's units), as a real policy's output wanders between
+  neighbouring action bins;
+- ``momentary``: jitter, and every event is momentary: the action departs for one step (a turn,
+  a stop, a pinch of the gripper) and then returns to the steady action.
+
 Questions are scored by the log-likelihood of each candidate answer. The answer prompts reuse
 the log's own words ("step 40: grasp the" -> " blue cup"): with plain question/answer wording a
 135M model is near chance even with the full cache (measured; see docs/benchmarks.md).
@@ -44,6 +53,12 @@ class Episode:
     questions: list[Question] = field(default_factory=list)
     event_steps: list[int] = field(default_factory=list)
     control_steps: list[int] = field(default_factory=list)
+    variant: str = "steady"
+
+    @property
+    def event_rate(self) -> float:
+        """Fraction of steps that are events: what an ideal gate would write."""
+        return len(self.event_steps) / max(len(self.lines), 1)
 
 
 def _distractors(rng: np.random.Generator, pool: list[str], right: str, n: int = 3) -> list[str]:
@@ -58,8 +73,17 @@ def _mc(rng, kind, prompt, right, pool, fact_step) -> Question:
     return Question(kind, prompt, tuple(" " + c for c in cands), int(np.where(order == 0)[0][0]), fact_step)
 
 
-def make_episode(seed: int, steps: int = 120, events: int = 8, controls: int = 4) -> Episode:
+VARIANTS = ("steady", "jitter", "momentary")
+
+
+def make_episode(seed: int, steps: int = 120, events: int = 8, controls: int = 4, variant: str = "steady",
+                 jitter: float = 0.05) -> Episode:
+    """One episode; ``variant`` and ``jitter`` as in the module docstring."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown episode variant {variant!r}; choose one of {VARIANTS}")
     rng = np.random.default_rng(seed)
+    # A separate stream for the jitter, so that every variant of a seed has the same facts.
+    noise = np.random.default_rng([seed, 16])
     things = [f"{c} {o}" for c in COLORS for o in OBJECTS]
     target, place = str(rng.choice(things)), str(rng.choice(PLACES))
     instruction = f"Instruction: pick up the {target} and put it on the {place}."
@@ -70,7 +94,24 @@ def make_episode(seed: int, steps: int = 120, events: int = 8, controls: int = 4
     action = np.array([0.5, 0.0, 0.0])
     holding: str | None = None
     for t in range(steps):
-        if t in event_steps:
+        steady = action.copy()
+        if t in event_steps and variant == "momentary":
+            seen = str(rng.choice(things))
+            kind = int(rng.integers(3))
+            if kind == 0:
+                side = str(rng.choice(SIDES))
+                action = np.array([0.5, -0.8 if side == "left" else 0.8, steady[2]])
+                lines.append(f"step {t}: turn {side} toward the {seen}.")
+                questions.append(_mc(rng, "event", f"step {t}: turn {side} toward the", seen, things, t))
+            elif kind == 1:
+                action = np.array([0.0, 0.0, steady[2]])  # a stop
+                lines.append(f"step {t}: stop at the {seen}.")
+                questions.append(_mc(rng, "event", f"step {t}: stop at the", seen, things, t))
+            else:
+                action = np.array([0.5, 0.0, 1.0 - steady[2]])  # the gripper flips for one step
+                lines.append(f"step {t}: pinch the {seen}.")
+                questions.append(_mc(rng, "event", f"step {t}: pinch the", seen, things, t))
+        elif t in event_steps:
             if holding is None and rng.random() < 0.6:
                 holding = str(rng.choice(things))
                 action = np.array([0.5, 0.0, 1.0])  # the gripper closes and stays closed
@@ -94,8 +135,14 @@ def make_episode(seed: int, steps: int = 120, events: int = 8, controls: int = 4
             questions.append(_mc(rng, "control", f"step {t}: move on, pass the", seen, things, t))
         else:
             lines.append(f"step {t}: move on.")
-        actions.append(action.copy())
-        if t in event_steps and action[1] != 0.0:
+        executed = action.copy()
+        if variant != "steady" and executed[0] > 0:
+            # The forward speed wanders around its value; a stop stays a stop.
+            executed[0] = np.clip(executed[0] + noise.uniform(-jitter, jitter), LOW[0], HIGH[0])
+        actions.append(executed)
+        if t in event_steps and variant == "momentary":
+            action = steady  # the momentary action is over: back to what the robot was doing
+        elif t in event_steps and action[1] != 0.0:
             action = np.array([0.5, 0.0, action[2]])  # the turn is over: straight on again
     questions.insert(0, _mc(rng, "instruction", "Instruction: pick up the", target, things, -1))
-    return Episode(instruction, lines, np.stack(actions), questions, event_steps, control_steps)
+    return Episode(instruction, lines, np.stack(actions), questions, event_steps, control_steps, variant)

@@ -6,9 +6,18 @@ the reference, the sliding window, StreamingLLM, H2O and the action gate. At the
 multiple-choice questions about the instruction, the events and the control facts. Scores:
 accuracy (the candidate with the highest log-likelihood) and fidelity (KL divergence of the
 next-token distribution after each answer prompt from the full cache's).
+
+The "oracle" is the reference for the gate (issue 16): a perfect gate at the same budget, i.e.
+the instruction plus only the event lines, encoded one after the other into the same gated
+cache and all written to long-term memory. When even they do not fit, the oracle keeps what the
+eviction order keeps. Episodes come in variants (steady, jitter, momentary; see
+``bench.episodes``); the gate's write rate is reported against each episode's true event rate.
+
+    python -m aura_ros.bench.recall --variants jitter,momentary --steps 100 --events 6 --episodes 6
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import time
@@ -18,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aura_ros.bench.episodes import HIGH, LOW, Episode, make_episode
+from aura_ros.bench.episodes import HIGH, LOW, VARIANTS, Episode, make_episode
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.policy import cache_kwarg
 from aura_ros.backends.transformers.rope import RopeRotator
@@ -26,11 +35,12 @@ from aura_ros.memory import ActionGate, Kind, KVLayout, make_policy
 from aura_ros.backends.transformers.attention import register as register_attention
 from aura_ros.backends.transformers.unbounded import UnboundedCache
 
-POLICIES = ("full", "sliding_window", "streaming_llm", "h2o", "action_gate")
+POLICIES = ("full", "sliding_window", "streaming_llm", "h2o", "action_gate", "oracle")
 
 
 @dataclass
 class QuestionResult:
+    variant: str
     episode: int
     policy: str
     budget_frac: float
@@ -42,12 +52,15 @@ class QuestionResult:
 
 @dataclass
 class RunSummary:
+    variant: str
     episode: int
     policy: str
     budget_frac: float
     budget_tokens: int
     episode_tokens: int
     write_rate: float
+    event_rate: float  # the episode's true event rate: what an ideal gate writes
+    events_written: float  # fraction of the event steps the gate wrote
     seconds: float
 
 
@@ -75,20 +88,28 @@ class Reader:
         if policy == "full":
             cache = UnboundedCache(self.model.config)
         else:
-            pol = make_policy(policy)
+            pol = make_policy("action_gate" if policy == "oracle" else policy)
             self.model.set_attn_implementation(register_attention() if pol.uses_attention else "sdpa")
             cache = GatedKVCache(self.model.config, self.layout.bytes_for(budget_tokens), self.rotator, policy=pol,
                                  recent_steps=self.recent_steps, dtype=self.model.dtype)
         gate = ActionGate(LOW, HIGH, discrete=np.array([False, False, True]))
         self.forward(cache, self.ids(ep.instruction))
         cache.commit(Kind.PINNED, -1)
-        writes = 0
+        written = []
+        events = set(ep.event_steps)
         for t, line in enumerate(ep.lines):
+            if policy == "oracle" and t not in events:
+                continue  # a perfect gate: the steady steps are never encoded at all
             self.forward(cache, self.ids("\n" + line))
             cache.commit(Kind.OBSERVATION, t)
+            if policy == "oracle":
+                cache.set_gate(t, 1.0, True)
+                written.append(t)
+                continue
             d = gate.update(ep.actions[t])
             cache.set_gate(t, d.value, d.written)
-            writes += d.written
+            if d.written:
+                written.append(t)
         if isinstance(cache, GatedKVCache):
             # Room for the questions without evicting more of the episode: growing never evicts.
             cache.set_budget(self.layout.bytes_for(cache.capacity + headroom))
@@ -109,7 +130,7 @@ class Reader:
                 scores.append(float(logp.gather(1, c[0][:, None]).sum()))
             kept = instruction_kept if q.fact_step < 0 else q.fact_step in kept_steps
             answers.append((q, int(np.argmax(scores)), next_logp, kept))
-        return answers, writes / max(len(ep.lines), 1)
+        return answers, written
 
 
 def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
@@ -117,43 +138,58 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
 
 
 def run_recall(model, tokenizer, episodes: int = 4, steps: int = 240, budgets=(0.05, 0.10, 0.25),
-               policies=POLICIES, seed: int = 0, recent_steps: int = 4, progress=print):
+               policies=POLICIES, seed: int = 0, recent_steps: int = 4, progress=print,
+               variants=("steady",), events: int = 8, controls: int = 4, jitter: float = 0.05):
+    """Every (variant, episode, budget, policy). The oracle runs whenever the gate does: it is the
+    gate's reference."""
     reader = Reader(model, tokenizer, recent_steps)
+    policies = tuple(policies)
+    if "action_gate" in policies and "oracle" not in policies:
+        policies += ("oracle",)
     results, runs = [], []
-    for e in range(episodes):
-        ep = make_episode(seed + e, steps=steps)
-        total = reader.episode_tokens(ep)
-        headroom = max(reader.ids("\n" + q.prompt + c).shape[1] for q in ep.questions for c in q.candidates) + 4
-        t0 = time.perf_counter()
-        full, _ = reader.run(ep, "full", None, headroom)
-        runs.append(RunSummary(e, "full", 1.0, total, total, 0.0, time.perf_counter() - t0))
-        ref = {id(q): lp for q, _, lp, _ in full}
-        for q, pick, _, _ in full:
-            results.append(QuestionResult(e, "full", 1.0, q.kind, pick == q.answer, 0.0, True))
-        for frac in budgets:
-            budget = max(int(total * frac), 48)
-            for policy in policies:
-                if policy == "full":
-                    continue
-                t0 = time.perf_counter()
-                answers, write_rate = reader.run(ep, policy, budget, headroom)
-                runs.append(RunSummary(e, policy, frac, budget, total, write_rate if policy == "action_gate" else 1.0,
-                                       time.perf_counter() - t0))
-                for q, pick, lp, kept in answers:
-                    results.append(QuestionResult(e, policy, frac, q.kind, pick == q.answer, _kl(ref[id(q)], lp), kept))
-                progress(f"episode {e} budget {frac:.0%} {policy}: "
-                         f"{np.mean([r.correct for r in results[-len(answers):]]):.2f} accuracy")
+    for variant in variants:
+        for e in range(episodes):
+            ep = make_episode(seed + e, steps=steps, events=events, controls=controls, variant=variant, jitter=jitter)
+            total = reader.episode_tokens(ep)
+            headroom = max(reader.ids("\n" + q.prompt + c).shape[1] for q in ep.questions for c in q.candidates) + 4
+            t0 = time.perf_counter()
+            full, _ = reader.run(ep, "full", None, headroom)
+            runs.append(RunSummary(variant, e, "full", 1.0, total, total, 1.0, ep.event_rate, 1.0,
+                                   time.perf_counter() - t0))
+            ref = {id(q): lp for q, _, lp, _ in full}
+            for q, pick, _, _ in full:
+                results.append(QuestionResult(variant, e, "full", 1.0, q.kind, pick == q.answer, 0.0, True))
+            for frac in budgets:
+                budget = max(int(total * frac), 48)
+                for policy in policies:
+                    if policy == "full":
+                        continue
+                    t0 = time.perf_counter()
+                    answers, written = reader.run(ep, policy, budget, headroom)
+                    gated = policy in ("action_gate", "oracle")
+                    write_rate = len(written) / max(len(ep.lines), 1) if gated else 1.0
+                    events_written = (len(set(written) & set(ep.event_steps)) / max(len(ep.event_steps), 1)
+                                      if gated else 1.0)
+                    runs.append(RunSummary(variant, e, policy, frac, budget, total, write_rate, ep.event_rate,
+                                           events_written, time.perf_counter() - t0))
+                    for q, pick, lp, kept in answers:
+                        results.append(QuestionResult(variant, e, policy, frac, q.kind, pick == q.answer,
+                                                      _kl(ref[id(q)], lp), kept))
+                    progress(f"{variant} episode {e} budget {frac:.0%} {policy}: "
+                             f"{np.mean([r.correct for r in results[-len(answers):]]):.2f} accuracy, "
+                             f"write rate {write_rate:.2f} (events {ep.event_rate:.2f})")
     return results, runs
 
 
 def summarise(results: list[QuestionResult]) -> list[dict]:
-    """One row per (policy, budget, question kind): accuracy, mean KL, fraction of facts kept."""
+    """One row per (variant, policy, budget, question kind): accuracy, mean KL, fraction of facts kept."""
     groups: dict[tuple, list[QuestionResult]] = {}
     for r in results:
-        groups.setdefault((r.policy, r.budget_frac, r.kind), []).append(r)
+        groups.setdefault((r.variant, r.policy, r.budget_frac, r.kind), []).append(r)
     rows = []
-    for (policy, frac, kind), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], POLICIES.index(kv[0][0]), kv[0][2])):
-        rows.append({"policy": policy, "budget": frac, "kind": kind, "n": len(rs),
+    order = lambda kv: (VARIANTS.index(kv[0][0]), kv[0][2], POLICIES.index(kv[0][1]), kv[0][3])  # noqa: E731
+    for (variant, policy, frac, kind), rs in sorted(groups.items(), key=order):
+        rows.append({"variant": variant, "policy": policy, "budget": frac, "kind": kind, "n": len(rs),
                      "accuracy": float(np.mean([r.correct for r in rs])),
                      "kl": float(np.mean([r.kl for r in rs])),
                      "fact_kept": float(np.mean([r.fact_kept for r in rs]))})
@@ -171,18 +207,63 @@ def write_outputs(out: Path, results, runs, rows) -> None:
         w.writeheader()
         w.writerows(rows)
     (out / "recall_runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
-    lines = ["| budget | policy | instruction acc | event acc | control acc | event KL | event facts kept | write rate |",
-             "|---|---|---|---|---|---|---|---|"]
-    by = {(r["policy"], r["budget"], r["kind"]): r for r in rows}
-    wr = {}
+    lines = ["| variant | budget | policy | instruction acc | event acc | control acc | event KL | event facts kept "
+             "| write rate | true event rate | events written |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    by = {(r["variant"], r["policy"], r["budget"], r["kind"]): r for r in rows}
+    rates: dict[tuple, list[RunSummary]] = {}
     for r in runs:
-        wr.setdefault((r.policy, r.budget_frac), []).append(r.write_rate)
-    for frac in sorted({r["budget"] for r in rows}):
-        for policy in POLICIES:
-            if (policy, frac, "event") not in by:
-                continue
-            g = lambda k, f: by.get((policy, frac, k), {}).get(f, float("nan"))  # noqa: E731
-            lines.append(f"| {'full' if frac == 1.0 else f'{frac:.0%}'} | {policy} | {g('instruction', 'accuracy'):.2f} | "
-                         f"{g('event', 'accuracy'):.2f} | {g('control', 'accuracy'):.2f} | {g('event', 'kl'):.3f} | "
-                         f"{g('event', 'fact_kept'):.2f} | {np.mean(wr.get((policy, frac), [float('nan')])):.2f} |")
+        rates.setdefault((r.variant, r.policy, r.budget_frac), []).append(r)
+    for variant in VARIANTS:
+        for frac in sorted({r["budget"] for r in rows if r["variant"] == variant}):
+            for policy in POLICIES:
+                if (variant, policy, frac, "event") not in by:
+                    continue
+                g = lambda k, f: by.get((variant, policy, frac, k), {}).get(f, float("nan"))  # noqa: E731
+                rs = rates.get((variant, policy, frac), [])
+                m = lambda f: float(np.mean([getattr(r, f) for r in rs])) if rs else float("nan")  # noqa: E731
+                lines.append(f"| {variant} | {'full' if frac == 1.0 else f'{frac:.0%}'} | {policy} | "
+                             f"{g('instruction', 'accuracy'):.2f} | {g('event', 'accuracy'):.2f} | "
+                             f"{g('control', 'accuracy'):.2f} | {g('event', 'kl'):.3f} | {g('event', 'fact_kept'):.2f} | "
+                             f"{m('write_rate'):.3f} | {m('event_rate'):.3f} | {m('events_written'):.2f} |")
     (out / "recall_table.md").write_text("\n".join(lines) + "\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recall benchmark's options (shared by ``aura-ros bench recall`` and ``python -m``)."""
+    parser.add_argument("--episodes", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=240, help="steps per episode")
+    parser.add_argument("--events", type=int, default=8, help="events per episode")
+    parser.add_argument("--controls", type=int, default=4, help="control facts (steady steps) per episode")
+    parser.add_argument("--variants", default="steady", help=f"episode variants, comma-separated: {','.join(VARIANTS)}")
+    parser.add_argument("--jitter", type=float, default=0.05,
+                        help="half-width of the forward-speed jitter of the jitter/momentary variants")
+    parser.add_argument("--budgets", default="0.05,0.10,0.25", help="budgets as fractions of the episode's tokens")
+    parser.add_argument("--policies", default="full,sliding_window,streaming_llm,h2o,action_gate",
+                        help="the oracle runs with action_gate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="out/bench_recall")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from aura_ros.backends.transformers.smollm import load_smollm2_decoder
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_smollm2_decoder()
+    results, runs = run_recall(model, tokenizer, episodes=args.episodes, steps=args.steps,
+                               budgets=tuple(float(b) for b in args.budgets.split(",")),
+                               policies=tuple(args.policies.split(",")), seed=args.seed,
+                               variants=tuple(args.variants.split(",")), events=args.events,
+                               controls=args.controls, jitter=args.jitter)
+    rows = summarise(results)
+    write_outputs(Path(args.out), results, runs, rows)
+    print((Path(args.out) / "recall_table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(prog="python -m aura_ros.bench.recall", description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    raise SystemExit(run_from_args(ap.parse_args()))
