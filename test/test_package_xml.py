@@ -10,7 +10,7 @@ its rosdep key and pip name are added here.
 Rules:
 - Everything imported outside aura_ros/bench is a runtime dependency: a <depend> or
   <exec_depend> in package.xml, and, if pip can install it, a setup.cfg ``install_requires``.
-- The benchmarks (aura_ros/bench) and the demo (aura_ros/demo.py) run only from the laptop
+- The benchmarks (aura_ros/bench) and the demo (aura_ros/tools/demo.py) run only from the laptop
   route (``make bench-*``, ``make demo``), never on the robot: a module imported only there may
   instead be a pip extra in setup.cfg ``extras_require`` (e.g. ``bench``: matplotlib, gguf,
   accelerate), so a robot's rosdep install does not pull plotting and GGUF tooling.
@@ -33,7 +33,7 @@ from setuptools.config.setupcfg import read_configuration
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "aura_ros"
 # Modules that run only on the laptop route (see the rules above), relative to the repo root.
-LAPTOP_ONLY = (Path(PACKAGE) / "bench", Path(PACKAGE) / "demo.py")
+LAPTOP_ONLY = (Path(PACKAGE) / "bench", Path(PACKAGE) / "tools" / "demo.py")
 
 # Top-level import name -> (package.xml key, pip distribution or None where pip has none).
 # ROS packages come from rosdep / the ros-jazzy-* wheels, so they have no install_requires entry.
@@ -66,6 +66,10 @@ DEPENDENCIES: dict[str, tuple[str, str | None]] = {
     "tokenizers": ("python3-tokenizers", "tokenizers"),
     "huggingface_hub": ("python3-huggingface-hub", "huggingface-hub"),
     "matplotlib": ("python3-matplotlib", "matplotlib"),
+    "tqdm": ("python3-tqdm", "tqdm"),
+    # No rosdep keys exist for these two yet (install with pip): bag replay and Foxglove live.
+    "rosbags": ("python3-rosbags", "rosbags"),
+    "foxglove": ("python3-foxglove-sdk", "foxglove-sdk"),
     # No rosdep keys exist for these two: only laptop-only code may use them, as pip extras.
     "gguf": ("python3-gguf", "gguf"),
     "accelerate": ("python3-accelerate", "accelerate"),

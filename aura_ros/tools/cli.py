@@ -5,6 +5,7 @@
     aura-ros bench recall           # what the memory keeps, with real SmolLM2-135M weights
     aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
     aura-ros soak --steps 100000    # node + sim, invariants checked on every message
+    aura-ros replay BAG             # the policy over a recorded rosbag2, to an MCAP (--eviction a,b compares)
 """
 from __future__ import annotations
 
@@ -84,6 +85,42 @@ def _soak(args) -> int:
     return 1 if rep.violations else 0
 
 
+def _replay(args) -> int:
+    """Replay a bag; several budgets/evictions run side by side and print a comparison table."""
+    from aura_ros.core.config import PolicyConfig
+    from aura_ros.memory.budget import BudgetError
+    from aura_ros.tools import replay
+
+    _threads(args.threads)
+    budgets = [float(b) for b in args.budget_mb.split(",")]
+    evictions = args.eviction.split(",")
+    variants = []
+    for e in evictions:
+        for b in budgets:
+            name = "_".join(([e] if len(evictions) > 1 else []) + ([f"budget_{b:g}MB"] if len(budgets) > 1 else []))
+            variants.append((name or "replay", PolicyConfig(budget_bytes=int(b * 2**20), eviction=e,
+                                                            recent_steps=args.recent_steps)))
+    bag = Path(args.bag)
+    out = Path(args.out) if args.out else Path("out/replay") / (bag.stem or bag.name)
+    kwargs = dict(model=args.model, instruction=args.instruction, camera_topic=args.camera_topic,
+                  joints_topic=args.joints_topic, command_topic=args.command_topic, rate_hz=args.rate,
+                  map_period_s=args.map_period, max_steps=args.max_steps, progress=not args.no_progress,
+                  overwrite=args.overwrite)
+    try:
+        if len(variants) == 1:
+            results = [replay.replay(bag, out, variants[0][1], name=variants[0][0], **kwargs)]
+        else:
+            results = replay.compare(bag, variants, out, **kwargs)
+    except (replay.BagError, FileExistsError, BudgetError) as exc:
+        print(f"aura-ros replay: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(replay.comparison_table(results))
+    for r in results:
+        print(f"wrote {r.out} ({r.steps} steps; open it in Foxglove with config/foxglove_layout.json)"
+              + (f"; {len(r.dropped)} frames skipped" if r.dropped else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aura-ros", description="aura_ros: demo and benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +184,28 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--out", default="out/bench_tasks")
     tb.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     tb.set_defaults(func=_bench_tasks)
+
+    rp = sub.add_parser("replay", help="run the policy over a recorded rosbag2 (MCAP or sqlite3), write an MCAP")
+    rp.add_argument("bag", help="rosbag2 folder, or a .mcap / .db3 file")
+    rp.add_argument("--out", default=None, help="output bag (a folder per run when comparing; default out/replay/<bag>)")
+    rp.add_argument("--budget-mb", default="1.0", help="KV budget(s) in MiB, comma-separated to compare")
+    rp.add_argument("--eviction", default="action_gate",
+                    help="eviction polic(ies), comma-separated to compare: action_gate, sliding_window, streaming_llm, "
+                         "h2o, unbounded")
+    rp.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    rp.add_argument("--instruction", default="", help="the instruction (an /instruction topic in the bag replaces it)")
+    rp.add_argument("--camera-topic", default=None, help="default: /image, /image/compressed, or the only image topic")
+    rp.add_argument("--joints-topic", default=None, help="default: /joint_states or the only JointState topic")
+    rp.add_argument("--command-topic", default=None,
+                    help="recorded commands to compare with (default: /joint_trajectory or /commands if present)")
+    rp.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: one step per camera frame)")
+    rp.add_argument("--recent-steps", type=int, default=8)
+    rp.add_argument("--map-period", type=float, default=1.0, help="seconds of recorded time between memory maps")
+    rp.add_argument("--max-steps", type=int, default=None)
+    rp.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    rp.set_defaults(func=_replay)
 
     args = parser.parse_args(argv)
     if args.command == "version":

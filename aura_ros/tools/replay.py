@@ -1,0 +1,515 @@
+"""`aura-ros replay BAG`: run the policy over a recorded rosbag2 (MCAP or sqlite3), no ROS install.
+
+Robotics engineers tune on recordings: record a run on the robot (``ros2 bag record``), then
+replay its camera and joint states through the policy with any budget, eviction policy and model,
+and look at the result in Foxglove. Replay calls only the policy seam (``Policy.step``), like the
+node, and builds its output messages with the node's own builders (``aura_ros.ros.messages``,
+``image_conversion``, ``diagnostics``), so the output bag carries what the node would publish.
+
+Reading and writing use the ``rosbags`` package (pure Python: rosbag2 MCAP and sqlite3, the Jazzy
+message types built in, aura_ros's messages registered from the .msg text in msg/).
+
+Schedule: one control step per camera frame (default), at the frame's recorded time, with the
+newest joint state recorded at or before it; or, with ``rate_hz``, steps on a fixed grid from
+the first frame, each with the newest frame and joint state at that time. Frames before the first
+joint state are skipped (the node holds too). Everything is deterministic given the bag.
+
+The output bag (MCAP) has, at the recorded times: the inputs as the node sees them (``/image`` or
+``/image/compressed``, ``/joint_states``), the commands (``/joint_trajectory``), MemoryBudget
+(``/aura_policy/memory``), GateStats (``/aura_policy/gate_stats``), the memory-map image
+(``/aura_policy/memory_map``, every ``map_period_s`` of recorded time and at the last step) and
+``/diagnostics`` (every ``map_period_s``).
+"""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from tqdm import tqdm
+
+from aura_ros.tools import topics
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
+STRING_TYPE = "std_msgs/msg/String"
+COMMAND_TYPES = ("trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/Float64MultiArray")
+MSG_NAMES = ("MemoryBudget", "GateStats")
+
+
+class BagError(Exception):
+    """A bag that replay cannot use: missing, truncated or corrupt, without a camera or joint-state
+    topic, or with a topic of an unexpected type. The message says which and what the bag has."""
+
+
+# ----------------------------------------------------------------------------- types
+def msg_dir() -> Path:
+    """Where aura_ros's .msg files are: the source tree, or the installed share/aura_ros/msg."""
+    import sys
+
+    here = Path(__file__).resolve().parents[2] / "msg"
+    candidates = [here, Path(sys.prefix) / "share" / "aura_ros" / "msg"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("aura_ros")) / "msg")
+    except Exception:  # not installed with colcon / no ament index: the other places
+        pass
+    for c in candidates:
+        if all((c / f"{n}.msg").is_file() for n in MSG_NAMES):
+            return c
+    raise FileNotFoundError(f"aura_ros's MemoryBudget.msg / GateStats.msg not found in {[str(c) for c in candidates]}")
+
+
+def msg_fields(name: str) -> list[tuple[str, str]]:
+    """(type, field name) of the scalar fields of msg/<name>.msg, in order (the header is left out)."""
+    out = []
+    for line in (msg_dir() / f"{name}.msg").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        typ, fname = line.split()[:2]
+        if typ != "std_msgs/Header":
+            out.append((typ, fname))
+    return out
+
+
+def make_typestore():
+    """The Jazzy types plus aura_ros/msg/MemoryBudget and GateStats from their .msg text."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types = {}
+    for name in MSG_NAMES:
+        types.update(get_types_from_msg((msg_dir() / f"{name}.msg").read_text(), f"aura_ros/msg/{name}"))
+    store.register(types)
+    return store
+
+
+def deserialize(store, rawdata: bytes | memoryview, typename: str):
+    """CDR bytes -> a rosbags message, accepting trailing bytes after the message.
+
+    rosbags refuses a message followed by more than 3 bytes; the bytes that rclpy's
+    ``serialize_message`` (the rmw's serializer, which ``ros2 bag record`` uses too) gives for
+    JointState, JointTrajectory and others here carry such a tail, although the message itself
+    decodes. So the check is left out; everything else (encapsulation, field decoding) stays.
+    """
+    from rosbags.serde import SerdeError
+
+    if len(rawdata) < 4 or bytes(rawdata[:2]) not in {b"\x00\x00", b"\x00\x01"}:
+        raise SerdeError(f"invalid or unsupported CDR encapsulation for {typename!r}")
+    msgdef = store.get_msgdef(typename)
+    func = msgdef.deserialize_cdr_le if rawdata[1] else msgdef.deserialize_cdr_be
+    try:
+        message, _ = func(memoryview(rawdata)[4:], 0, msgdef.cls, store)
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise SerdeError(f"could not deserialize {typename!r}: {exc}") from exc
+    return message
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class BagTopics:
+    camera: str
+    camera_type: str  # IMAGE_TYPE or COMPRESSED_TYPE
+    joints: str
+    commands: str | None
+    command_type: str | None
+    instruction: str | None
+    camera_count: int
+    start_ns: int
+    end_ns: int
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag2 import ReaderError
+
+    errors: list[type[BaseException]] = [AnyReaderError, ReaderError, sqlite3.Error, struct.error, EOFError,
+                                         ValueError, KeyError, IndexError, AssertionError, OSError]
+    try:
+        from rosbags.serde import SerdeError
+
+        errors.append(SerdeError)
+    except ImportError:  # older rosbags
+        pass
+    return tuple(errors)
+
+
+def _open(bag: Path) -> AnyReader:
+    bag = Path(bag)
+    if not bag.exists():
+        raise BagError(f"{bag}: no such bag (expected a rosbag2 folder, or a .mcap or .db3 file)")
+    try:
+        reader = AnyReader([bag], default_typestore=make_typestore())
+        reader.open()
+    except BagError:
+        raise
+    except _read_errors() as exc:
+        raise BagError(f"{bag}: cannot read the bag, it looks truncated or corrupt "
+                       f"({type(exc).__name__}: {exc})") from exc
+    return reader
+
+
+def _listing(reader: AnyReader) -> str:
+    seen = sorted({(c.topic, c.msgtype) for c in reader.connections})
+    return ", ".join(f"{t} ({m})" for t, m in seen) or "no topics"
+
+
+def _pick(reader: AnyReader, wanted: str | None, types: tuple[str, ...], what: str, preferred: tuple[str, ...],
+          required: bool = True) -> tuple[str | None, str | None]:
+    """The topic for ``what``: the one asked for (checked), else the preferred names, else the only
+    topic of a matching type."""
+    by_topic: dict[str, str] = {c.topic: c.msgtype for c in reader.connections}
+    if wanted:
+        if wanted not in by_topic:
+            raise BagError(f"the bag has no {what} topic {wanted!r}; it has: {_listing(reader)}")
+        if by_topic[wanted] not in types:
+            raise BagError(f"{what} topic {wanted!r} is {by_topic[wanted]}, expected one of {', '.join(types)}")
+        return wanted, by_topic[wanted]
+    for name in preferred:
+        if by_topic.get(name) in types:
+            return name, by_topic[name]
+    matching = sorted(t for t, m in by_topic.items() if m in types)
+    if len(matching) == 1 or (matching and not required):
+        return matching[0], by_topic[matching[0]]
+    if not required:
+        return None, None
+    if not matching:
+        raise BagError(f"the bag has no {what} topic (a {' or '.join(types)}); it has: {_listing(reader)}")
+    raise BagError(f"the bag has several {what} topics ({', '.join(matching)}): choose one with "
+                   f"--{what.replace(' ', '-')}-topic")
+
+
+def inspect_bag(bag: Path, camera_topic: str | None = None, joints_topic: str | None = None,
+                command_topic: str | None = None) -> BagTopics:
+    """Which topics replay will use, checked (BagError says what is missing and what the bag has)."""
+    reader = _open(bag)
+    try:
+        return _topics(reader, camera_topic, joints_topic, command_topic)
+    finally:
+        reader.close()
+
+
+def _topics(reader: AnyReader, camera_topic, joints_topic, command_topic) -> BagTopics:
+    camera, camera_type = _pick(reader, camera_topic, (IMAGE_TYPE, COMPRESSED_TYPE), "camera",
+                                (topics.IMAGE, topics.IMAGE_COMPRESSED, "/camera/image_raw",
+                                 "/camera/color/image_raw", "/camera/image_raw/compressed"))
+    joints, _ = _pick(reader, joints_topic, (JOINT_STATE_TYPE,), "joints", (topics.JOINT_STATES,))
+    commands, command_type = _pick(reader, command_topic, COMMAND_TYPES, "command",
+                                   tuple(topics.COMMANDS.values()), required=False)
+    instruction, _ = _pick(reader, None, (STRING_TYPE,), "instruction", (topics.INSTRUCTION,), required=False)
+    if instruction != topics.INSTRUCTION:
+        instruction = None  # another String topic is not an instruction
+    count = sum(c.msgcount for c in reader.connections if c.topic == camera)
+    if count == 0:
+        raise BagError(f"camera topic {camera!r} has no messages")
+    return BagTopics(camera, camera_type, joints, commands, command_type, instruction, count,
+                     reader.start_time, reader.end_time)
+
+
+@dataclass
+class Tick:
+    """One control step's inputs, at recorded time ``t_ns``."""
+
+    t_ns: int
+    image: np.ndarray
+    joints: np.ndarray
+    instruction: str | None
+    recorded_command: np.ndarray | None  # the newest recorded command (policy joint order), if any
+    camera_raw: bytes  # the frame's CDR bytes (written to the output as is)
+    joints_raw: bytes
+
+
+def _joint_vector(msg, names: tuple[str, ...], topic: str) -> np.ndarray:
+    got = list(msg.name)
+    pos = np.asarray(msg.position, dtype=np.float64)
+    if got:
+        missing = [n for n in names if n not in got]
+        if missing:
+            raise BagError(f"joint states on {topic} name {got}, without the policy's joints {missing}")
+        return np.array([pos[got.index(n)] for n in names])
+    if pos.size != len(names):
+        raise BagError(f"joint states on {topic} have no names and {pos.size} positions; the policy has "
+                       f"{len(names)} joints {list(names)}")
+    return pos
+
+
+def _command_vector(msg, msgtype: str, names: tuple[str, ...]) -> np.ndarray | None:
+    if msgtype == COMMAND_TYPES[0]:  # JointTrajectory: the first point, by joint name
+        if not msg.points or any(n not in msg.joint_names for n in names):
+            return None
+        pos = np.asarray(msg.points[0].positions, dtype=np.float64)
+        return np.array([pos[list(msg.joint_names).index(n)] for n in names])
+    data = np.asarray(msg.data, dtype=np.float64)  # Float64MultiArray: the policy's joint order
+    return data if data.size == len(names) else None
+
+
+def iter_ticks(bag: Path, joint_names: tuple[str, ...], *, camera_topic: str | None = None,
+               joints_topic: str | None = None, command_topic: str | None = None, rate_hz: float | None = None,
+               on_dropped: Callable[[str], None] | None = None) -> Iterator[Tick]:
+    """The control steps of a recording, in recorded time order (see the module docstring)."""
+    from aura_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
+
+    reader = _open(bag)
+    try:
+        sel = _topics(reader, camera_topic, joints_topic, command_topic)
+        wanted = {sel.camera, sel.joints} | ({sel.commands} if sel.commands else set()) \
+            | ({sel.instruction} if sel.instruction else set())
+        conns = [c for c in reader.connections if c.topic in wanted]
+        to_rgb = image_to_rgb if sel.camera_type == IMAGE_TYPE else compressed_to_rgb
+        joints = joints_raw = command = None
+        instruction: str | None = None
+        frame: tuple[int, np.ndarray, bytes] | None = None  # newest frame (rate mode)
+        period = int(round(1e9 / rate_hz)) if rate_hz else None
+        next_tick: int | None = None
+        last_seen = 0
+
+        def make(t_ns: int, image: np.ndarray, raw: bytes) -> Tick:
+            nonlocal instruction
+            tick = Tick(t_ns, image, joints.copy(), instruction, None if command is None else command.copy(), raw,
+                        joints_raw)
+            instruction = None
+            return tick
+
+        messages = reader.messages(connections=conns)
+        while True:
+            try:
+                item = next(messages, None)
+            except _read_errors() as exc:
+                raise BagError(f"{bag}: reading stopped part-way, the bag looks truncated or corrupt "
+                               f"({type(exc).__name__}: {exc})") from exc
+            t = item[1] if item is not None else None
+            # Rate mode: every grid time before this message (up to the last message at the end)
+            # is a step with the frame and joint state that were newest then.
+            while period and next_tick is not None and joints is not None \
+                    and (next_tick < t if t is not None else next_tick <= last_seen):
+                yield make(next_tick, frame[1], frame[2])
+                next_tick += period
+            if item is None:
+                break
+            conn, t, raw = item
+            last_seen = t
+            try:
+                msg = deserialize(reader.typestore, raw, conn.msgtype)
+            except _read_errors() as exc:
+                raise BagError(f"{bag}: a {conn.msgtype} message on {conn.topic} at {t} ns cannot be decoded "
+                               f"({type(exc).__name__}: {exc})") from exc
+            if conn.topic == sel.joints:
+                joints, joints_raw = _joint_vector(msg, joint_names, conn.topic), bytes(raw)
+            elif conn.topic == sel.commands:
+                command = _command_vector(msg, conn.msgtype, joint_names)
+            elif conn.topic == sel.instruction:
+                instruction = str(msg.data)
+            elif conn.topic == sel.camera:
+                try:
+                    image = to_rgb(msg)
+                except ImageConversionError as exc:
+                    if on_dropped:
+                        on_dropped(f"bad frame at {t} ns: {exc}")
+                    continue
+                if joints is None:
+                    if on_dropped:
+                        on_dropped(f"frame at {t} ns before the first joint state")
+                    continue
+                if period:
+                    frame = (t, image, bytes(raw))
+                    if next_tick is None:
+                        next_tick = t
+                else:
+                    yield make(t, image, bytes(raw))
+    finally:
+        reader.close()
+
+
+# ----------------------------------------------------------------------------- replay
+@dataclass
+class ReplayResult:
+    name: str
+    out: Path | None
+    steps: int
+    commands: np.ndarray  # [steps, dim]: the action executed at each step (Action.first)
+    stamps_ns: list[int]
+    writes_total: int = 0
+    evictions_total: int = 0
+    long_term_steps_kept: int = 0
+    p50_step_ms: float = 0.0
+    command_error: float | None = None  # mean |policy - recorded| over joints and steps, where recorded
+    dropped: list[str] = field(default_factory=list)
+
+
+def _stamp(t_ns: int):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
+
+
+class _BagOut:
+    """The output bag: connections by topic, messages built with the node's builders (rclpy types)."""
+
+    def __init__(self, out: Path, typestore):
+        self.writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
+        self.writer.open()
+        self.typestore = typestore
+        self.conns: dict[str, object] = {}
+
+    def write(self, topic: str, msgtype: str, t_ns: int, data: bytes) -> None:
+        conn = self.conns.get(topic)
+        if conn is None:
+            conn = self.conns[topic] = self.writer.add_connection(topic, msgtype, typestore=self.typestore)
+        self.writer.write(conn, t_ns, data)
+
+    def write_msg(self, topic: str, msgtype: str, t_ns: int, msg) -> None:
+        """An rclpy message, re-encoded by rosbags: the same CDR without the rmw serializer's tail,
+        so that strict readers (rosbags) read the output as well as ROS 2 and Foxglove do."""
+        from rclpy.serialization import serialize_message
+
+        self.write_raw_clean(topic, msgtype, t_ns, serialize_message(msg))
+
+    def write_raw_clean(self, topic: str, msgtype: str, t_ns: int, raw: bytes) -> None:
+        self.write(topic, msgtype, t_ns, bytes(self.typestore.serialize_cdr(deserialize(self.typestore, raw, msgtype),
+                                                                           msgtype)))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None, instruction: str = "",
+           name: str = "replay", camera_topic: str | None = None, joints_topic: str | None = None,
+           command_topic: str | None = None, rate_hz: float | None = None, map_period_s: float = 1.0,
+           map_size: tuple[int, int] = (640, 160), max_steps: int | None = None, action_type: str = "joint_trajectory",
+           progress: bool = True, overwrite: bool = False, policy=None) -> ReplayResult:
+    """Run a policy over ``bag``; write the output bag to ``out`` (None: no output bag).
+
+    ``config``: a PolicyConfig (budget, eviction, ...); ``policy``: an already built Policy
+    (then ``config``/``model``/``instruction`` are not used). Raises BagError for a bag it cannot use.
+    """
+    from std_msgs.msg import Header
+
+    from aura_ros.core.config import PolicyConfig
+    from aura_ros.core.registry import make_policy
+    from aura_ros.core.types import Observation
+    from aura_ros.ros.diagnostics import Health, diagnostics_msg
+    from aura_ros.ros.image_conversion import rgb_to_image_msg
+    from aura_ros.ros.messages import command_msg, command_type, gate_msg, memory_msg
+    from aura_ros.tools.memory_map import policy_memory_map
+
+    bag = Path(bag)
+    sel = inspect_bag(bag, camera_topic, joints_topic, command_topic)  # fail before loading a model
+    if policy is None:
+        policy = make_policy(model, config or PolicyConfig(), instruction=instruction)
+    names = tuple(policy.config.joint_names)
+    cmd_type = command_type(action_type)
+    cmd_msgtype = f"{cmd_type.__module__.split('.')[0]}/msg/{cmd_type.__name__}"
+    input_topic = topics.IMAGE if sel.camera_type == IMAGE_TYPE else topics.IMAGE_COMPRESSED
+    writer = None
+    if out is not None:
+        out = Path(out)
+        if out.exists():
+            if not overwrite:
+                raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite")
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = _BagOut(out, make_typestore())
+    health = Health()
+    health.lifecycle = "active"  # replay steps every tick (the node sets this from its lifecycle)
+    dropped: list[str] = []
+    commands, stamps, latencies, errors = [], [], [], []
+    map_period = int(map_period_s * 1e9)
+    next_map = None
+    stats = None
+    total = sel.camera_count if not rate_hz else int((sel.end_ns - sel.start_ns) * rate_hz / 1e9) + 1
+    if max_steps:
+        total = min(total, max_steps)
+    bar = tqdm(total=total, desc=name, unit="step", disable=not progress, leave=False)
+    ok = False
+    try:
+        last_t = None
+        for tick in iter_ticks(bag, names, camera_topic=sel.camera, joints_topic=sel.joints,
+                               command_topic=sel.commands, rate_hz=rate_hz, on_dropped=dropped.append):
+            if max_steps is not None and len(commands) >= max_steps:
+                break
+            action = policy.step(Observation(tick.image, tick.joints, instruction=tick.instruction))
+            stats = action.stats
+            commands.append(np.asarray(action.first, dtype=np.float64))
+            stamps.append(tick.t_ns)
+            latencies.append(stats.step_latency_ms)
+            if tick.recorded_command is not None:
+                errors.append(float(np.mean(np.abs(commands[-1] - tick.recorded_command))))
+            health.step_done(stats, 0.0 if not rate_hz else 1.0 / rate_hz, 0.0, stats.evicted_written_total)
+            last_t = tick.t_ns
+            if writer is not None:
+                header = Header(stamp=_stamp(tick.t_ns), frame_id="")
+                writer.write_raw_clean(input_topic, sel.camera_type, tick.t_ns, tick.camera_raw)
+                writer.write_raw_clean(topics.JOINT_STATES, JOINT_STATE_TYPE, tick.t_ns, tick.joints_raw)
+                writer.write_msg(topics.COMMANDS[action_type], cmd_msgtype, tick.t_ns,
+                                 command_msg(action_type, names, action.positions, header))
+                writer.write_msg(topics.MEMORY, "aura_ros/msg/MemoryBudget", tick.t_ns, memory_msg(stats, header))
+                writer.write_msg(topics.GATE_STATS, "aura_ros/msg/GateStats", tick.t_ns, gate_msg(stats, header))
+                if next_map is None or tick.t_ns >= next_map:
+                    _write_map(writer, policy, tick.t_ns, map_size, rgb_to_image_msg, policy_memory_map)
+                    writer.write_msg(topics.DIAGNOSTICS, "diagnostic_msgs/msg/DiagnosticArray", tick.t_ns,
+                                     diagnostics_msg(topics.NODE_NAME, health, _stamp(tick.t_ns), True))
+                    next_map = tick.t_ns + map_period
+            bar.update(1)
+        if not commands:
+            raise BagError(f"{bag}: no control step could be made ({len(dropped)} frames dropped"
+                           + (f", first: {dropped[0]}" if dropped else "") + ")")
+        if writer is not None and last_t is not None and next_map is not None and next_map - map_period != last_t:
+            _write_map(writer, policy, last_t, map_size, rgb_to_image_msg, policy_memory_map)
+        ok = True
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+            if not ok and out.exists():
+                shutil.rmtree(out, ignore_errors=True)
+    return ReplayResult(name=name, out=out, steps=len(commands), commands=np.array(commands), stamps_ns=stamps,
+                        writes_total=stats.writes_total, evictions_total=stats.evictions_total,
+                        long_term_steps_kept=stats.long_term_steps_kept,
+                        p50_step_ms=float(np.median(latencies)) if latencies else 0.0,
+                        command_error=float(np.mean(errors)) if errors else None, dropped=dropped)
+
+
+def _write_map(writer: _BagOut, policy, t_ns: int, size, rgb_to_image_msg, policy_memory_map) -> None:
+    img = policy_memory_map(policy, width=size[0], height=size[1])
+    writer.write_msg(topics.MEMORY_MAP, IMAGE_TYPE, t_ns, rgb_to_image_msg(img, "rgb8", stamp=_stamp(t_ns)))
+
+
+# ----------------------------------------------------------------------------- comparison
+def compare(bag: Path, variants: list[tuple[str, object]], out_dir: Path | None, **kwargs) -> list[ReplayResult]:
+    """Replay ``bag`` once per (name, PolicyConfig); each output bag goes to ``out_dir/name``."""
+    return [replay(bag, None if out_dir is None else Path(out_dir) / name, config, name=name, **kwargs)
+            for name, config in variants]
+
+
+def comparison_table(results: list[ReplayResult]) -> str:
+    """A markdown table: writes, evictions, long-term steps kept, p50 step time, command error."""
+    has_cmd = any(r.command_error is not None for r in results)
+    head = "| run | steps | writes | evictions | long-term kept | p50 step ms |" + (" cmd MAE vs recorded |" if has_cmd else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        row = (f"| {r.name} | {r.steps} | {r.writes_total} | {r.evictions_total} | {r.long_term_steps_kept} | "
+               f"{r.p50_step_ms:.1f} |")
+        if has_cmd:
+            row += f" {r.command_error:.4f} |" if r.command_error is not None else " - |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def read_topics(bag: Path) -> dict[str, int]:
+    """topic -> message count of a bag (to check an output bag)."""
+    reader = _open(bag)
+    try:
+        counts: dict[str, int] = {}
+        for c in reader.connections:
+            counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+        return counts
+    finally:
+        reader.close()

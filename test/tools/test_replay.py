@@ -1,0 +1,154 @@
+"""`aura-ros replay`: real rosbag2 recordings (written here with rosbags) through the policy seam."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from bag_helpers import make_recording, write_bag
+from rosbags.highlevel import AnyReader
+
+from aura_ros.core.config import PolicyConfig
+from aura_ros.core.registry import make_policy
+from aura_ros.core.types import Observation
+from aura_ros.tools import topics
+from aura_ros.tools.cli import main
+from aura_ros.tools.replay import BagError, comparison_table, compare, make_typestore, read_topics, replay
+
+BUDGET = 128 * 1024  # small: evictions within a few steps
+INSTRUCTION = "pick up the red block"
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return make_recording(n_frames=8)
+
+
+def direct_commands(frames, joints_at_frames, config=None) -> np.ndarray:
+    """What stepping the policy on the same inputs gives, without any bag."""
+    policy = make_policy(None, config or PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION)
+    return np.array([policy.step(Observation(f, j)).first for f, j in zip(frames, joints_at_frames)])
+
+
+def joints_at(rec, times):
+    """The newest recorded joint state at or before each time (what the node holds)."""
+    out = []
+    for t in times:
+        i = max(k for k, tj in enumerate(rec.joint_times) if tj <= t)
+        out.append(rec.joints[i])
+    return out
+
+
+@pytest.mark.parametrize("camera,storage,rmw_joints", [("raw", "mcap", False), ("compressed", "sqlite3", True)])
+def test_replay_gives_the_commands_of_direct_stepping(tmp_path, rec, camera, storage, rmw_joints):
+    bag = write_bag(tmp_path / "in", rec, camera=camera, storage=storage, rmw_joints=rmw_joints)
+    result = replay(bag, tmp_path / "out", PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION, progress=False)
+    assert result.steps == len(rec.frames) and result.stamps_ns == rec.frame_times
+    # PNG is lossless, so both camera kinds give the policy exactly the recorded frames.
+    expected = direct_commands(rec.frames, joints_at(rec, rec.frame_times))
+    np.testing.assert_array_equal(result.commands, expected)
+    assert result.evictions_total > 0 and result.command_error is not None
+
+    counts = read_topics(result.out)
+    image_topic = topics.IMAGE if camera == "raw" else topics.IMAGE_COMPRESSED
+    for topic in (image_topic, topics.JOINT_STATES, topics.COMMANDS["joint_trajectory"], topics.MEMORY,
+                  topics.GATE_STATS):
+        assert counts[topic] == len(rec.frames), (topic, counts)
+    assert counts[topics.MEMORY_MAP] >= 1 and counts[topics.DIAGNOSTICS] >= 1
+
+
+def test_output_bag_reads_back_at_the_recorded_times(tmp_path, rec):
+    bag = next(write_bag(tmp_path / "in", rec, camera="raw").glob("*.mcap"))  # a bare .mcap file works as well
+    result = replay(bag, tmp_path / "out", PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION, progress=False)
+    with AnyReader([result.out], default_typestore=make_typestore()) as reader:
+        seen: dict[str, list] = {}
+        for conn, t, raw in reader.messages():
+            seen.setdefault(conn.topic, []).append((t, reader.deserialize(raw, conn.msgtype)))
+    memory = seen[topics.MEMORY]
+    assert [t for t, _ in memory] == rec.frame_times
+    assert [m.step for _, m in memory] == list(range(len(rec.frames)))
+    assert all(m.used_bytes <= m.allocated_bytes <= m.budget_bytes == BUDGET for _, m in memory)
+    assert memory[0][1].header.stamp.sec == rec.frame_times[0] // 10**9
+    gate = [m for _, m in seen[topics.GATE_STATS]]
+    assert gate[-1].evictions_total == result.evictions_total and gate[-1].writes_total == result.writes_total
+    cmds = np.array([m.points[0].positions for _, m in seen[topics.COMMANDS["joint_trajectory"]]])
+    np.testing.assert_allclose(cmds, result.commands)
+    t_map, mm = seen[topics.MEMORY_MAP][-1]
+    assert t_map == rec.frame_times[-1] and mm.encoding == "rgb8" and mm.width == 640 and mm.height == 160
+    assert np.asarray(mm.data).size == mm.step * mm.height
+    _, diag = seen[topics.DIAGNOSTICS][0]
+    assert diag.status[0].name == f"aura_ros: {topics.NODE_NAME}"
+    frame0 = seen[topics.IMAGE][0][1]
+    np.testing.assert_array_equal(np.asarray(frame0.data).reshape(frame0.height, frame0.width, 3), rec.frames[0])
+
+
+def test_replay_is_deterministic_and_rate_mode_steps_on_a_grid(tmp_path, rec):
+    bag = write_bag(tmp_path / "in", rec, camera="raw", commands=False)
+    a = replay(bag, None, PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION, progress=False)
+    b = replay(bag, None, PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION, progress=False)
+    np.testing.assert_array_equal(a.commands, b.commands)
+    assert a.command_error is None  # no recorded commands
+    slow = replay(bag, None, PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION, rate_hz=5.0, progress=False)
+    period = 200_000_000
+    assert slow.stamps_ns == list(range(rec.frame_times[0], rec.frame_times[-1] + 1, period))
+
+
+def test_comparison_of_eviction_policies(tmp_path, rec):
+    bag = write_bag(tmp_path / "in", rec, camera="compressed")
+    variants = [(e, PolicyConfig(budget_bytes=BUDGET, eviction=e)) for e in ("action_gate", "sliding_window")]
+    results = compare(bag, variants, tmp_path / "cmp", instruction=INSTRUCTION, progress=False)
+    assert [r.name for r in results] == ["action_gate", "sliding_window"]
+    assert all((tmp_path / "cmp" / r.name).is_dir() for r in results)
+    table = comparison_table(results)
+    assert "cmd MAE vs recorded" in table and "| action_gate | 8 |" in table and "| sliding_window | 8 |" in table
+
+
+def test_truncated_bag_is_a_clear_error(tmp_path, rec):
+    bag = next(write_bag(tmp_path / "in", rec, camera="raw").glob("*.mcap"))
+    data = bag.read_bytes()
+    bag.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BagError, match="truncated or corrupt"):
+        replay(bag, tmp_path / "out", PolicyConfig(budget_bytes=BUDGET), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_sqlite_bag_is_a_clear_error(tmp_path, rec):
+    folder = write_bag(tmp_path / "in", rec, camera="raw", storage="sqlite3")
+    db = next(folder.glob("*.db3"))
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 3])
+    with pytest.raises(BagError, match="truncated or corrupt"):
+        replay(folder, None, PolicyConfig(budget_bytes=BUDGET), progress=False)
+
+
+def test_bag_without_camera_topic_is_a_clear_error(tmp_path, rec):
+    bag = write_bag(tmp_path / "in", rec, camera=None)
+    with pytest.raises(BagError, match=r"no camera topic .*/joint_states \(sensor_msgs/msg/JointState\)"):
+        replay(bag, None, PolicyConfig(budget_bytes=BUDGET), progress=False)
+    bag2 = write_bag(tmp_path / "in2", rec, camera="raw")
+    with pytest.raises(BagError, match="no camera topic '/front/image'"):
+        replay(bag2, None, PolicyConfig(budget_bytes=BUDGET), camera_topic="/front/image", progress=False)
+    with pytest.raises(BagError, match="camera topic '/joint_states' is sensor_msgs/msg/JointState"):
+        replay(bag2, None, PolicyConfig(budget_bytes=BUDGET), camera_topic="/joint_states", progress=False)
+    with pytest.raises(BagError, match="no such bag"):
+        replay(tmp_path / "nope", None, PolicyConfig(budget_bytes=BUDGET), progress=False)
+
+
+def test_cli_replay_prints_a_table_and_bad_bags_exit_2(tmp_path, rec, capsys):
+    bag = write_bag(tmp_path / "in", rec, camera="raw")
+    assert main(["replay", str(bag), "--budget-mb", "0.125,0.25", "--out", str(tmp_path / "o"),
+                 "--instruction", INSTRUCTION, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| budget_0.125MB |" in out and "| budget_0.25MB |" in out and "cmd MAE" in out
+    assert (tmp_path / "o" / "budget_0.125MB").is_dir()
+    # Same output folder again: refused unless --overwrite.
+    assert main(["replay", str(bag), "--out", str(tmp_path / "o1"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(bag), "--out", str(tmp_path / "o1"), "--no-progress"]) == 2
+    assert "exists" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "o1")
+
+    no_cam = write_bag(tmp_path / "nocam", rec, camera=None)
+    assert main(["replay", str(no_cam), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("aura-ros replay: error: ") and "Traceback" not in err
