@@ -218,16 +218,25 @@ class VLMPolicy:
                  "instruction": self.instruction, "gate": self.gate.state()}
         return str(snapshot.save(self.cache, path, snapshot.model_fingerprint(self.model), extra))
 
-    def load_memory(self, path) -> None:
-        """Resume an episode from a snapshot of the same model; SnapshotError leaves memory as it was."""
+    def load_memory(self, path) -> dict:
+        """Resume an episode from a snapshot of the same model; returns the snapshot's ``extra``.
+
+        Everything is validated before anything changes; SnapshotError leaves memory as it was.
+        The snapshot's pinned tokens hold the instruction it was saved with: ``self.instruction``
+        then says so, and the returned ``extra["instruction"]`` lets the caller decide whether a
+        configured instruction should replace it (``set_instruction``); nothing is overridden here.
+        """
         from aura_ros.backends.transformers import snapshot
 
-        extra = snapshot.load(self.cache, path, snapshot.model_fingerprint(self.model))
-        self.step_index = int(extra.get("step_index", 0))
-        self.writes_total = int(extra.get("writes_total", 0))
-        self.write_rate = float(extra.get("write_rate", 0.0))
-        self.instruction = str(extra.get("instruction", ""))
-        self.gate.load_state(extra.get("gate", {}))
+        if not isinstance(self.cache, GatedKVCache):
+            raise snapshot.SnapshotError("only the gated cache can be restored from a snapshot")
+        snap = snapshot.read(self.cache, path, snapshot.model_fingerprint(self.model))
+        state = snapshot.policy_state(snap, self.gate)
+        snap.apply(self.cache)
+        self.step_index, self.writes_total, self.write_rate = state.step_index, state.writes_total, state.write_rate
+        self.instruction = state.instruction
+        self.gate.load_state(state.gate)
+        return dict(snap.extra)
 
     def reset(self) -> None:
         """Forget the episode; the instruction stays pinned."""

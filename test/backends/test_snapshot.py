@@ -58,9 +58,11 @@ def test_corrupt_and_foreign_snapshots_are_refused(tmp_path):
     other = BUILDERS["gemma3"]()
     with pytest.raises(SnapshotError):
         load(fresh(other), tmp_path / "mem", model_fingerprint(other))
-    blob = bytearray((tmp_path / "mem.safetensors").read_bytes())
+    sha = json.loads((tmp_path / "mem.json").read_text())["tensors"]["sha256"]
+    tensors = tmp_path / f"mem.{sha[:16]}.safetensors"
+    blob = bytearray(tensors.read_bytes())
     blob[-5] ^= 0xFF
-    (tmp_path / "mem.safetensors").write_bytes(bytes(blob))
+    tensors.write_bytes(bytes(blob))
     with pytest.raises(SnapshotError, match="corrupt|does not match"):
         load(target, tmp_path / "mem", fp)
     (tmp_path / "mem.json").write_text("{ not json")
@@ -77,5 +79,12 @@ def test_save_leaves_no_temporary_files(tmp_path):
     cache = fresh(model)
     feed(model, cache, torch.arange(1, 9)[None], Kind.PINNED, -1)
     save(cache, tmp_path / "mem", model_fingerprint(model))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mem.json", "mem.safetensors"]
-    assert json.loads((tmp_path / "mem.json").read_text())["format"].startswith("aura_ros")
+    meta = json.loads((tmp_path / "mem.json").read_text())
+    assert meta["format"].startswith("aura_ros")
+    first = f"mem.{meta['tensors']['sha256'][:16]}.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mem.json", first])
+    feed(model, cache, torch.arange(1, 6)[None], Kind.OBSERVATION, 0)
+    save(cache, tmp_path / "mem", model_fingerprint(model))  # the previous generation is removed
+    meta = json.loads((tmp_path / "mem.json").read_text())
+    second = f"mem.{meta['tensors']['sha256'][:16]}.safetensors"
+    assert second != first and sorted(p.name for p in tmp_path.iterdir()) == sorted(["mem.json", second])
