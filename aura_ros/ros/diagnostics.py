@@ -31,11 +31,17 @@ class Health:
         self.last_stats: StepStats | None = None
         self._window: Counter[str] = Counter()  # counts since the last report
         self._evicted_written_seen = 0
+        self.values: dict[str, str] = {}  # extra key-values (e.g. the last decode time)
+        self.lifecycle = "unconfigured"
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counters[key] += n
             self._window[key] += n
+
+    def set_value(self, key: str, value: str) -> None:
+        with self._lock:
+            self.values[key] = value
 
     def model_error(self, text: str) -> None:
         with self._lock:
@@ -63,6 +69,8 @@ class Health:
         with self._lock:
             window, self._window = self._window, Counter()
             values = {k: str(v) for k, v in sorted(self.counters.items())}
+            values.update(self.values)
+            values["lifecycle"] = self.lifecycle
             st = self.last_stats
             if st is not None:
                 values.update(step=str(st.step), kv_used_mib=f"{st.used_bytes / 2**20:.3f}",
@@ -70,6 +78,8 @@ class Health:
                               step_latency_ms=f"{st.step_latency_ms:.1f}", write_rate=f"{st.write_rate:.3f}")
             if self.last_error:
                 values["last_error"] = self.last_error
+            if self.lifecycle != "active":
+                return DiagnosticStatus.WARN, f"{self.lifecycle}: not stepping, no commands", values
             recent_error = self.error_active or time.monotonic() - self.error_time < ERROR_HOLD_S
             if recent_error:
                 return DiagnosticStatus.ERROR, f"model error: {self.last_error}", values

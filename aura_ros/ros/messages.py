@@ -20,13 +20,18 @@ def memory_msg(stats: StepStats, header: Header) -> MemoryBudget:
         process_rss_bytes=stats.process_rss_bytes)
 
 
+def _quiet(x: float) -> float:
+    """Floating-point dust (a gate value of 2.8e-16) shows as 0 in plots and echo."""
+    return round(float(x), 9)
+
+
 def gate_msg(stats: StepStats, header: Header) -> GateStats:
     return GateStats(
-        header=header, step=stats.step, gate_value=float(stats.gate_value), written=bool(stats.written),
+        header=header, step=stats.step, gate_value=_quiet(stats.gate_value), written=bool(stats.written),
         writes_total=stats.writes_total, evictions_total=stats.evictions_total, segments_kept=stats.segments_kept,
         steps_kept=stats.steps_kept, long_term_steps_kept=stats.long_term_steps_kept,
         oldest_kept_step=stats.oldest_kept_step, max_position=stats.max_position,
-        write_rate=float(stats.write_rate), action_delta=float(stats.action_delta),
+        write_rate=_quiet(stats.write_rate), action_delta=_quiet(stats.action_delta),
         step_latency_ms=float(stats.step_latency_ms))
 
 

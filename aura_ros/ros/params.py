@@ -1,199 +1,197 @@
-"""Every parameter of the policy node, declared up front with a ParameterDescriptor.
-
-One table (PARAMS) says name, default, description, range and whether the value can change
-while running. ``declare_all`` declares them; ``read_settings`` reads them once into a frozen
-dataclass (vla_ros2's pattern), and live changes are validated by ``validate_change`` before
-they are accepted.
+"""Parameters from one table: name, default (and so type), range or choices, live or not, and a
+description. The ParameterDescriptors, the frozen Settings object a node reads them into
+(vla_ros2's pattern) and the README's parameter table all derive from it; the policy node and
+the sim node use the same code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, make_dataclass
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from aura_ros.core import arm
+from aura_ros.memory.scorers import POLICIES
+
 ACTION_TYPES = ("joint_trajectory", "float64_multi_array", "twist")
-EVICTION_POLICIES = ("action_gate", "sliding_window", "streaming_llm", "h2o")
+EVICTION_POLICIES = tuple(POLICIES)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class Spec:
-    name: str
-    default: object
+    name: str  # the ROS parameter name
+    field: str  # the Settings attribute
+    default: object  # its type is the parameter's type
     description: str
-    read_only: bool = False
+    live: bool = False  # may change while the node runs (ros2 param set)
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
 
-
-PARAMS: tuple[Spec, ...] = (
-    Spec("model.path", "", "Local folder or hub id of a transformers VLM; empty: the embedded tiny default",
-         read_only=True),
-    Spec("model.dtype", "float32", "Model and KV dtype: float32, bfloat16 or float16", read_only=True, choices=DTYPES),
-    Spec("model.device", "cpu", "torch device: cpu, cuda or cuda:N", read_only=True),
-    Spec("model.torch_threads", 1,
-         "torch CPU threads for inference; 1 keeps a 2-core machine responsive for DDS and the sim (0 = torch's default)",
-         read_only=True, range=(0, 256)),
-    Spec("model.trust_remote_code", False, "Allow code from the model folder (off unless you trust it)",
-         read_only=True),
-    Spec("memory.vram_budget_mb", 8.0, "Hard KV-cache budget in MiB; live: shrinking evicts, growing reallocates",
-         range=(0.001, 1_000_000.0)),
-    Spec("memory.recent_steps", 8, "The last N control steps are always kept (while anything else can go)",
-         range=(0, 100_000)),
-    Spec("memory.eviction", "action_gate",
-         "Eviction policy: action_gate (ours) or the baselines sliding_window, streaming_llm, h2o",
-         read_only=True, choices=EVICTION_POLICIES),
-    Spec("memory.clear_on_instruction", False, "A new instruction also clears the episode memory"),
-    Spec("memory.snapshot_path", "",
-         "Snapshot file (without suffix) for ~/save_memory, ~/load_memory, periodic and shutdown snapshots; '' = off",
-         read_only=True),
-    Spec("memory.snapshot_period_s", 0.0, "Save a snapshot this often (0 = never)", range=(0.0, 86400.0)),
-    Spec("memory.snapshot_on_shutdown", True, "Save a snapshot when the node shuts down (SIGINT/SIGTERM)"),
-    Spec("memory.load_on_start", True, "Resume from the snapshot at start if one exists (refused ones are logged)",
-         read_only=True),
-    Spec("gate.threshold", 0.5, "Gate value at or above which a step is written to long-term memory",
-         range=(0.0, 1.0)),
-    Spec("gate.w_delta", 1.0, "Weight of the normalised action change", range=(0.0, 10.0)),
-    Spec("gate.w_discrete", 1.0, "Weight of a discrete change (gripper flip, event)", range=(0.0, 10.0)),
-    Spec("gate.w_surprise", 0.5, "Weight of the distance from the running mean of recent actions",
-         range=(0.0, 10.0)),
-    Spec("gate.delta_scale", 0.1, "Action change (fraction of joint range) that saturates the delta term",
-         range=(0.001, 1.0)),
-    Spec("gate.surprise_scale", 0.2, "Distance (fraction of joint range) that saturates the surprise term",
-         range=(0.001, 1.0)),
-    Spec("control.rate_hz", 10.0, "Control rate; ticks that find the worker busy are skipped and counted",
-         range=(0.1, 1000.0)),
-    Spec("control.dry_run", False, "Compute and report, publish no command"),
-    Spec("action.type", "joint_trajectory",
-         "Command message: joint_trajectory (JointTrajectory on joint_trajectory), float64_multi_array "
-         "(Float64MultiArray on commands) or twist (TwistStamped on cmd_vel)", read_only=True, choices=ACTION_TYPES),
-    Spec("action.joint_names", ["shoulder", "elbow", "wrist", "gripper"],
-         "Action dimensions (joint names; for twist: linear_x, angular_z)", read_only=True),
-    Spec("action.low", [-3.14, -2.5, -3.14, 0.0], "Lower limit of each action dimension", read_only=True),
-    Spec("action.high", [3.14, 2.5, 3.14, 1.0], "Upper limit of each action dimension", read_only=True),
-    Spec("action.discrete_joints", ["gripper"], "Dimensions whose flips are always gate events", read_only=True),
-    Spec("state.joint_names", [""],
-         "Joints whose positions form the state text; [''] means action.joint_names (twist: all joints received)",
-         read_only=True),
-    Spec("action.n_bins", 256, "Bins per action dimension (OpenVLA-style action tokens)", read_only=True,
-         range=(2, 4096)),
-    Spec("action.chunk", 1, "Actions predicted per step (the first is executed)", read_only=True, range=(1, 64)),
-    Spec("action.time_from_start_s", 0.1, "JointTrajectory: time_from_start of the first point",
-         range=(0.0, 60.0)),
-    Spec("timeouts.image_s", 1.0, "Hold and warn when the newest frame is older than this", range=(0.01, 3600.0)),
-    Spec("timeouts.joint_state_s", 1.0, "Hold and warn when the newest joint state is older than this",
-         range=(0.01, 3600.0)),
-    Spec("instruction", "", "Initial instruction (the instruction topic replaces it)"),
-    Spec("instruction_max_chars", 2000, "Longer instructions are truncated to this many characters",
-         range=(1, 1_000_000)),
-    Spec("image.max_pixels", 7680 * 4320, "Frames with more pixels are dropped and counted", range=(1, 10**9)),
-    Spec("diagnostics.period_s", 1.0, "Period of /diagnostics", range=(0.05, 60.0)),
-    Spec("autostart", True, "Configure and activate on start (otherwise wait for lifecycle transitions)",
-         read_only=True),
-)
-BY_NAME = {s.name: s for s in PARAMS}
-
-
-def descriptor(spec: Spec) -> ParameterDescriptor:
-    text = spec.description
-    if spec.choices:
-        text += f" (one of: {', '.join(spec.choices)})"
-    d = ParameterDescriptor(name=spec.name, description=text, read_only=spec.read_only)
-    if spec.range is not None:
-        lo, hi = spec.range
-        if isinstance(spec.default, bool):
-            pass
-        elif isinstance(spec.default, int):
-            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
-        elif isinstance(spec.default, float):
-            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
-    return d
-
-
-def declare_all(node: Node) -> None:
-    for spec in PARAMS:
-        node.declare_parameter(spec.name, spec.default, descriptor(spec))
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_path: str
-    dtype: str
-    device: str
-    trust_remote_code: bool
-    torch_threads: int
-    budget_mb: float
-    recent_steps: int
-    eviction: str
-    clear_on_instruction: bool
-    snapshot_path: str
-    snapshot_period_s: float
-    snapshot_on_shutdown: bool
-    load_on_start: bool
-    gate_threshold: float
-    gate_w_delta: float
-    gate_w_discrete: float
-    gate_w_surprise: float
-    gate_delta_scale: float
-    gate_surprise_scale: float
-    rate_hz: float
-    dry_run: bool
-    action_type: str
-    joint_names: tuple[str, ...]
-    low: tuple[float, ...]
-    high: tuple[float, ...]
-    discrete_joints: tuple[str, ...]
-    state_joint_names: tuple[str, ...]
-    n_bins: int
-    chunk: int
-    time_from_start_s: float
-    image_timeout_s: float
-    joint_state_timeout_s: float
-    instruction: str
-    instruction_max_chars: int
-    max_pixels: int
-    diagnostics_period_s: float
-    autostart: bool
-
-
-_FIELDS = {
-    "model.path": "model_path", "model.dtype": "dtype", "model.device": "device",
-    "model.trust_remote_code": "trust_remote_code", "model.torch_threads": "torch_threads",
-    "memory.vram_budget_mb": "budget_mb",
-    "memory.recent_steps": "recent_steps", "memory.eviction": "eviction",
-    "memory.clear_on_instruction": "clear_on_instruction", "memory.snapshot_path": "snapshot_path",
-    "memory.snapshot_period_s": "snapshot_period_s", "memory.snapshot_on_shutdown": "snapshot_on_shutdown",
-    "memory.load_on_start": "load_on_start", "gate.threshold": "gate_threshold",
-    "gate.w_delta": "gate_w_delta", "gate.w_discrete": "gate_w_discrete", "gate.w_surprise": "gate_w_surprise",
-    "gate.delta_scale": "gate_delta_scale", "gate.surprise_scale": "gate_surprise_scale",
-    "control.rate_hz": "rate_hz", "control.dry_run": "dry_run", "action.type": "action_type",
-    "action.joint_names": "joint_names", "action.low": "low", "action.high": "high",
-    "action.discrete_joints": "discrete_joints", "state.joint_names": "state_joint_names", "action.n_bins": "n_bins", "action.chunk": "chunk",
-    "action.time_from_start_s": "time_from_start_s", "timeouts.image_s": "image_timeout_s",
-    "timeouts.joint_state_s": "joint_state_timeout_s", "instruction": "instruction",
-    "instruction_max_chars": "instruction_max_chars", "image.max_pixels": "max_pixels",
-    "diagnostics.period_s": "diagnostics_period_s", "autostart": "autostart",
-}
+    @property
+    def type_name(self) -> str:
+        d = self.default
+        return ("bool" if isinstance(d, bool) else "int" if isinstance(d, int) else
+                "double" if isinstance(d, float) else "string" if isinstance(d, str) else
+                f"{type(d[0]).__name__}[]" if isinstance(d, (list, tuple)) and d else "array")
 
 
 def _coerce(value):
     return tuple(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "array" else value
 
 
-def read_settings(node: Node, overrides: dict | None = None) -> Settings:
-    values = {field: _coerce(node.get_parameter(name).value) for name, field in _FIELDS.items()}
-    for name, value in (overrides or {}).items():
-        values[_FIELDS[name]] = _coerce(value)
-    return Settings(**values)
+class ParamTable:
+    """A node's parameters: declare them, read them into Settings, check and document them."""
+
+    def __init__(self, specs: tuple[Spec, ...], settings_name: str = "Settings"):
+        self.specs = specs
+        self.by_name = {s.name: s for s in specs}
+        if len(self.by_name) != len(specs) or len({s.field for s in specs}) != len(specs):
+            raise ValueError("parameter names and fields must be unique")
+        self.settings_type = make_dataclass(
+            settings_name, [(s.field, type(_coerce(s.default))) for s in specs], frozen=True)
+
+    def descriptor(self, spec: Spec) -> ParameterDescriptor:
+        text = spec.description
+        if spec.choices:
+            text += f" (one of: {', '.join(spec.choices)})"
+        d = ParameterDescriptor(name=spec.name, description=text, read_only=not spec.live)
+        if spec.range is not None and not isinstance(spec.default, bool):
+            lo, hi = spec.range
+            if isinstance(spec.default, int):
+                d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+            elif isinstance(spec.default, float):
+                d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        return d
+
+    def declare(self, node: Node) -> None:
+        """Declare every parameter. A whole number given for a double (``-p name:=2`` on the
+        command line is an INTEGER) is taken as that double instead of refused at start."""
+        overrides = getattr(node, "_parameter_overrides", {})
+        for spec in self.specs:
+            given = overrides.get(spec.name)
+            if (isinstance(spec.default, float) and given is not None
+                    and given.type_ == Parameter.Type.INTEGER):
+                overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
+            node.declare_parameter(spec.name, spec.default, self.descriptor(spec))
+
+    def read(self, node: Node, overrides: dict | None = None):
+        values = {s.field: _coerce(node.get_parameter(s.name).value) for s in self.specs}
+        for name, value in (overrides or {}).items():
+            values[self.by_name[name].field] = _coerce(value)
+        return self.settings_type(**values)
+
+    def replace(self, settings, **changes):
+        values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+        values.update(changes)
+        return self.settings_type(**values)
+
+    def apply(self, settings, changes: dict):
+        """``settings`` with the parameter values in ``changes`` ({parameter name: value})."""
+        return self.replace(settings, **{self.by_name[n].field: _coerce(v) for n, v in changes.items()
+                                         if n in self.by_name})
+
+    def check(self, name: str, value) -> str | None:
+        """Why ``value`` is refused for ``name`` beyond what rclpy checks (choices), or None."""
+        spec = self.by_name.get(name)
+        if spec is not None and spec.choices and value not in spec.choices:
+            return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+        return None
+
+    def markdown(self) -> str:
+        """The README's parameter table."""
+        rows = ["| parameter | type | default | live | range / choices | meaning |", "|---|---|---|---|---|---|"]
+        for s in self.specs:
+            default = (f"[{', '.join(str(x) for x in s.default)}]" if isinstance(s.default, (list, tuple))
+                       else repr(s.default) if isinstance(s.default, str) else str(s.default).lower()
+                       if isinstance(s.default, bool) else f"{s.default:g}" if isinstance(s.default, float)
+                       else str(s.default))
+            limits = (", ".join(s.choices) if s.choices else
+                      f"{s.range[0]:g} .. {s.range[1]:g}" if s.range else "")
+            rows.append(f"| `{s.name}` | {s.type_name} | {default} | {'yes' if s.live else 'no'} | {limits} "
+                        f"| {s.description} |")
+        return "\n".join(rows)
 
 
-def choice_error(name: str, value) -> str | None:
-    spec = BY_NAME.get(name)
-    if spec is not None and spec.choices and value not in spec.choices:
-        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
-    return None
+POLICY_PARAMS = ParamTable((
+    Spec("model.path", "model_path", "", "Local folder or hub id of a transformers VLM; empty: the embedded default"),
+    Spec("model.dtype", "dtype", "float32", "Model and KV dtype", choices=DTYPES),
+    Spec("model.device", "device", "cpu", "torch device: cpu, cuda or cuda:N"),
+    Spec("model.torch_threads", "torch_threads", 1,
+         "torch CPU threads for inference; 1 keeps a 2-core machine responsive for DDS and the sim "
+         "(0 = torch's default)", range=(0, 256)),
+    Spec("model.trust_remote_code", "trust_remote_code", False,
+         "Allow code from the model folder (off unless you trust it)"),
+    Spec("memory.vram_budget_mb", "budget_mb", 8.0,
+         "Hard KV-cache budget in MiB; shrinking evicts, growing reallocates", live=True, range=(0.001, 1_000_000.0)),
+    Spec("memory.recent_steps", "recent_steps", 8,
+         "The last N control steps are always kept (while anything else can go)", live=True, range=(0, 100_000)),
+    Spec("memory.eviction", "eviction", "action_gate",
+         "Eviction policy: action_gate (ours) or the baselines", choices=EVICTION_POLICIES),
+    Spec("memory.clear_on_instruction", "clear_on_instruction", False,
+         "A new instruction also clears the episode memory", live=True),
+    Spec("memory.snapshot_path", "snapshot_path", "",
+         "Snapshot file (without suffix) for ~/save_memory, ~/load_memory, periodic and shutdown snapshots; "
+         "'' = off"),
+    Spec("memory.snapshot_period_s", "snapshot_period_s", 0.0, "Save a snapshot this often (0 = never)",
+         live=True, range=(0.0, 86400.0)),
+    Spec("memory.snapshot_on_shutdown", "snapshot_on_shutdown", True,
+         "Save a snapshot when the node shuts down (SIGINT/SIGTERM)", live=True),
+    Spec("memory.load_on_start", "load_on_start", True,
+         "Resume from the snapshot at start if one exists (refused ones are logged and counted)"),
+    Spec("gate.threshold", "gate_threshold", 0.5, "Gate value at or above which a step is written to long-term "
+         "memory", live=True, range=(0.0, 1.0)),
+    Spec("gate.w_delta", "gate_w_delta", 1.0, "Weight of the normalised action change", live=True,
+         range=(0.0, 10.0)),
+    Spec("gate.w_discrete", "gate_w_discrete", 1.0, "Weight of a discrete change (gripper flip, event)",
+         live=True, range=(0.0, 10.0)),
+    Spec("gate.w_surprise", "gate_w_surprise", 0.5, "Weight of the distance from the running mean of recent "
+         "actions", live=True, range=(0.0, 10.0)),
+    Spec("gate.delta_scale", "gate_delta_scale", 0.1,
+         "Action change (fraction of joint range) that saturates the delta term", live=True, range=(0.001, 1.0)),
+    Spec("gate.surprise_scale", "gate_surprise_scale", 0.2,
+         "Distance (fraction of joint range) that saturates the surprise term", live=True, range=(0.001, 1.0)),
+    Spec("control.rate_hz", "rate_hz", 10.0, "Control rate; ticks that find the worker busy are skipped and counted",
+         live=True, range=(0.1, 1000.0)),
+    Spec("control.dry_run", "dry_run", False, "Compute and report, publish no command", live=True),
+    Spec("action.type", "action_type", "joint_trajectory",
+         "Command message: joint_trajectory (JointTrajectory on joint_trajectory), float64_multi_array "
+         "(Float64MultiArray on commands) or twist (TwistStamped on cmd_vel)", choices=ACTION_TYPES),
+    Spec("action.joint_names", "joint_names", list(arm.JOINT_NAMES),
+         "Action dimensions (joint names; for twist: linear_x, angular_z)"),
+    Spec("action.low", "low", list(arm.LOW), "Lower limit of each action dimension"),
+    Spec("action.high", "high", list(arm.HIGH), "Upper limit of each action dimension"),
+    Spec("action.discrete_joints", "discrete_joints", list(arm.DISCRETE_JOINTS),
+         "Dimensions whose flips are always gate events"),
+    Spec("state.joint_names", "state_joint_names", [""],
+         "Joints whose positions form the state text; [''] means action.joint_names (twist: all joints received)"),
+    Spec("state.limit", "state_limit", 100.0,
+         "Joint-state values are clipped to the action limits (state joints outside the action: to +-this) and "
+         "counted, so one absurd value cannot flood the cache with digits", range=(0.001, 1e6)),
+    Spec("action.n_bins", "n_bins", 256, "Bins per action dimension (OpenVLA-style action tokens)", range=(2, 4096)),
+    Spec("action.chunk", "chunk", 1, "Actions predicted per step (the first is executed)", range=(1, 64)),
+    Spec("action.time_from_start_s", "time_from_start_s", 0.1, "JointTrajectory: time_from_start of the first "
+         "point", live=True, range=(0.0, 60.0)),
+    Spec("timeouts.image_s", "image_timeout_s", 1.0, "Hold and warn when the newest frame arrived longer ago",
+         live=True, range=(0.01, 3600.0)),
+    Spec("timeouts.joint_state_s", "joint_state_timeout_s", 1.0,
+         "Hold and warn when the newest joint state arrived longer ago", live=True, range=(0.01, 3600.0)),
+    Spec("timeouts.stamp_tolerance_s", "stamp_tolerance_s", 0.5,
+         "Joint-state stamps more than this ahead of the node clock are dropped; stamps may go back this much "
+         "(two publishers) before a message counts as out of order", live=True, range=(0.0, 3600.0)),
+    Spec("instruction", "instruction", "", "The instruction (the instruction topic replaces it)", live=True),
+    Spec("instruction_max_chars", "instruction_max_chars", 2000, "Longer instructions are truncated to this many "
+         "characters", live=True, range=(1, 1_000_000)),
+    Spec("image.max_pixels", "max_pixels", 7680 * 4320, "Frames with more pixels are dropped and counted",
+         live=True, range=(1, 10**9)),
+    Spec("diagnostics.period_s", "diagnostics_period_s", 1.0, "Period of /diagnostics", live=True,
+         range=(0.05, 60.0)),
+    Spec("autostart", "autostart", True, "Configure and activate on start (otherwise wait for lifecycle "
+         "transitions)"),
+), "Settings")
+
+Settings = POLICY_PARAMS.settings_type
 
 
 def check_action_limits(names, low, high) -> str | None:

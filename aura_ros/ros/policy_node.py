@@ -1,185 +1,201 @@
 """The aura_ros policy node: camera + joint states in, commands and memory statistics out.
 
-A managed (lifecycle) node that comes up active on its own (``autostart``):
-configure loads the model and builds the gated cache, activate starts the control timer,
-deactivate stops it, cleanup frees the model.
-
-Threads: rclpy callbacks only store the newest valid inputs. A control timer at
-``control.rate_hz`` hands a snapshot to one inference worker and skips (and counts) ticks that
-find it busy, so the executor never blocks on the model. Parameter changes that touch the cache
-(the budget, the recent window, the gate) are validated in the parameter callback and applied by
-the worker between steps, so the cache is only ever touched from one thread.
+A managed (lifecycle) node that comes up active on its own (``autostart``): configure loads the
+policy and creates the topics and services, activate starts the control timer, deactivate stops
+it, cleanup destroys what configure created, in mirror order. The node translates messages,
+schedules the control loop (aura_ros.ros.control) and reports; input checks are pure functions
+(aura_ros.ros.guards), parameters come from one table (aura_ros.ros.params).
 """
 from __future__ import annotations
 
 import gc
-import math
-import threading
+import signal
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from pathlib import Path
 
-import cv2
 import numpy as np
 import psutil
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException
-from rclpy.signals import SignalHandlerOptions
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rcl_interfaces.msg import SetParametersResult
+from rclpy.signals import SignalHandlerOptions, uninstall_signal_handlers
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from aura_ros.core.types import Observation
-from aura_ros.memory import MIB, BudgetError, GateConfig
-from aura_ros.ros import qos
+from aura_ros.memory import MIB
+from aura_ros.ros import guards, qos
+from aura_ros.ros.control import ControlLoop, gate_config
 from aura_ros.ros.diagnostics import Health, diagnostics_msg
 from aura_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
 from aura_ros.ros.messages import COMMAND_TOPICS, command_msg, command_type, gate_msg, memory_msg
-from aura_ros.ros.params import (Settings, check_action_limits, choice_error, declare_all, param_value,
-                                 read_settings)
-from aura_ros.srv import GetMemoryMap
+from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, param_value
 
 # Frames are downscaled to this longest side before they reach the processor: every VLM
 # processor resizes to a few hundred pixels anyway, and an 8K frame would cost 100 MB of copies.
 MAX_MODEL_SIDE = 512
-# On out of memory the KV budget shrinks by this factor, then the step is retried once.
-OOM_SHRINK = 0.75
+# The processor reads an array whose short side is 1 or 3 pixels as channels-first: thin frames
+# are padded up to this short side.
+MIN_MODEL_SIDE = 8
 
 
-@dataclass
-class Inputs:
-    """The newest valid inputs, written by callbacks, read by the control tick."""
+def model_frame(rgb: np.ndarray) -> np.ndarray:
+    import cv2
 
-    image: np.ndarray | None = None
-    image_time: float = -math.inf  # monotonic receive time
-    state: np.ndarray | None = None
-    state_names: tuple[str, ...] = ()
-    state_time: float = -math.inf
-    state_stamp: float = -math.inf  # header stamp, to refuse stamps that go backwards
-    instruction: str | None = None  # pending instruction for the worker
+    h, w = rgb.shape[:2]
+    if max(h, w) > MAX_MODEL_SIDE:
+        scale = MAX_MODEL_SIDE / max(h, w)
+        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_MODEL_SIDE:
+        rgb = cv2.copyMakeBorder(rgb, 0, max(0, MIN_MODEL_SIDE - h), 0, max(0, MIN_MODEL_SIDE - w),
+                                 cv2.BORDER_REPLICATE)
+    return rgb
+
+
+class StartupError(RuntimeError):
+    """Autostart could not configure the node (the reason was logged): the process exits."""
 
 
 class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = "aura_policy", **kwargs):
         super().__init__(node_name, **kwargs)
-        declare_all(self)
-        self.settings: Settings = read_settings(self)
+        POLICY_PARAMS.declare(self)
+        self.settings = POLICY_PARAMS.read(self)
         self.health = Health()
-        self.policy = None
-        self._inputs = Inputs()
-        self._lock = threading.Lock()  # guards _inputs and _pending
-        self._pending: dict[str, object] = {}
-        self._busy = False
-        self._worker: ThreadPoolExecutor | None = None
-        self._control_timer = None
-        self._entities: list = []
         self._process = psutil.Process()
         self._warned: dict[str, float] = {}
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._instruction_repeats = guards.RepeatFilter()
+        # Created in on_configure, destroyed in on_cleanup / on_shutdown (mirror order).
+        self.policy = None
+        self.loop: ControlLoop | None = None
+        self._cmd_pub = None
+        self._memory_pub = None
+        self._gate_pub = None
+        self._own_subscriptions: list = []
+        self._own_services: list = []
+        self._snapshot_timer = None
+        # Created in on_activate, destroyed in on_deactivate.
+        self._control_timer = None
+        # For the node's whole life: diagnostics (also while unconfigured or inactive).
+        self._services_group = MutuallyExclusiveCallbackGroup()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS)
         self._diag_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
         if self.settings.autostart:
-            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                self.trigger_activate()
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise StartupError(self.health.last_error)
+            self.trigger_activate()
 
     # ------------------------------------------------------------------ lifecycle
+    def _transition(self, state: str) -> None:
+        self.health.lifecycle = state
+        self.get_logger().info(f"lifecycle: {state}")
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        s = self.settings = read_settings(self)
+        s = self.settings = POLICY_PARAMS.read(self)
         reason = check_action_limits(s.joint_names, s.low, s.high)
         if reason:
-            self.get_logger().error(reason)
-            self.health.model_error(reason)
-            return TransitionCallbackReturn.FAILURE
+            return self._fail_configure(reason)
         try:
             self.policy = self._load_policy(s)
-        except Exception as exc:  # a missing model, a bad folder: report, do not crash
-            self.get_logger().error(f"could not load the policy model: {exc}")
-            self.health.model_error(f"load failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aura_inference")
+        except Exception as exc:  # a missing model, a bad folder, a budget too small: report, do not crash
+            return self._fail_configure(f"could not load the policy: {exc}")
         self._cmd_pub = self.create_lifecycle_publisher(command_type(s.action_type), COMMAND_TOPICS[s.action_type],
                                                         qos.COMMANDS)
         self._memory_pub = self.create_lifecycle_publisher(self._msg("MemoryBudget"), "~/memory", qos.STATS)
         self._gate_pub = self.create_lifecycle_publisher(self._msg("GateStats"), "~/gate_stats", qos.STATS)
-        self._entities = [
+        self.loop = ControlLoop(self.policy, s, self.health, self, POLICY_PARAMS.apply,
+                                on_budget_changed=self._budget_changed)
+        self._own_subscriptions = [
             self.create_subscription(Image, "image", self._on_image, qos.SENSOR),
             self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos.SENSOR),
             self.create_subscription(JointState, "joint_states", self._on_joint_state, qos.SENSOR),
             self.create_subscription(String, "instruction", self._on_instruction, qos.INSTRUCTION),
-            self.create_service(Trigger, "~/reset_memory", self._srv_reset_memory),
-            self.create_service(GetMemoryMap, "~/get_memory_map", self._srv_memory_map),
-            self.create_service(Trigger, "~/save_memory", self._srv_save_memory),
-            self.create_service(Trigger, "~/load_memory", self._srv_load_memory),
+            self.create_subscription(String, "instruction", self._on_instruction, qos.INSTRUCTION_VOLATILE),
         ]
-        self._snapshot_timer = None
-        if s.snapshot_path and s.load_on_start and Path(s.snapshot_path).with_suffix(".json").exists():
-            try:
-                self._load_snapshot()
-            except Exception:
-                pass  # logged and counted; the node starts with a fresh memory
-        if s.snapshot_path and s.snapshot_period_s > 0:
-            self._snapshot_timer = self.create_timer(s.snapshot_period_s, self._periodic_snapshot)
+        g = self._services_group
+        self._own_services = [
+            self.create_service(Trigger, "~/reset_memory", self._srv_reset_memory, qos_profile=qos.SERVICES,
+                                callback_group=g),
+            self.create_service(self._srv("GetMemoryMap"), "~/get_memory_map", self._srv_memory_map,
+                                qos_profile=qos.SERVICES, callback_group=g),
+            self.create_service(Trigger, "~/save_memory", self._srv_save_memory, qos_profile=qos.SERVICES,
+                                callback_group=g),
+            self.create_service(Trigger, "~/load_memory", self._srv_load_memory, qos_profile=qos.SERVICES,
+                                callback_group=g),
+        ]
+        if s.snapshot_path and s.load_on_start:
+            self.loop.run(self._load_snapshot_at_start)
+        self._restart_snapshot_timer()
+        self._transition("inactive")
         self.get_logger().info(
             f"policy ready: {s.model_path or 'embedded default model'}, budget {s.budget_mb:.3f} MiB "
             f"({self.policy.stats().capacity_tokens} tokens), action {s.action_type} {list(s.joint_names)}")
         return TransitionCallbackReturn.SUCCESS
 
+    def _fail_configure(self, reason: str) -> TransitionCallbackReturn:
+        self.get_logger().error(reason)
+        self.health.model_error(reason)
+        return TransitionCallbackReturn.FAILURE
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._control_timer = self.create_timer(1.0 / self.settings.rate_hz, self._on_tick)
+        self._control_timer = self.create_timer(1.0 / self.settings.rate_hz, self.loop.tick)
+        self._transition("active")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._control_timer is not None:
-            self.destroy_timer(self._control_timer)
-            self._control_timer = None
+        self._destroy_control_timer()
+        self._transition("inactive")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
+        self._release(snapshot=False)
+        self._transition("unconfigured")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release(snapshot=True)
+        self._transition("finalized")
         return TransitionCallbackReturn.SUCCESS
 
-    def _release(self, snapshot: bool = False) -> None:
+    def _destroy_control_timer(self) -> None:
         if self._control_timer is not None:
             self.destroy_timer(self._control_timer)
             self._control_timer = None
-        if getattr(self, "_snapshot_timer", None) is not None:
+
+    def _release(self, snapshot: bool) -> None:
+        """Undo on_configure (and on_activate) in mirror order; safe to call twice."""
+        self._destroy_control_timer()
+        if self._snapshot_timer is not None:
             self.destroy_timer(self._snapshot_timer)
             self._snapshot_timer = None
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)  # the step in flight finishes: no half-written state
-            self._worker = None
-        if snapshot and self.policy is not None and self.settings.snapshot_path and self.settings.snapshot_on_shutdown:
-            self._save_snapshot()
-        for entity in self._entities:
-            if hasattr(entity, "srv_type"):
-                self.destroy_service(entity)
-            else:
-                self.destroy_subscription(entity)
-        for name in ("_cmd_pub", "_memory_pub", "_gate_pub"):
-            pub = getattr(self, name, None)
+        for srv in self._own_services:
+            self.destroy_service(srv)
+        self._own_services = []
+        for sub in self._own_subscriptions:
+            self.destroy_subscription(sub)
+        self._own_subscriptions = []
+        if self.loop is not None:
+            self.loop.stop()  # the step in flight finishes: no half-written state
+            if snapshot and self.settings.snapshot_path and self.settings.snapshot_on_shutdown:
+                try:
+                    self._save_snapshot()
+                except Exception as exc:  # an unwritable path must not skip the rest of the teardown
+                    self.health.count("snapshots_failed")
+                    self.get_logger().error(f"final snapshot not written: {exc}")
+            self.loop = None
+        for pub in (self._gate_pub, self._memory_pub, self._cmd_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-                setattr(self, name, None)
-        self._entities = []
+        self._cmd_pub = self._memory_pub = self._gate_pub = None
         self.policy = None
         gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:
-            pass
 
     @staticmethod
     def _msg(name: str):
@@ -187,7 +203,13 @@ class PolicyNode(LifecycleNode):
 
         return getattr(msg, name)
 
-    def _load_policy(self, s: Settings):
+    @staticmethod
+    def _srv(name: str):
+        from aura_ros import srv
+
+        return getattr(srv, name)
+
+    def _load_policy(self, s):
         import torch
 
         from aura_ros.core.config import PolicyConfig
@@ -201,243 +223,164 @@ class PolicyNode(LifecycleNode):
             joint_names=tuple(s.joint_names), low=tuple(s.low), high=tuple(s.high),
             discrete_joints=tuple(s.discrete_joints), n_bins=s.n_bins, chunk=s.chunk,
             budget_bytes=int(s.budget_mb * MIB), recent_steps=s.recent_steps, eviction=s.eviction,
-            gate=self._gate_config(s), clear_memory_on_instruction=s.clear_on_instruction)
+            gate=gate_config(s), clear_memory_on_instruction=s.clear_on_instruction)
         return make_policy(s.model_path or None, config, instruction=s.instruction[: s.instruction_max_chars],
-                                         dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
+                           dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
 
-    @staticmethod
-    def _gate_config(s: Settings) -> GateConfig:
-        return GateConfig(threshold=s.gate_threshold, w_delta=s.gate_w_delta, w_discrete=s.gate_w_discrete,
-                          w_surprise=s.gate_w_surprise, delta_scale=s.gate_delta_scale,
-                          surprise_scale=s.gate_surprise_scale)
+    # ------------------------------------------------------------------ Outputs (for the control loop)
+    def command(self, joint_names, positions) -> None:
+        if self._cmd_pub is not None:
+            s = self.settings
+            self._cmd_pub.publish(command_msg(s.action_type, tuple(joint_names), positions, self._header(),
+                                              s.time_from_start_s))
+
+    def stats(self, action) -> None:
+        action.stats.process_rss_bytes = self._process.memory_info().rss
+        header = self._header()
+        if self._memory_pub is not None:
+            self._memory_pub.publish(memory_msg(action.stats, header))
+        if self._gate_pub is not None:
+            self._gate_pub.publish(gate_msg(action.stats, header))
+
+    def info(self, text: str) -> None:
+        self.get_logger().info(text)
+
+    def error(self, text: str) -> None:
+        self.get_logger().error(text)
+
+    def warn(self, key: str, text: str, period: float = 5.0) -> None:
+        # Throttled per key (rclpy's throttle_duration_sec throttles per call site, and one call
+        # site here reports many different drops).
+        now = time.monotonic()
+        if now - self._warned.get(key, -float("inf")) >= period:
+            self._warned[key] = now
+            self.get_logger().warning(text)
+
+    def _header(self) -> Header:
+        return Header(stamp=self.get_clock().now().to_msg(), frame_id="")
 
     # ------------------------------------------------------------------ parameters
     def _validate_parameters(self, params) -> SetParametersResult:
         for p in params:
             value = param_value(p)
-            reason = choice_error(p.name, value)
+            reason = POLICY_PARAMS.check(p.name, value)
+            if not reason and p.name == "memory.vram_budget_mb" and self.policy is not None:
+                reason = self.policy.budget_error(int(value * MIB)) or _allocation_error(value, self.settings.device)
+                reason = reason and f"memory.vram_budget_mb={value}: {reason}"
+            if not reason and p.name == "instruction" and not str(value).strip() and self.policy is not None:
+                reason = "instruction must not be empty"
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-            if p.name == "memory.vram_budget_mb" and self.policy is not None:
-                reason = self.policy.budget_error(int(value * MIB))
-                if reason:
-                    return SetParametersResult(successful=False, reason=f"memory.vram_budget_mb={value}: {reason}")
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params) -> None:
-        with self._lock:
-            for p in params:
-                self._pending[p.name] = param_value(p)
-        names = {p.name for p in params}
+        names = {p.name: param_value(p) for p in params}
+        # The input callbacks see new settings at once; the worker applies what touches the policy.
+        self.settings = POLICY_PARAMS.read(self)
+        if self.loop is not None:
+            for name, value in names.items():
+                if name == "instruction":
+                    self.loop.store.put_instruction(str(value)[: self.settings.instruction_max_chars])
+                elif not self._setting_echo(name, value):
+                    self.loop.store.put_change(name, value)
+            self.loop.store.stamps.tolerance = self.settings.stamp_tolerance_s
         if "control.rate_hz" in names and self._control_timer is not None:
-            self.destroy_timer(self._control_timer)
-            self._control_timer = self.create_timer(1.0 / float(param_value(
-                next(p for p in params if p.name == "control.rate_hz"))), self._on_tick)
+            self._destroy_control_timer()
+            self._control_timer = self.create_timer(1.0 / self.settings.rate_hz, self.loop.tick)
+        if "memory.snapshot_period_s" in names:
+            self._restart_snapshot_timer()
+        if "diagnostics.period_s" in names:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
 
-    def _apply_pending(self) -> None:
-        """Worker thread: apply parameter changes between steps."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            instruction, self._inputs.instruction = self._inputs.instruction, None
-        if pending.pop("__reset__", False):
-            self.policy.reset()
-            self.get_logger().info("episode memory cleared (instruction kept)")
-        if pending:
-            old = self.settings
-            self.settings = read_settings(self, pending)
-            s = self.settings
-            if "memory.vram_budget_mb" in pending:
-                try:
-                    self.policy.set_budget(int(s.budget_mb * MIB))
-                    self.get_logger().info(f"KV budget now {s.budget_mb:.3f} MiB ({self.policy.stats().capacity_tokens} tokens)")
-                except BudgetError as exc:  # the pinned instruction grew since validation
-                    self.get_logger().error(str(exc))
-                    self.settings = replace(self.settings, budget_mb=old.budget_mb)
-            self.policy.set_options(
-                recent_steps=s.recent_steps if "memory.recent_steps" in pending else None,
-                gate=self._gate_config(s) if any(n.startswith("gate.") for n in pending) else None,
-                clear_memory_on_instruction=s.clear_on_instruction if "memory.clear_on_instruction" in pending else None)
-        if instruction is not None:
-            try:
-                self.policy.set_instruction(instruction)
-                self.get_logger().info(f"new instruction ({len(instruction)} chars) pinned")
-            except BudgetError as exc:
-                self.health.count("instruction_refused")
-                self.get_logger().error(f"instruction refused: {exc}")
+    def _setting_echo(self, name: str, value) -> bool:
+        """A budget the loop itself set (out of memory, or a refusal put back) is not a new change."""
+        return (name == "memory.vram_budget_mb" and self.loop is not None
+                and abs(self.loop.settings.budget_mb - float(value)) < 1e-12)
+
+    def _budget_changed(self, budget_mb: float) -> None:
+        """Keep the parameter truthful when the loop changes or restores the budget itself."""
+        self.set_parameters([Parameter("memory.vram_budget_mb", value=float(budget_mb))])
+
+    def _restart_snapshot_timer(self) -> None:
+        if self._snapshot_timer is not None:
+            self.destroy_timer(self._snapshot_timer)
+            self._snapshot_timer = None
+        s = self.settings
+        if self.loop is not None and s.snapshot_path and s.snapshot_period_s > 0:
+            self._snapshot_timer = self.create_timer(s.snapshot_period_s, lambda: self.loop.submit(self._save_snapshot))
 
     # ------------------------------------------------------------------ input callbacks
-    def _throttled_warn(self, key: str, text: str, period: float = 5.0) -> None:
-        now = time.monotonic()
-        if now - self._warned.get(key, -math.inf) >= period:
-            self._warned[key] = now
-            self.get_logger().warning(text)
-
     def _drop(self, reason: str, detail: str) -> None:
         self.health.count(f"dropped_{reason}")
-        self._throttled_warn(reason, f"dropped {reason.replace('_', ' ')}: {detail} "
-                                     f"({self.health.counters[f'dropped_{reason}']} so far)")
-
-    def _store_frame(self, rgb: np.ndarray) -> None:
-        h, w = rgb.shape[:2]
-        if max(h, w) > MAX_MODEL_SIDE:
-            scale = MAX_MODEL_SIDE / max(h, w)
-            rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        with self._lock:
-            self._inputs.image = rgb
-            self._inputs.image_time = time.monotonic()
-        self.health.count("frames")
+        self.warn(reason, f"dropped {reason.replace('_', ' ')}: {detail} "
+                          f"({self.health.counters[f'dropped_{reason}']} so far)")
 
     def _on_image(self, msg: Image) -> None:
+        if self.loop is None:
+            return
         try:
-            self._store_frame(image_to_rgb(msg, max_pixels=self.settings.max_pixels))
+            rgb = model_frame(image_to_rgb(msg, max_pixels=self.settings.max_pixels))
         except ImageConversionError as exc:
-            self._drop("image", str(exc))
+            return self._drop("image", str(exc))
+        self.loop.store.put_frame(rgb, time.monotonic())
+        self.health.count("frames")
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        try:
-            self._store_frame(compressed_to_rgb(msg, max_pixels=self.settings.max_pixels))
-        except ImageConversionError as exc:
-            self._drop("compressed_image", str(exc))
+        if self.loop is None:
+            return
+        max_pixels = self.settings.max_pixels
+        self.loop.decode_later(lambda: model_frame(compressed_to_rgb(msg, max_pixels=max_pixels)), time.monotonic())
 
     def _on_joint_state(self, msg: JointState) -> None:
-        names, positions = list(msg.name), np.asarray(msg.position, dtype=np.float64)
-        if len(names) != positions.size:
-            return self._drop("joint_state", f"{len(names)} names but {positions.size} positions")
-        if not np.all(np.isfinite(positions)):
-            return self._drop("joint_state", "NaN or infinite position")
-        if len(set(names)) != len(names):
-            return self._drop("joint_state", "duplicate joint names")
+        if self.loop is None:
+            return
+        s = self.settings
+        wanted = self._state_joint_names(msg.name)
+        limits = (np.asarray(s.low), np.asarray(s.high)) if tuple(wanted) == tuple(s.joint_names) else (None, None)
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        wanted = self._state_joint_names(names)
-        index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in wanted if n not in index]
-        if missing:
-            return self._drop("joint_state", f"missing joints {missing}")
-        with self._lock:
-            last = self._inputs.state_stamp
-            backwards = 0 < stamp < last
-            if not backwards:
-                self._inputs.state = positions[[index[n] for n in wanted]]
-                self._inputs.state_names = tuple(wanted)
-                self._inputs.state_time = time.monotonic()
-                self._inputs.state_stamp = max(stamp, last)
-        if backwards:
-            return self._drop("joint_state", f"stamp went backwards ({stamp:.3f} s < {last:.3f} s)")
-        unknown = set(names) - set(wanted)
-        if unknown and self.settings.action_type != "twist":
-            self._throttled_warn("unknown_joints", f"ignoring joints the policy does not use: {sorted(unknown)}", 60.0)
+        result = guards.check_joint_state(msg.name, msg.position, stamp, wanted, *limits, s.state_limit)
+        if isinstance(result, guards.Drop):
+            return self._drop("joint_state", result.reason)
+        now = self.get_clock().now().nanoseconds * 1e-9
+        order = self.loop.store.stamps.check(result.stamp, now)
+        if order is not None:
+            return self._drop("joint_state", order.reason)
+        if result.clipped:
+            self.health.count("joint_state_clipped", result.clipped)
+            self.warn("joint_state_clipped", f"{result.clipped} joint value(s) outside the limits clipped")
+        self.loop.store.put_state(result, time.monotonic())
+        unknown = len(msg.name) - len(wanted)
+        if unknown > 0 and s.action_type != "twist":
+            extra = [n for n in msg.name if n not in set(wanted)]
+            self.warn("unknown_joints", f"ignoring joints the policy does not use: {guards.name_list(extra)}", 60.0)
 
-    def _state_joint_names(self, received: list[str]) -> list[str]:
+    def _state_joint_names(self, received) -> list[str]:
         configured = [n for n in self.settings.state_joint_names if n]
         if configured:
             return configured
         if self.settings.action_type == "twist":
-            return received
+            return list(received)
         return list(self.settings.joint_names)
 
     def _on_instruction(self, msg: String) -> None:
-        text = msg.data.strip()
-        if not text:
-            return self._drop("instruction", "empty instruction")
-        limit = self.settings.instruction_max_chars
-        if len(text) > limit:
+        if self.loop is None or self._instruction_repeats.repeat(msg.data, time.monotonic()):
+            return
+        result = guards.clean_instruction(msg.data, self.settings.instruction_max_chars)
+        if isinstance(result, guards.Drop):
+            return self._drop("instruction", result.reason)
+        text, truncated = result
+        if truncated:
             self.health.count("instruction_truncated")
-            self._throttled_warn("instruction_long", f"instruction of {len(text)} chars truncated to {limit}")
-            text = text[:limit]
-        with self._lock:
-            self._inputs.instruction = text
-
-    # ------------------------------------------------------------------ control
-    def _on_tick(self) -> None:
-        if self._busy:
-            self.health.count("skipped_ticks")
-            return
-        if self._worker is None:
-            return
-        self._busy = True
-        with self._lock:
-            snapshot = replace(self._inputs)
-        self._worker.submit(self._work, snapshot, time.monotonic())
-
-    def _work(self, snap: Inputs, tick_time: float) -> None:
-        try:
-            self._apply_pending()
-            now = time.monotonic()
-            s = self.settings
-            stale = []
-            if now - snap.image_time > s.image_timeout_s:
-                stale.append("image")
-            if snap.state is None or now - snap.state_time > s.joint_state_timeout_s:
-                stale.append("joint_states")
-            self.health.stale = stale
-            if stale:
-                self.health.count("held_ticks")
-                self._throttled_warn("stale", f"holding: no fresh {' / '.join(stale)}")
-                self._hold(snap)
-                return
-            try:
-                action = self._step_with_oom_retry(snap)
-            except Exception as exc:  # keep serving: hold, report ERROR, try again next tick
-                self.health.model_error(f"{type(exc).__name__}: {exc}")
-                self.get_logger().error(f"policy step failed: {type(exc).__name__}: {exc}")
-                self._hold(snap)
-                return
-            self.health.model_ok()
-            stats = action.stats
-            stats.process_rss_bytes = self._process.memory_info().rss
-            header = Header(stamp=self.get_clock().now().to_msg(), frame_id="")
-            if not s.dry_run:
-                self._cmd_pub.publish(command_msg(s.action_type, action.joint_names, action.positions, header,
-                                                  s.time_from_start_s))
-            self._memory_pub.publish(memory_msg(stats, header))
-            self._gate_pub.publish(gate_msg(stats, header))
-            self.health.step_done(stats, period_s=1.0 / s.rate_hz, since_tick_s=time.monotonic() - tick_time,
-                                  evicted_written_total=action.stats.evicted_written_total)
-        except Exception as exc:  # nothing may kill the worker thread silently
-            self.health.model_error(f"{type(exc).__name__}: {exc}")
-            self.get_logger().error(f"control step failed: {type(exc).__name__}: {exc}")
-        finally:
-            self._busy = False
-
-    def _step_with_oom_retry(self, snap: Inputs):
-        """Out of memory: shrink the KV budget by OOM_SHRINK and retry the step once."""
-        import torch
-
-        oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-        try:
-            return self.policy.step(Observation(snap.image, snap.state))
-        except oom as exc:
-            self.health.count("out_of_memory")
-            old_mb = self.settings.budget_mb
-            new_mb = old_mb * OOM_SHRINK
-            self.get_logger().error(f"out of memory ({exc}); shrinking the KV budget {old_mb:.3f} -> "
-                                    f"{new_mb:.3f} MiB and retrying once")
-            self.policy.set_budget(int(new_mb * MIB))  # BudgetError here: too small to shrink, reported
-            self.settings = replace(self.settings, budget_mb=new_mb)
-            # Keep the parameter truthful; the post-set callback queues the same budget (a no-op).
-            self.set_parameters([Parameter("memory.vram_budget_mb", value=new_mb)])
-            return self.policy.step(Observation(snap.image, snap.state))
-
-    def _hold(self, snap: Inputs) -> None:
-        """Stop safely: zero velocity for a base, the current positions for an arm."""
-        s = self.settings
-        if s.dry_run or self._cmd_pub is None:
-            return
-        header = Header(stamp=self.get_clock().now().to_msg())
-        if s.action_type == "twist":
-            self._cmd_pub.publish(command_msg("twist", s.joint_names, np.zeros((1, len(s.joint_names))), header))
-        elif snap.state is not None and tuple(snap.state_names) == tuple(s.joint_names):
-            self._cmd_pub.publish(command_msg(s.action_type, s.joint_names, snap.state[None], header,
-                                              s.time_from_start_s))
-        self.health.count("hold_commands")
+            self.warn("instruction_long", f"instruction of {len(msg.data.strip())} chars truncated to {len(text)}")
+        self.loop.store.put_instruction(text)
 
     # ------------------------------------------------------------------ services
     def _srv_reset_memory(self, request, response):
-        if self.policy is None:
+        if self.loop is None:
             response.success, response.message = False, "policy not configured"
             return response
-        with self._lock:
-            self._pending["__reset__"] = True
+        self.loop.store.put_change("__reset__", True)
         response.success, response.message = True, "episode memory will be cleared before the next step"
         return response
 
@@ -451,30 +394,41 @@ class PolicyNode(LifecycleNode):
     def _load_snapshot(self) -> str:
         from aura_ros.backends.transformers.snapshot import SnapshotError
 
+        configured = self.policy.instruction
         try:
             self.policy.load_memory(self.settings.snapshot_path)
-        except SnapshotError as exc:
+        except (SnapshotError, OSError) as exc:
             self.health.count("snapshots_refused")
-            self.get_logger().error(f"snapshot refused, starting fresh: {exc}")
+            self.get_logger().error(f"snapshot refused: {exc}")
             raise
         self.health.count("snapshots_loaded")
+        if configured and self.policy.instruction != configured:
+            # The configured instruction wins over the one the snapshot was saved with.
+            self.policy.set_instruction(configured)
+            self.get_logger().info("snapshot's instruction replaced by the configured one")
+        stats = self.policy.stats()
         msg = (f"memory resumed from {self.settings.snapshot_path} at step {self.policy.step_index} "
-               f"({self.policy.stats().used_tokens} tokens, {self.policy.stats().steps_kept} steps)")
+               f"({stats.used_tokens} tokens, {stats.steps_kept} steps)")
         self.get_logger().info(msg)
         return msg
 
-    def _on_worker(self, fn, timeout: float = 30.0):
-        if self._worker is None:
-            raise RuntimeError("policy not configured")
-        return self._worker.submit(fn).result(timeout=timeout)
+    def _load_snapshot_at_start(self) -> None:
+        from aura_ros.backends.transformers.snapshot import exists
+
+        if not exists(self.settings.snapshot_path):
+            return
+        try:
+            self._load_snapshot()
+        except Exception:
+            self.get_logger().warning("starting with a fresh memory")
 
     def _srv_snapshot(self, response, fn, verb: str):
-        if self.policy is None or not self.settings.snapshot_path:
+        if self.loop is None or not self.settings.snapshot_path:
             response.success = False
-            response.message = "memory.snapshot_path is not set" if self.policy else "policy not configured"
+            response.message = "memory.snapshot_path is not set" if self.loop else "policy not configured"
             return response
         try:
-            response.message = str(self._on_worker(fn))
+            response.message = str(self.loop.run(fn))
             response.success = True
         except Exception as exc:
             response.success, response.message = False, f"{verb} failed: {exc}"
@@ -486,26 +440,17 @@ class PolicyNode(LifecycleNode):
     def _srv_load_memory(self, request, response):
         return self._srv_snapshot(response, self._load_snapshot, "load")
 
-    def _periodic_snapshot(self) -> None:
-        if self._worker is not None:
-            self._worker.submit(self._guarded, self._save_snapshot)
-
-    def _guarded(self, fn) -> None:
-        try:
-            fn()
-        except Exception as exc:
-            self.get_logger().error(f"{fn.__name__} failed: {exc}")
-
     def _srv_memory_map(self, request, response):
-        if self.policy is None:
+        if self.loop is None:
             return response
-        summary = self.policy.memory_map()
-        response.step = self.policy.step_index
+        summary, pinned, step = self.loop.run(lambda: (self.policy.memory_map(), self.policy.stats().pinned_tokens,
+                                                       self.policy.step_index))
+        response.step = step
         response.kept_steps = [int(s) for s, *_ in summary]
         response.gate_values = [float(g) for _, g, _, _ in summary]
         response.long_term = [bool(w) for _, _, w, _ in summary]
         response.tokens = [int(t) for *_, t in summary]
-        response.pinned_tokens = int(self.policy.stats().pinned_tokens)
+        response.pinned_tokens = int(pinned)
         return response
 
     # ------------------------------------------------------------------ diagnostics
@@ -514,25 +459,60 @@ class PolicyNode(LifecycleNode):
                                                self.get_clock().now().to_msg(), self.policy is not None))
 
 
+def _allocation_error(budget_mb: float, device: str) -> str | None:
+    """A budget larger than the memory the device has free cannot be allocated: refuse it now,
+    not in the worker after the parameter already says it."""
+    need = budget_mb * MIB
+    if str(device).startswith("cuda"):
+        import torch
+
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        free = psutil.virtual_memory().available
+    if need > free * 0.9:
+        return f"needs {need / MIB:.1f} MiB but only {free / MIB:.1f} MiB of {device} memory is free"
+    return None
+
+
 def main(args=None) -> None:
-    # rclpy turns SIGINT and SIGTERM into a context shutdown (ExternalShutdownException from spin).
+    # rclpy turns the first SIGINT/SIGTERM into a context shutdown (ExternalShutdownException).
+    # A terminal's Ctrl-C under `ros2 launch` delivers a second SIGINT (to the process group and
+    # forwarded by launch) while the node is cleaning up: from the first signal on, further ones
+    # are ignored, so teardown and the final snapshot always complete.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.ALL)
     node = None
+    code = 0
+    executor = MultiThreadedExecutor(num_threads=2)
     try:
         node = PolicyNode()
-        rclpy.spin(node)
+        executor.add_node(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except Exception:
+    except StartupError as exc:
+        print(f"aura_policy: not started: {exc}", file=sys.stderr)
+        code = 2
+    except Exception as exc:
         # A signal can shut the context down while spin() builds its wait set; that surfaces as an
         # RCLError instead of ExternalShutdownException. During shutdown it is a clean exit.
         if rclpy.ok():
-            raise
+            print(f"aura_policy: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = 1
     finally:
+        _ignore_signals()
         if node is not None:
             node._release(snapshot=True)
             node.destroy_node()
+        executor.shutdown(timeout_sec=1.0)
         rclpy.try_shutdown()
+    if code:
+        sys.exit(code)
+
+
+def _ignore_signals() -> None:
+    uninstall_signal_handlers()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,18 @@ COMMANDS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Rel
 INSTRUCTION = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
+# The same topic, volatile: `ros2 topic pub` publishes volatile by default, and a transient-local
+# reader never matches a volatile writer (the publisher would wait forever). A volatile reader
+# matches both, so the node reads the instruction through both profiles (the latched one for an
+# instruction published before it started) and ignores a repeat of the text it already holds.
+INSTRUCTION_VOLATILE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                  durability=DurabilityPolicy.VOLATILE)
+
+# Services: a deeper request queue than rclpy's default of 10, so a burst of simultaneous
+# calls (a monitoring script, several operators) is answered rather than dropped.
+SERVICES = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
 # Per-step MemoryBudget / GateStats: reliable keep last 10, so that plots and the soak monitor
 # see every step (each message carries its step number and a gap would read as a lost step).
 STATS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -38,4 +50,4 @@ STATS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Reliab
 DIAGNOSTICS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
 
-__all__ = ["COMMANDS", "DIAGNOSTICS", "INSTRUCTION", "SENSOR", "STATS"]
+__all__ = ["COMMANDS", "DIAGNOSTICS", "INSTRUCTION", "INSTRUCTION_VOLATILE", "SENSOR", "SERVICES", "STATS"]

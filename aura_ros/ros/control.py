@@ -1,0 +1,294 @@
+"""The control loop: newest inputs in, one policy step per tick on one worker thread, outputs out.
+
+Callbacks only store inputs (``InputStore``); the control timer hands the worker a copy and skips
+(and counts) ticks that find it busy, so the executor never blocks on the model. Everything
+that touches the policy (steps, parameter changes, snapshots, resets) runs on that one worker,
+between steps, so the KV cache is only ever touched from one thread. Heavy decoding (a large
+PNG or JPEG) happens on the worker too, with its time counted, not on the executor thread.
+
+No rclpy here: the node passes an ``Outputs`` (publishers and a logger) and its Health.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
+
+import numpy as np
+
+from aura_ros.core.types import Action, Observation
+from aura_ros.memory import MIB, BudgetError, GateConfig
+from aura_ros.ros import guards
+from aura_ros.ros.diagnostics import Health
+
+# On out of memory the KV budget shrinks by this factor, then the step is retried once.
+OOM_SHRINK = 0.75
+
+
+@dataclass
+class Inputs:
+    """The newest valid inputs (monotonic receive times)."""
+
+    image: np.ndarray | None = None
+    image_time: float = -float("inf")
+    state: np.ndarray | None = None
+    state_names: tuple[str, ...] = ()
+    state_time: float = -float("inf")
+
+
+class InputStore:
+    """Thread-safe newest inputs and pending changes, written by callbacks, read by the worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inputs = Inputs()
+        self._instruction: str | None = None
+        self._pending: dict[str, object] = {}
+        self.stamps = guards.StampOrder()
+
+    def put_frame(self, rgb: np.ndarray, receive_time: float) -> None:
+        with self._lock:
+            if receive_time >= self._inputs.image_time:
+                self._inputs.image, self._inputs.image_time = rgb, receive_time
+
+    def put_state(self, state: guards.JointState, receive_time: float) -> None:
+        with self._lock:
+            self._inputs.state, self._inputs.state_names = state.positions, state.names
+            self._inputs.state_time = receive_time
+
+    def put_instruction(self, text: str) -> None:
+        with self._lock:
+            self._instruction = text
+
+    def put_change(self, name: str, value) -> None:
+        with self._lock:
+            self._pending[name] = value
+
+    def snapshot(self) -> Inputs:
+        with self._lock:
+            return replace(self._inputs)
+
+    def take_pending(self) -> tuple[dict[str, object], str | None]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            instruction, self._instruction = self._instruction, None
+        return pending, instruction
+
+
+class Outputs(Protocol):
+    """What the loop publishes; the node implements it over its lifecycle publishers."""
+
+    def command(self, joint_names, positions: np.ndarray) -> None: ...
+    def stats(self, action: Action) -> None: ...
+    def info(self, text: str) -> None: ...
+    def warn(self, key: str, text: str) -> None: ...  # throttled per key
+    def error(self, text: str) -> None: ...
+
+
+@dataclass
+class ControlLoop:
+    policy: object  # core.protocol.Policy
+    settings: object  # the node's Settings; read fields: see below
+    health: Health
+    out: Outputs
+    replace_settings: Callable[[object, dict], object]
+    on_budget_changed: Callable[[float], None] = lambda mb: None
+    store: InputStore = field(default_factory=InputStore)
+    _busy: bool = False
+    _worker: ThreadPoolExecutor | None = None
+    stopping: bool = False
+
+    _decoder: ThreadPoolExecutor | None = None
+    _decode_lock: threading.Lock = field(default_factory=threading.Lock)
+    _decode_next: tuple | None = None  # the newest frame waiting for the decoder
+    _decoding: bool = False
+
+    def __post_init__(self) -> None:
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aura_inference")
+        # Compressed frames are decoded on a thread of their own: a large PNG takes a second to
+        # decode, which must block neither the executor (callbacks, services) nor a step.
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aura_decode")
+
+    def decode_later(self, decode: Callable[[], np.ndarray], receive_time: float) -> None:
+        """Decode a compressed frame off the executor thread; while one decodes, only the newest
+        waiting frame is kept (older waiting ones are counted as skipped_frames)."""
+        with self._decode_lock:
+            if self._decode_next is not None:
+                self.health.count("skipped_frames")
+            self._decode_next = (decode, receive_time)
+            if self._decoding or self._decoder is None:
+                return
+            self._decoding = True
+        self._decoder.submit(self._decode_loop)
+
+    def _decode_loop(self) -> None:
+        while True:
+            with self._decode_lock:
+                job, self._decode_next = self._decode_next, None
+                if job is None or self.stopping:
+                    self._decoding = False
+                    return
+            decode, receive_time = job
+            t0 = time.perf_counter()
+            try:
+                rgb = decode()
+            except ValueError as exc:  # ImageConversionError
+                self.health.count("dropped_compressed_image")
+                self.out.warn("compressed_image", f"dropped compressed image: {exc} "
+                                                  f"({self.health.counters['dropped_compressed_image']} so far)")
+                continue
+            finally:
+                self.health.set_value("decode_ms", f"{(time.perf_counter() - t0) * 1e3:.1f}")
+            self.store.put_frame(rgb, receive_time)
+            self.health.count("frames")
+
+    # ------------------------------------------------------------------ scheduling
+    def tick(self) -> None:
+        """Timer callback: hand the newest inputs to the worker, or count a skipped tick."""
+        if self._busy:
+            self.health.count("skipped_ticks")
+            return
+        if self._worker is None or self.stopping:
+            return
+        self._busy = True
+        self._worker.submit(self._work, self.store.snapshot(), time.monotonic())
+
+    def run(self, fn: Callable[[], object], timeout: float = 30.0):
+        """Run ``fn`` on the worker between steps and wait for its result."""
+        if self._worker is None:
+            raise RuntimeError("policy not configured")
+        future: Future = self._worker.submit(fn)
+        return future.result(timeout=timeout)
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the worker between steps; errors are logged, not raised."""
+        if self._worker is not None:
+            self._worker.submit(self._guarded, fn)
+
+    def stop(self) -> None:
+        """Let the step in flight finish (no half-written state), then end the worker."""
+        self.stopping = True
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True)
+            self._decoder = None
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+
+    def _guarded(self, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self.out.error(f"{getattr(fn, '__name__', 'task')} failed: {exc}")
+
+    # ------------------------------------------------------------------ one step
+    def _work(self, snap: Inputs, tick_time: float) -> None:
+        try:
+            self.apply_pending()
+            s = self.settings
+            stale = guards.stale_inputs(time.monotonic(), snap.image_time, snap.state_time, s.image_timeout_s,
+                                        s.joint_state_timeout_s, snap.state is not None)
+            self.health.stale = stale
+            if stale:
+                self.health.count("held_ticks")
+                self.out.warn("stale", f"holding: no fresh {' / '.join(stale)}")
+                self.hold(snap)
+                return
+            try:
+                action = self._step_with_oom_retry(snap)
+            except Exception as exc:  # keep serving: hold, report ERROR, try again next tick
+                if self.stopping:
+                    return
+                self.health.model_error(f"{type(exc).__name__}: {exc}")
+                self.out.error(f"policy step failed: {type(exc).__name__}: {exc}")
+                self.hold(snap)
+                return
+            self.health.model_ok()
+            if self.stopping:
+                return  # shutting down: the step is in memory; publishers may be gone
+            if not s.dry_run:
+                self.out.command(action.joint_names, action.positions)
+            self.out.stats(action)
+            self.health.step_done(action.stats, period_s=1.0 / s.rate_hz, since_tick_s=time.monotonic() - tick_time,
+                                  evicted_written_total=action.stats.evicted_written_total)
+        except Exception as exc:  # nothing may kill the worker thread silently
+            if not self.stopping:
+                self.health.model_error(f"{type(exc).__name__}: {exc}")
+                self.out.error(f"control step failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._busy = False
+
+    def _step_with_oom_retry(self, snap: Inputs) -> Action:
+        """Out of memory: shrink the KV budget by OOM_SHRINK and retry the step once."""
+        import torch
+
+        oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+        obs = Observation(snap.image, snap.state)
+        try:
+            return self.policy.step(obs)
+        except oom as exc:
+            self.health.count("out_of_memory")
+            old_mb = self.settings.budget_mb
+            new_mb = old_mb * OOM_SHRINK
+            self.out.error(f"out of memory ({exc}); shrinking the KV budget {old_mb:.3f} -> {new_mb:.3f} MiB "
+                           "and retrying once")
+            self.policy.set_budget(int(new_mb * MIB))  # BudgetError here: too small to shrink, reported
+            self.settings = self.replace_settings(self.settings, {"memory.vram_budget_mb": new_mb})
+            self.on_budget_changed(new_mb)
+            return self.policy.step(obs)
+
+    def hold(self, snap: Inputs) -> None:
+        """Stop safely: zero velocity for a base, the current positions (clipped) for an arm."""
+        s = self.settings
+        if s.dry_run or self.stopping:
+            return
+        if s.action_type == "twist":
+            self.out.command(s.joint_names, np.zeros((1, len(s.joint_names))))
+        else:
+            held = guards.hold_positions(snap.state, snap.state_names, s.joint_names, s.low, s.high)
+            if held is None:
+                return  # no joint state yet: nothing safe to command, and nothing counted
+            self.out.command(s.joint_names, held[None])
+        self.health.count("hold_commands")
+
+    # ------------------------------------------------------------------ changes between steps
+    def apply_pending(self) -> None:
+        pending, instruction = self.store.take_pending()
+        if pending.pop("__reset__", False):
+            self.policy.reset()
+            self.store.stamps.reset()
+            self.out.info("episode memory cleared (instruction kept)")
+        if pending:
+            old = self.settings
+            self.settings = s = self.replace_settings(old, pending)
+            if "memory.vram_budget_mb" in pending:
+                try:
+                    self.policy.set_budget(int(s.budget_mb * MIB))
+                    self.out.info(f"KV budget now {s.budget_mb:.3f} MiB ({self.policy.stats().capacity_tokens} tokens)")
+                except (BudgetError, MemoryError, RuntimeError) as exc:
+                    # Refused after validation (the instruction grew, or the allocation failed):
+                    # the old budget stays and the parameter is set back to it.
+                    self.out.error(f"KV budget of {s.budget_mb:.3f} MiB refused: {exc}")
+                    self.settings = self.replace_settings(self.settings, {"memory.vram_budget_mb": old.budget_mb})
+                    self.on_budget_changed(old.budget_mb)
+            self.policy.set_options(
+                recent_steps=s.recent_steps if "memory.recent_steps" in pending else None,
+                gate=gate_config(s) if any(n.startswith("gate.") for n in pending) else None,
+                clear_memory_on_instruction=(s.clear_on_instruction if "memory.clear_on_instruction" in pending
+                                             else None))
+        if instruction is not None and instruction != self.policy.instruction:
+            try:
+                self.policy.set_instruction(instruction)
+                self.out.info(f"new instruction ({len(instruction)} chars) pinned")
+            except BudgetError as exc:
+                self.health.count("instruction_refused")
+                self.out.error(f"instruction refused, the previous one stays: {exc}")
+
+
+def gate_config(s) -> GateConfig:
+    """GateConfig from the node's gate.* settings."""
+    return GateConfig(threshold=s.gate_threshold, w_delta=s.gate_w_delta, w_discrete=s.gate_w_discrete,
+                      w_surprise=s.gate_w_surprise, delta_scale=s.gate_delta_scale,
+                      surprise_scale=s.gate_surprise_scale)

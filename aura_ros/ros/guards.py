@@ -1,0 +1,136 @@
+"""Input guards as pure functions: what the node accepts, drops or clips, tested without DDS.
+
+Every function returns either the value to use or a ``Drop`` with the reason; the node counts
+and logs drops (throttled), so nothing is lost silently.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Reasons list at most this many names, so a message with 10^5 joints cannot make a 1 MB log line.
+MAX_NAMES_IN_REASON = 5
+
+
+@dataclass(frozen=True)
+class Drop:
+    reason: str
+
+
+def name_list(names, limit: int = MAX_NAMES_IN_REASON) -> str:
+    names = list(names)
+    shown = ", ".join(repr(str(n)[:64]) for n in names[:limit])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"
+
+
+@dataclass(frozen=True)
+class JointState:
+    """A joint state the policy can use: positions in the policy's joint order."""
+
+    names: tuple[str, ...]
+    positions: np.ndarray
+    stamp: float  # seconds; 0.0 for an unstamped message
+    clipped: int  # values that were outside the limits and were clipped
+
+
+def check_joint_state(names, positions, stamp: float, wanted: list[str], low: np.ndarray | None,
+                      high: np.ndarray | None, state_limit: float) -> JointState | Drop:
+    """Validate one sensor_msgs/JointState's names/positions/stamp against the joints we need.
+
+    Extra joints are ignored (robots publish more joints than a policy uses). Values are clipped
+    to [low, high] (the action limits, for joints the policy commands) or to +-state_limit, so
+    the state text has a bounded length whatever a driver sends.
+    """
+    names = list(names)
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1)
+    if len(names) != positions.size:
+        return Drop(f"{len(names)} names but {positions.size} positions")
+    if not math.isfinite(stamp) or stamp < 0:
+        return Drop(f"invalid stamp {stamp}")
+    if len(set(names)) != len(names):
+        return Drop("duplicate joint names")
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in wanted if n not in index]
+    if missing:
+        return Drop(f"missing joints {name_list(missing)}")
+    picked = positions[[index[n] for n in wanted]]
+    if not np.all(np.isfinite(picked)):
+        return Drop("NaN or infinite position")
+    lo = np.full(picked.size, -state_limit) if low is None else np.asarray(low, dtype=np.float64)
+    hi = np.full(picked.size, state_limit) if high is None else np.asarray(high, dtype=np.float64)
+    clipped = np.clip(picked, lo, hi)
+    return JointState(tuple(wanted), clipped, float(stamp), int(np.count_nonzero(clipped != picked)))
+
+
+@dataclass
+class StampOrder:
+    """Refuses joint states whose stamps go backwards, judged against the node clock.
+
+    - a stamp more than ``tolerance`` ahead of the node clock is dropped (it would otherwise
+      lock out every later, correct message);
+    - a stamp at most ``tolerance`` older than the newest accepted one is accepted (two
+      publishers with close stamps must not drop each other);
+    - an unstamped message (0) is accepted and ordered by arrival.
+    """
+
+    tolerance: float = 0.5
+    newest: float = 0.0
+
+    def check(self, stamp: float, now: float) -> Drop | None:
+        if stamp == 0.0:
+            return None
+        if now > 0 and stamp > now + self.tolerance:
+            return Drop(f"stamp {stamp:.3f} s is {stamp - now:.3f} s ahead of the node clock")
+        if stamp < self.newest - self.tolerance:
+            return Drop(f"stamp went backwards ({stamp:.3f} s < {self.newest:.3f} s)")
+        self.newest = max(self.newest, stamp)
+        return None
+
+    def reset(self) -> None:
+        self.newest = 0.0
+
+
+def stale_inputs(now: float, image_time: float, state_time: float, image_timeout: float,
+                 state_timeout: float, has_state: bool) -> list[str]:
+    """Which inputs are too old to act on (times are monotonic receive times)."""
+    stale = []
+    if now - image_time > image_timeout:
+        stale.append("image")
+    if not has_state or now - state_time > state_timeout:
+        stale.append("joint_states")
+    return stale
+
+
+def clean_instruction(text: str, max_chars: int) -> tuple[str, bool] | Drop:
+    """(text, truncated) or a Drop for an empty instruction."""
+    text = text.strip()
+    if not text:
+        return Drop("empty instruction")
+    if len(text) > max_chars:
+        return text[:max_chars], True
+    return text, False
+
+
+def hold_positions(state: np.ndarray | None, state_names, joint_names, low, high) -> np.ndarray | None:
+    """The arm's hold command: the current positions clipped to the limits; None if unknown."""
+    if state is None or tuple(state_names) != tuple(joint_names):
+        return None
+    return np.clip(np.asarray(state, dtype=np.float64), np.asarray(low), np.asarray(high))
+
+
+@dataclass
+class RepeatFilter:
+    """True for a message that repeats the previous one within ``window`` seconds.
+
+    The instruction arrives through two subscriptions (transient local and volatile, see qos.py):
+    a latched publisher's message reaches both, and must count once.
+    """
+
+    window: float = 1.0
+    _last: tuple[str, float] | None = None
+
+    def repeat(self, text: str, now: float) -> bool:
+        last, self._last = self._last, (text, now)
+        return last is not None and last[0] == text and now - last[1] <= self.window
