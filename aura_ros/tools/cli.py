@@ -6,6 +6,7 @@
     aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
     aura-ros soak --steps 100000    # node + sim, invariants checked on every message
     aura-ros replay BAG             # the policy over a recorded rosbag2, to an MCAP (--eviction a,b compares)
+    aura-ros foxglove               # the policy on the sim, served live to Foxglove on ws://127.0.0.1
 """
 from __future__ import annotations
 
@@ -121,6 +122,14 @@ def _replay(args) -> int:
     return 0
 
 
+def _foxglove(args) -> int:
+    from aura_ros.tools.foxglove_live import run_sim_live
+
+    _threads(args.threads)
+    return run_sim_live(steps=args.steps, budget_mb=args.budget_mb, rate_hz=args.rate_hz, port=args.port,
+                        mcap_path=Path(args.mcap) if args.mcap else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aura-ros", description="aura_ros: demo and benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--no-progress", action="store_true")
     rp.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     rp.set_defaults(func=_replay)
+
+    fg = sub.add_parser("foxglove", help="run the policy on the sim and serve it live to Foxglove (ws://127.0.0.1)")
+    fg.add_argument("--steps", type=int, default=0, help="control steps (0: until Ctrl-C)")
+    fg.add_argument("--budget-mb", type=float, default=0.5)
+    fg.add_argument("--rate-hz", type=float, default=10.0)
+    fg.add_argument("--port", type=int, default=8765, help="websocket port on 127.0.0.1 (0: a free port)")
+    fg.add_argument("--mcap", default=None, help="also record the run to this MCAP file")
+    fg.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    fg.set_defaults(func=_foxglove)
 
     args = parser.parse_args(argv)
     if args.command == "version":

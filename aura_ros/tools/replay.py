@@ -36,13 +36,13 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from tqdm import tqdm
 
 from aura_ros.tools import topics
+from aura_ros.tools.msgdefs import MSG_NAMES, msg_text
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 STRING_TYPE = "std_msgs/msg/String"
 COMMAND_TYPES = ("trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/Float64MultiArray")
-MSG_NAMES = ("MemoryBudget", "GateStats")
 
 
 class BagError(Exception):
@@ -51,43 +51,12 @@ class BagError(Exception):
 
 
 # ----------------------------------------------------------------------------- types
-def msg_dir() -> Path:
-    """Where aura_ros's .msg files are: the source tree, or the installed share/aura_ros/msg."""
-    import sys
-
-    here = Path(__file__).resolve().parents[2] / "msg"
-    candidates = [here, Path(sys.prefix) / "share" / "aura_ros" / "msg"]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("aura_ros")) / "msg")
-    except Exception:  # not installed with colcon / no ament index: the other places
-        pass
-    for c in candidates:
-        if all((c / f"{n}.msg").is_file() for n in MSG_NAMES):
-            return c
-    raise FileNotFoundError(f"aura_ros's MemoryBudget.msg / GateStats.msg not found in {[str(c) for c in candidates]}")
-
-
-def msg_fields(name: str) -> list[tuple[str, str]]:
-    """(type, field name) of the scalar fields of msg/<name>.msg, in order (the header is left out)."""
-    out = []
-    for line in (msg_dir() / f"{name}.msg").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        typ, fname = line.split()[:2]
-        if typ != "std_msgs/Header":
-            out.append((typ, fname))
-    return out
-
-
 def make_typestore():
     """The Jazzy types plus aura_ros/msg/MemoryBudget and GateStats from their .msg text."""
     store = get_typestore(Stores.ROS2_JAZZY)
     types = {}
     for name in MSG_NAMES:
-        types.update(get_types_from_msg((msg_dir() / f"{name}.msg").read_text(), f"aura_ros/msg/{name}"))
+        types.update(get_types_from_msg(msg_text(name), f"aura_ros/msg/{name}"))
     store.register(types)
     return store
 

@@ -1,0 +1,91 @@
+"""The Foxglove live server, seen by a real websocket client, and its MCAP recording."""
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+
+import numpy as np
+from websockets.asyncio.client import connect
+
+from aura_ros.memory.stats import StepStats
+from aura_ros.tools import topics
+from aura_ros.tools.foxglove_live import SUBPROTOCOL, LiveView
+from aura_ros.tools.memory_map import render_memory_map
+from aura_ros.tools.msgdefs import msg_fields
+
+STATS = StepStats(budget_bytes=1 << 20, allocated_bytes=1 << 20, used_bytes=123456, capacity_tokens=2048,
+                  used_tokens=241, pinned_tokens=26, segments_kept=9, steps_kept=5, long_term_steps_kept=2,
+                  oldest_kept_step=1, max_position=240, evictions_total=7, step=11, gate_value=0.75, written=True,
+                  writes_total=3, write_rate=0.2, action_delta=0.5, step_latency_ms=12.5)
+FRAME = np.arange(24 * 32 * 3, dtype=np.uint8).reshape(24, 32, 3)
+MAP = render_memory_map([(1, 1.0, True, 40), (11, 0.75, True, 40)], 26, 11, 8, width=128, height=80,
+                        capacity_tokens=2048)
+
+
+async def _client(view: LiveView, wanted: set[str]) -> dict[str, bytes]:
+    """Connect, subscribe to ``wanted`` topics, log steps until each has sent one message."""
+    got: dict[str, bytes] = {}
+    async with connect(view.url, subprotocols=[SUBPROTOCOL], open_timeout=10) as ws:
+        assert ws.subprotocol == SUBPROTOCOL
+        channels: dict[int, dict] = {}
+        while not wanted <= {c["topic"] for c in channels.values()}:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if msg.get("op") == "advertise":
+                channels.update({c["id"]: c for c in msg["channels"]})
+        subs = {i: c for i, c in enumerate(c for c in channels.values() if c["topic"] in wanted)}
+        await ws.send(json.dumps({"op": "subscribe",
+                                  "subscriptions": [{"id": i, "channelId": c["id"]} for i, c in subs.items()]}))
+        for _ in range(200):
+            view.log_step(FRAME, STATS, memory_map_image=MAP, diagnostics={"step": "11"})
+            try:
+                data = await asyncio.wait_for(ws.recv(), 0.1)
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(data, bytes) and data[0] == 0x01:
+                sub_id, _log_time = struct.unpack_from("<IQ", data, 1)
+                got.setdefault(subs[sub_id]["topic"], data[13:])
+                got.setdefault("_schema:" + subs[sub_id]["topic"], subs[sub_id]["schemaName"].encode())
+            if wanted <= set(got):
+                break
+    return got
+
+
+def test_websocket_client_receives_memory_fields_and_an_image():
+    with LiveView(port=0) as view:
+        assert view.url.startswith("ws://127.0.0.1:") and view.port > 0
+        got = asyncio.run(_client(view, {topics.MEMORY, topics.GATE_STATS, topics.IMAGE, topics.MEMORY_MAP,
+                                         topics.DIAGNOSTICS}))
+    memory = json.loads(got[topics.MEMORY])
+    assert memory["used_bytes"] == 123456 and memory["budget_bytes"] == 1 << 20
+    assert set(memory) == {"header"} | {f for _, f in msg_fields("MemoryBudget")}
+    gate = json.loads(got[topics.GATE_STATS])
+    assert gate["gate_value"] == 0.75 and gate["written"] is True and gate["step_latency_ms"] == 12.5
+    assert got["_schema:" + topics.IMAGE] == b"foxglove.RawImage"
+    # The RawImage payload (protobuf) carries the frame's pixels as one bytes field.
+    assert FRAME.tobytes() in got[topics.IMAGE] and MAP.tobytes() in got[topics.MEMORY_MAP]
+    diag = json.loads(got[topics.DIAGNOSTICS])
+    assert diag["status"][0]["values"] == [{"key": "step", "value": "11"}]
+    assert got["_schema:" + topics.DIAGNOSTICS] == b"diagnostic_msgs/msg/DiagnosticArray"
+
+
+def test_mcap_recording_has_every_channel(tmp_path):
+    from mcap.reader import make_reader
+
+    path = tmp_path / "run" / "live.mcap"
+    with LiveView(port=None, mcap_path=path) as view:
+        assert view.url is None
+        for i in range(3):
+            view.log_step(FRAME, STATS, memory_map_image=MAP if i == 0 else None, diagnostics=(b"\x01", "warn", {"a": "b"}),
+                          t_ns=10**18 + i)
+    with path.open("rb") as f:
+        msgs = [(ch.topic, schema.name, m.log_time, m.data) for schema, ch, m in make_reader(f).iter_messages()]
+    counts = {t: sum(1 for m in msgs if m[0] == t) for t in {m[0] for m in msgs}}
+    assert counts == {topics.IMAGE: 3, topics.MEMORY: 3, topics.GATE_STATS: 3, topics.DIAGNOSTICS: 3,
+                      topics.MEMORY_MAP: 1}
+    memory = [json.loads(m[3]) for m in msgs if m[0] == topics.MEMORY]
+    assert memory[0]["used_bytes"] == 123456 and memory[0]["header"]["stamp"]["sec"] == 10**9
+    assert sorted(m[2] for m in msgs if m[0] == topics.MEMORY) == [10**18, 10**18 + 1, 10**18 + 2]
+    assert {m[1] for m in msgs if m[0] == topics.MEMORY} == {"aura_ros/msg/MemoryBudget"}
+    diag = json.loads(next(m[3] for m in msgs if m[0] == topics.DIAGNOSTICS))  # Health.report()'s byte level
+    assert diag["status"][0]["level"] == 1 and diag["status"][0]["message"] == "warn"
