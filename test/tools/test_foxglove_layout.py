@@ -1,0 +1,77 @@
+"""config/foxglove_layout.json references only topics and fields that exist.
+
+Checked against msg/*.msg (the fields MemoryBudget and GateStats carry), the topic names the node,
+replay, the demo MCAP and the live server share (aura_ros.tools.topics), and against what the live
+server really advertises.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aura_ros.tools import topics
+from aura_ros.tools.msgdefs import msg_fields
+
+LAYOUT = Path(__file__).resolve().parents[2] / "config" / "foxglove_layout.json"
+MESSAGE_OF = {topics.MEMORY: "MemoryBudget", topics.GATE_STATS: "GateStats"}
+IMAGE_TOPICS = {topics.IMAGE, topics.IMAGE_COMPRESSED, topics.MEMORY_MAP}
+
+
+@pytest.fixture(scope="module")
+def layout() -> dict:
+    return json.loads(LAYOUT.read_text())
+
+
+def panel_ids(node) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    return panel_ids(node["first"]) + panel_ids(node["second"])
+
+
+def plot_paths(layout) -> list[str]:
+    return [p["value"] for pid, cfg in layout["configById"].items() if pid.startswith("Plot!") for p in cfg["paths"]]
+
+
+def test_every_panel_in_the_tree_is_configured(layout):
+    ids = panel_ids(layout["layout"])
+    assert sorted(ids) == sorted(layout["configById"]) and len(ids) == len(set(ids))
+
+
+def test_plot_paths_are_fields_of_the_messages(layout):
+    paths = plot_paths(layout)
+    assert paths
+    for path in paths:
+        topic, _, field = path.partition(".")
+        assert topic in MESSAGE_OF, f"{path}: unknown topic {topic}"
+        fields = {f for _, f in msg_fields(MESSAGE_OF[topic])}
+        assert field in fields, f"{path}: {MESSAGE_OF[topic]}.msg has no field {field!r} ({sorted(fields)})"
+
+
+def test_the_issue_asks_for_these_plots(layout):
+    paths = set(plot_paths(layout))
+    for needed in ("/aura_policy/memory.used_bytes", "/aura_policy/memory.allocated_bytes",
+                   "/aura_policy/memory.budget_bytes", "/aura_policy/gate_stats.gate_value",
+                   "/aura_policy/gate_stats.write_rate", "/aura_policy/gate_stats.step_latency_ms",
+                   "/aura_policy/gate_stats.max_position"):
+        assert needed in paths
+
+
+def test_image_and_diagnostics_panels_use_existing_topics(layout):
+    images = {cfg["imageMode"]["imageTopic"] for pid, cfg in layout["configById"].items() if pid.startswith("Image!")}
+    assert images == {topics.IMAGE, topics.MEMORY_MAP} and images <= IMAGE_TOPICS
+    diags = [cfg["topicToRender"] for pid, cfg in layout["configById"].items() if pid.startswith("Diagnostic")]
+    assert diags == [topics.DIAGNOSTICS]
+
+
+def test_the_live_server_serves_every_topic_of_the_layout(layout):
+    from aura_ros.tools.foxglove_live import LiveView
+
+    view = LiveView(port=None)
+    try:
+        served = {ch.topic() for ch in (view.image, view.memory_map, view.memory, view.gate, view.diagnostics)}
+    finally:
+        view.close()
+    used = {p.partition(".")[0] for p in plot_paths(layout)} | {topics.IMAGE, topics.MEMORY_MAP, topics.DIAGNOSTICS}
+    assert used <= served
