@@ -309,7 +309,7 @@ def test_corrupt_png_body():
     data = bytearray(encoded(".png"))
     middle = len(data) // 2
     data[middle:middle + 16] = bytes(16)  # inside IDAT: the chunk CRC no longer matches
-    with pytest.raises(ImageConversionError, match=r"png data .* is corrupt: OpenCV could not decode it"):
+    with pytest.raises(ImageConversionError, match=r"(?i)png .* is corrupt"):
         compressed_to_rgb(compressed("png", bytes(data)))
 
 

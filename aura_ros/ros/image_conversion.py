@@ -23,6 +23,7 @@ with a message that says what is wrong, so that a node can drop and count a bad 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -161,11 +162,12 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS
         raise ImageConversionError(f"format {msg.format!r} says {fmt} but the data starts with {found}")
     width, height = _jpeg_size(data) if fmt == "jpeg" else _png_size(data)
     _check_size(width, height, max_pixels)
-    # A cut-off frame must not pass as a frame with a grey bottom: the end marker must be there.
-    if fmt == "jpeg" and _JPEG_EOI not in data.rstrip(b"\x00")[-64:]:
-        raise ImageConversionError(f"JPEG data ({len(data)} bytes) is truncated: no end-of-image marker")
-    if fmt == "png" and not data.rstrip(b"\x00").endswith(_PNG_IEND):
-        raise ImageConversionError(f"PNG data ({len(data)} bytes) is truncated: no IEND chunk at the end")
+    # A cut-off frame must not pass as a frame with a grey bottom: OpenCV's libjpeg fills missing
+    # scan data with grey and only prints a warning, so the structure is checked here first.
+    if fmt == "jpeg":
+        _check_jpeg_structure(data)
+    else:
+        _check_png_structure(data)
     # IMREAD_COLOR: always 3-channel 8-bit BGR (grey is expanded, alpha dropped, 16-bit PNG >> 8).
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
@@ -224,12 +226,182 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise ImageConversionError(f"JPEG data ({len(data)} bytes) is truncated or corrupt: no frame header")
 
 
+def _check_jpeg_structure(data: bytes) -> None:
+    """Walk every marker segment and entropy-coded scan up to EOI; refuse a frame that cannot be whole.
+
+    Refused: no frame header before the first scan, no scan at all, a scan whose entropy-coded data
+    is missing or shorter than its blocks need (baseline Huffman: at least 2 bits a block, a DC
+    code and an end-of-block; a progressive DC scan: at least 1 bit a block; any scan: 1 byte), and
+    data that ends before the end-of-image marker. What this cannot see without a full entropy
+    decode: a scan cut short inside, with an EOI appended, that is still longer than that bound.
+    """
+    n = len(data)
+    pos, frame, scans = 2, None, 0
+    while True:
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes before a marker
+        if pos + 2 > n:
+            raise ImageConversionError(f"JPEG data ({n} bytes) is truncated: no end-of-image marker")
+        if data[pos] != 0xFF:
+            raise ImageConversionError(f"JPEG data is corrupt: expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xD9:  # EOI
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn / TEM outside a scan: no length
+            pos += 2
+            continue
+        if pos + 4 > n:
+            raise ImageConversionError(f"JPEG data ({n} bytes) is truncated inside a marker segment")
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        end = pos + 2 + length
+        if length < 2 or end > n:
+            raise ImageConversionError(f"JPEG data ({n} bytes) is truncated or corrupt: a segment at byte {pos} "
+                                       f"runs past the end")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            frame = _jpeg_frame(marker, data[pos + 4:end])
+        elif marker == 0xDA:
+            if frame is None:
+                raise ImageConversionError("JPEG data is corrupt: a scan before the frame header")
+            need = _jpeg_scan_min_bytes(frame, data[pos + 4:end])
+            pos = _jpeg_scan(data, end, need)
+            scans += 1
+            continue
+        pos = end
+    if scans == 0:
+        raise ImageConversionError(f"JPEG data ({n} bytes) has no scan data (no image content)")
+
+
+def _jpeg_frame(marker: int, body: bytes) -> dict:
+    if len(body) < 6:
+        raise ImageConversionError("JPEG frame header is truncated")
+    height, width, count = struct.unpack(">HH", body[1:5]) + (body[5],)
+    if len(body) < 6 + 3 * count or count == 0:
+        raise ImageConversionError("JPEG frame header is truncated")
+    comps = {body[6 + 3 * i]: (body[7 + 3 * i] >> 4, body[7 + 3 * i] & 15) for i in range(count)}
+    if any(h == 0 or v == 0 for h, v in comps.values()):
+        raise ImageConversionError("JPEG frame header is corrupt: a sampling factor of 0")
+    return {"marker": marker, "width": width, "height": height, "comps": comps,
+            "hmax": max(h for h, _ in comps.values()), "vmax": max(v for _, v in comps.values())}
+
+
+def _jpeg_scan_min_bytes(frame: dict, body: bytes) -> int:
+    """A lower bound on the entropy-coded bytes of the scan with header ``body``."""
+    if not body or len(body) < 1 + 2 * body[0] + 3:
+        raise ImageConversionError("JPEG scan header is truncated")
+    ids = [body[1 + 2 * i] for i in range(body[0])]
+    if any(c not in frame["comps"] for c in ids):
+        raise ImageConversionError("JPEG scan names a component the frame does not have")
+    ss, ah = body[1 + 2 * len(ids)], body[3 + 2 * len(ids)] >> 4
+    w, h, hmax, vmax = frame["width"], frame["height"], frame["hmax"], frame["vmax"]
+    if len(ids) == 1:
+        ch, cv = frame["comps"][ids[0]]
+        cw, chh = -(-w * ch // hmax), -(-h * cv // vmax)
+        blocks = -(-cw // 8) * -(-chh // 8)
+    else:
+        mcus = -(-w // (8 * hmax)) * -(-h // (8 * vmax))
+        blocks = mcus * sum(frame["comps"][c][0] * frame["comps"][c][1] for c in ids)
+    marker = frame["marker"]
+    if marker in (0xC0, 0xC1):  # baseline / extended sequential Huffman: DC code + EOB a block
+        bits = 2 * blocks
+    elif marker == 0xC2 and ss == 0 and ah == 0:  # progressive, first DC scan
+        bits = blocks
+    else:
+        bits = 8
+    return max(1, bits // 8)
+
+
+def _jpeg_scan(data: bytes, pos: int, need: int) -> int:
+    """Skip a scan's entropy-coded data from ``pos``; returns the position of the marker after it."""
+    n, start, restarts = len(data), pos, 0
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= n:
+            raise ImageConversionError(f"JPEG data ({n} bytes) is truncated inside the scan data "
+                                       f"(no end-of-image marker)")
+        nxt = data[pos + 1]
+        if nxt == 0x00:  # a stuffed 0xFF data byte
+            pos += 2
+        elif 0xD0 <= nxt <= 0xD7:  # restart marker inside the scan
+            restarts += 1
+            pos += 2
+        elif nxt == 0xFF:  # fill byte
+            pos += 1
+        else:
+            break
+    stuffed = data.count(b"\xff\x00", start, pos)
+    got = pos - start - stuffed - 2 * restarts
+    if got < need:
+        raise ImageConversionError(f"JPEG scan data is cut: {got} bytes, its blocks need at least {need}")
+    return pos
+
+
+def _check_png_structure(data: bytes) -> None:
+    """Every chunk whole and its CRC right, IHDR first, image data present, IEND last."""
+    pos, seen_idat, first = 8, False, True
+    body = data.rstrip(b"\x00")  # zero padding after IEND is tolerated (IEND's CRC ends in 0x82)
+    n = len(body)
+    while True:
+        if pos + 12 > n:
+            raise ImageConversionError(f"PNG data ({len(data)} bytes) is truncated: no IEND chunk at the end")
+        length = struct.unpack(">I", body[pos:pos + 4])[0]
+        kind = body[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if length > 2**31 - 1 or end > n:
+            raise ImageConversionError(f"PNG data ({len(data)} bytes) is truncated: the {kind!r} chunk at byte "
+                                       f"{pos} runs past the end")
+        crc = struct.unpack(">I", body[end - 4:end])[0]
+        if zlib.crc32(body[pos + 4:end - 4]) != crc:
+            raise ImageConversionError(f"PNG {kind!r} chunk at byte {pos} is corrupt (CRC mismatch)")
+        if first and kind != b"IHDR":
+            raise ImageConversionError("PNG data is corrupt: the first chunk is not IHDR")
+        first = False
+        seen_idat |= kind == b"IDAT"
+        if kind == b"IEND":
+            break
+        pos = end
+    if not seen_idat:
+        raise ImageConversionError(f"PNG data ({len(data)} bytes) has no IDAT chunk (no image data)")
+    if end != n:
+        raise ImageConversionError(f"PNG data has {n - end} bytes after its IEND chunk")
+
+
 def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageConversionError(f"image is {width}x{height}: width and height must be positive")
     if width * height > max_pixels:
         raise ImageConversionError(f"image is {width}x{height} = {width * height} pixels, over the limit of "
                                    f"{max_pixels} pixels")
+
+
+# ---------------------------------------------------------------- frames -> the model's input
+
+def prepare_for_model(rgb: np.ndarray, max_side: int = 512, min_side: int = 8) -> np.ndarray:
+    """The frame the VLM processor gets: longest side at most ``max_side``, shortest at least ``min_side``.
+
+    Larger frames are downscaled with cv2.INTER_AREA (aspect ratio kept, each side at least one
+    pixel). A frame whose short side is then under ``min_side`` is padded by repeating its edge
+    pixels, centred, up to ``min_side``: upscaling would stretch a thin strip into a different
+    picture and could push the long side past ``max_side``. Why a minimum: image processors guess
+    where the channels are from the shape, and a (1, W, 3) or (3, W, 3) array is taken for
+    channels-first (``infer_channel_dimension_format`` looks at the first axis first), which
+    misreads the frame or fails; with both sides >= 8 the guess is always channels-last.
+    Returns a new C-contiguous (H, W, 3) uint8 array; the input is not modified.
+    """
+    if not 1 <= min_side <= max_side:
+        raise ValueError(f"need 1 <= min_side <= max_side, got min_side={min_side}, max_side={max_side}")
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageConversionError(f"expected an (H, W, 3) uint8 RGB frame, got {arr.dtype} {arr.shape}")
+    h, w = arr.shape[:2]
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (min(max_side, max(1, round(w * scale))), min(max_side, max(1, round(h * scale))))
+        arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+        h, w = arr.shape[:2]
+    if min(h, w) < min_side:
+        dh, dw = max(0, min_side - h), max(0, min_side - w)
+        arr = cv2.copyMakeBorder(arr, dh // 2, dh - dh // 2, dw // 2, dw - dw // 2, cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(arr) if arr is not rgb else arr.copy()
 
 
 # ---------------------------------------------------------------- arrays -> messages (publishing)
