@@ -120,7 +120,7 @@ def render_memory_map(rows: Sequence[tuple[int, float, bool, int]], pinned_token
 def gate_y(gate: float, top: int, bottom: int) -> int:
     """Row of a gate value in the band [top, bottom): 1 at the top margin, 0 above the kind strip."""
     hi, lo = top + GATE_MARGIN, bottom - KIND_STRIP - GATE_MARGIN
-    return int(round(lo - float(np.clip(gate, 0.0, 1.0)) * (lo - hi)))
+    return int(round(lo - min(max(float(gate), 0.0), 1.0) * (lo - hi)))
 
 
 def _draw_gate_line(img: np.ndarray, cols: list[Column], top: int, bottom: int) -> None:
@@ -139,14 +139,16 @@ def _draw_gate_line(img: np.ndarray, cols: list[Column], top: int, bottom: int) 
 def _draw_axis(img: np.ndarray, cols: list[Column], bottom: int) -> None:
     """Step numbers under the columns, left to right, skipping any that would overlap the last."""
     width = img.shape[1]
+    (digit_w, th), _ = cv2.getTextSize("0", _FONT, _FONT_SCALE, 1)
     next_free = 0
     for c in cols:
+        centre = (c.x0 + c.x1) // 2
         label = "P" if c.kind == "pinned" else str(c.step)
-        (tw, th), _ = cv2.getTextSize(label, _FONT, _FONT_SCALE, 1)
-        x = max(0, min((c.x0 + c.x1) // 2 - tw // 2, width - tw))
+        tw = digit_w * len(label)  # the Hershey digits are one width: no getTextSize per column
+        x = max(0, min(centre - tw // 2, width - tw))
         if x < next_free:
             continue
-        img[bottom:bottom + 2, (c.x0 + c.x1) // 2] = TEXT_COLOR  # tick
+        img[bottom:bottom + 2, centre] = TEXT_COLOR  # tick
         cv2.putText(img, label, (x, bottom + 3 + th), _FONT, _FONT_SCALE, TEXT_COLOR, 1, cv2.LINE_AA)
         next_free = x + tw + 4
 
