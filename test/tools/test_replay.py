@@ -152,3 +152,27 @@ def test_cli_replay_prints_a_table_and_bad_bags_exit_2(tmp_path, rec, capsys):
     assert main(["replay", str(no_cam), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("aura-ros replay: error: ") and "Traceback" not in err
+
+
+def test_output_mcap_decodes_with_a_third_party_ros2_decoder(tmp_path, rec):
+    """What Foxglove does with a ROS 2 MCAP: decode each message with the schema the file embeds
+    (mcap + mcap-ros2-support, not rosbags), so a wrong embedded definition would show here."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    bag = write_bag(tmp_path / "in", rec, camera="raw")
+    result = replay(bag, tmp_path / "out", PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION, progress=False)
+    (mcap_file,) = result.out.glob("*.mcap")
+    decoded: dict[str, list] = {}
+    with mcap_file.open("rb") as f:
+        for schema, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+            decoded.setdefault(channel.topic, []).append((schema.name, msg))
+    assert set(decoded) == {topics.IMAGE, topics.JOINT_STATES, topics.COMMANDS["joint_trajectory"], topics.MEMORY,
+                            topics.GATE_STATS, topics.MEMORY_MAP, topics.DIAGNOSTICS}
+    name, memory = decoded[topics.MEMORY][-1]
+    assert name == "aura_ros/msg/MemoryBudget" and memory.step == len(rec.frames) - 1
+    assert 0 < memory.used_bytes <= memory.budget_bytes == BUDGET
+    _, gate = decoded[topics.GATE_STATS][-1]
+    assert gate.evictions_total == result.evictions_total
+    _, mm = decoded[topics.MEMORY_MAP][-1]
+    assert (mm.width, mm.height, mm.encoding, len(mm.data)) == (640, 160, "rgb8", 640 * 160 * 3)
