@@ -30,8 +30,8 @@ from pathlib import Path
 
 import foxglove
 import numpy as np
-from foxglove.channels import RawImageChannel
-from foxglove.messages import RawImage, Timestamp
+from foxglove.channels import CompressedImageChannel, RawImageChannel
+from foxglove.messages import CompressedImage, RawImage, Timestamp
 
 from aura_ros.tools import topics
 from aura_ros.tools.msgdefs import json_schema, stats_fields
@@ -61,6 +61,16 @@ def _header(t_ns: int, frame_id: str = "") -> dict:
     return {"stamp": {"sec": t_ns // 1_000_000_000, "nanosec": t_ns % 1_000_000_000}, "frame_id": frame_id}
 
 
+def _level(level) -> int:
+    """diagnostic_msgs' levels are byte constants in rclpy (b"\\x00"), ints in rosbags."""
+    return level[0] if isinstance(level, (bytes, bytearray)) else int(level)
+
+
+def _msg_header(msg) -> dict:
+    stamp = msg.header.stamp
+    return {"stamp": {"sec": int(stamp.sec), "nanosec": int(stamp.nanosec)}, "frame_id": str(msg.header.frame_id)}
+
+
 def _raw_image(rgb: np.ndarray, t_ns: int, frame_id: str) -> RawImage:
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]
@@ -75,10 +85,8 @@ def diagnostics_json(diagnostics, t_ns: int, name: str = f"aura_ros: {topics.NOD
         level, message, values = 0, "running", diagnostics
     else:
         level, message, values = diagnostics
-    if isinstance(level, (bytes, bytearray)):  # diagnostic_msgs' levels are byte constants (b"\x00")
-        level = level[0]
     return {"header": _header(t_ns), "status": [{
-        "level": int(level), "name": name, "message": str(message), "hardware_id": "aura_ros",
+        "level": _level(level), "name": name, "message": str(message), "hardware_id": "aura_ros",
         "values": [{"key": str(k), "value": str(v)} for k, v in values.items()]}]}
 
 
@@ -102,6 +110,7 @@ class LiveView:
             self.mcap = foxglove.open_mcap(str(self.mcap_path), allow_overwrite=True, context=self.context)
         self.host = host
         self.image = RawImageChannel(topics.IMAGE, context=self.context)
+        self.image_compressed = CompressedImageChannel(topics.IMAGE_COMPRESSED, context=self.context)
         self.memory_map = RawImageChannel(topics.MEMORY_MAP, context=self.context)
         self.memory = foxglove.Channel(topics.MEMORY, schema=_schema("aura_ros/msg/MemoryBudget",
                                                                      json_schema("MemoryBudget")),
@@ -137,6 +146,33 @@ class LiveView:
             self.memory_map.log(_raw_image(memory_map_image, t, "memory_map"), log_time=t)
         if diagnostics is not None:
             self.diagnostics.log(diagnostics_json(diagnostics, t), log_time=t)
+
+    def log_message(self, topic: str, msg, t_ns: int | None = None) -> None:
+        """A ROS message received on one of the shared topics (rclpy or rosbags objects: the demo's
+        DDS listener passes what it receives): MemoryBudget, GateStats, Image (any encoding that
+        Foxglove reads: passed through), CompressedImage, DiagnosticArray."""
+        t = time.time_ns() if t_ns is None else int(t_ns)
+        if topic in (topics.MEMORY, topics.GATE_STATS):
+            name, channel = ("MemoryBudget", self.memory) if topic == topics.MEMORY else ("GateStats", self.gate)
+            channel.log({"header": _msg_header(msg), **stats_fields(name, msg)}, log_time=t)
+        elif topic in (topics.IMAGE, topics.MEMORY_MAP):
+            channel = self.image if topic == topics.IMAGE else self.memory_map
+            stamp = msg.header.stamp
+            channel.log(RawImage(timestamp=Timestamp(int(stamp.sec), int(stamp.nanosec)), frame_id=msg.header.frame_id,
+                                 width=int(msg.width), height=int(msg.height), encoding=msg.encoding,
+                                 step=int(msg.step), data=bytes(msg.data)), log_time=t)
+        elif topic == topics.IMAGE_COMPRESSED:
+            stamp = msg.header.stamp
+            fmt = "png" if "png" in msg.format.lower() else "jpeg"
+            self.image_compressed.log(CompressedImage(timestamp=Timestamp(int(stamp.sec), int(stamp.nanosec)),
+                                                      frame_id=msg.header.frame_id, data=bytes(msg.data), format=fmt),
+                                      log_time=t)
+        elif topic == topics.DIAGNOSTICS:
+            self.diagnostics.log({"header": _msg_header(msg), "status": [{
+                "level": _level(s.level), "name": s.name, "message": s.message, "hardware_id": s.hardware_id,
+                "values": [{"key": kv.key, "value": kv.value} for kv in s.values]} for s in msg.status]}, log_time=t)
+        else:
+            raise ValueError(f"LiveView has no channel for topic {topic!r}")
 
     def close(self) -> None:
         """Stop the server and finish the MCAP (safe to call twice)."""

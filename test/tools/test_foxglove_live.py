@@ -89,3 +89,42 @@ def test_mcap_recording_has_every_channel(tmp_path):
     assert {m[1] for m in msgs if m[0] == topics.MEMORY} == {"aura_ros/msg/MemoryBudget"}
     diag = json.loads(next(m[3] for m in msgs if m[0] == topics.DIAGNOSTICS))  # Health.report()'s byte level
     assert diag["status"][0]["level"] == 1 and diag["status"][0]["message"] == "warn"
+
+
+def test_ros_messages_from_the_node_builders_are_forwarded(tmp_path):
+    """The demo's DDS listener forwards what the node publishes: the same fields come out."""
+    from mcap.reader import make_reader
+    from std_msgs.msg import Header
+
+    from aura_ros.ros.diagnostics import Health, diagnostics_msg
+    from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
+    from aura_ros.ros.messages import gate_msg, memory_msg
+
+    header = Header()
+    header.stamp.sec, header.stamp.nanosec = 42, 7
+    health = Health()
+    health.lifecycle = "active"
+    health.step_done(STATS, 0.1, 0.0, 0)
+    path = tmp_path / "fwd.mcap"
+    with LiveView(port=None, mcap_path=path) as view:
+        view.log_message(topics.MEMORY, memory_msg(STATS, header), t_ns=1)
+        view.log_message(topics.GATE_STATS, gate_msg(STATS, header), t_ns=2)
+        view.log_message(topics.IMAGE, rgb_to_image_msg(FRAME, "bgr8", stamp=header.stamp), t_ns=3)
+        view.log_message(topics.MEMORY_MAP, rgb_to_image_msg(MAP, "rgb8", stamp=header.stamp), t_ns=4)
+        view.log_message(topics.IMAGE_COMPRESSED, rgb_to_compressed_msg(FRAME, "png", stamp=header.stamp), t_ns=5)
+        view.log_message(topics.DIAGNOSTICS, diagnostics_msg("aura_policy", health, header.stamp, True), t_ns=6)
+        try:
+            view.log_message("/elsewhere", None)
+        except ValueError as exc:
+            assert "no channel" in str(exc)
+    with path.open("rb") as f:
+        msgs = {ch.topic: (schema.name, m.data) for schema, ch, m in make_reader(f).iter_messages()}
+    memory = json.loads(msgs[topics.MEMORY][1])
+    assert memory["used_bytes"] == 123456 and memory["header"]["stamp"] == {"sec": 42, "nanosec": 7}
+    assert abs(memory["used_fraction"] - 241 / 2048) < 1e-6
+    assert json.loads(msgs[topics.GATE_STATS][1])["writes_total"] == 3
+    assert msgs[topics.IMAGE][0] == "foxglove.RawImage" and FRAME[:, :, ::-1].tobytes() in msgs[topics.IMAGE][1]
+    assert msgs[topics.IMAGE_COMPRESSED][0] == "foxglove.CompressedImage"
+    diag = json.loads(msgs[topics.DIAGNOSTICS][1])
+    assert diag["status"][0]["level"] == 0 and diag["status"][0]["name"] == "aura_ros: aura_policy"
+    assert any(kv["key"] == "step" and kv["value"] == "11" for kv in diag["status"][0]["values"])
