@@ -370,6 +370,36 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
     return write_outputs(Path(out), results, rows, meta)
 
 
+def read_episodes(path: Path) -> list[EpisodeResult]:
+    """Episode rows back from a tasks_episodes.csv (to merge runs made in parallel, one per task)."""
+    types = {f.name: f.type for f in dataclasses.fields(EpisodeResult)}
+    conv = {"int": int, "float": float, "str": str, "bool": lambda v: v == "True"}
+    with open(path, newline="") as f:
+        return [EpisodeResult(**{k: conv[types[k]](v) for k, v in row.items()}) for row in csv.DictReader(f)]
+
+
+def merge(sources: list[Path], out: Path) -> dict:
+    """One set of outputs from several runs' folders (their episodes and metadata; skipped rows kept)."""
+    results: list[EpisodeResult] = []
+    metas = []
+    skipped: dict[tuple[str, str, int], str] = {}
+    for src in sources:
+        results += read_episodes(Path(src) / "tasks_episodes.csv")
+        summary = json.loads((Path(src) / "tasks_summary.json").read_text())
+        metas.append(summary["meta"])
+        for r in summary["rows"]:
+            if r["n"] == 0:
+                skipped[(r["task"], r["policy"], r["distractors"])] = r["note"]
+    meta = dict(metas[0])
+    for key in ("budget_bytes", "recent_steps", "unbounded_cap_steps", "model"):
+        if any(m[key] != meta[key] for m in metas):
+            raise ValueError(f"runs differ in {key}: {[m[key] for m in metas]}; they cannot be merged")
+    meta["tasks"] = list(dict.fromkeys(t for m in metas for t in m["tasks"]))
+    meta["seconds"] = sum(m["seconds"] for m in metas)
+    meta["merged_from"] = [str(s) for s in sources]
+    return write_outputs(Path(out), results, summarise(results, skipped), meta)
+
+
 def _total_steps(task: str, seed: int, distractors: int) -> int:
     from aura_ros.sim.tasks import make_task
 
