@@ -13,11 +13,27 @@ Subscribes to every command type the policy node can send, so it follows whichev
 
 The scene advances by exactly 1/rate_hz per tick rather than by measured wall time, so a run is
 deterministic given the seed and the commands; the timer only sets how fast that happens.
+
+With ``task`` set (a memory task of aura_ros.sim.tasks: cue_recall, latent_fact) the node runs
+seeded episodes of that task back to back, in lockstep with the policy: each command advances the
+task one step and the next observation is published at once; the timer only re-publishes the
+current observation (so the policy's inputs stay fresh while it thinks). Commands stamped before
+the observation they would answer are dropped (a policy's hold, or a step on an older frame).
+After each episode the node publishes the outcome on ``task/result`` (std_msgs/String, one JSON
+object: episode, seed, success, steps, cue_step, recall_start_step), publishes nothing for
+``task_pause_s`` (longer than the policy's image timeout, so the policy holds instead of stepping
+on the old frame), then calls ``task_reset_service`` (a std_srvs/Trigger, e.g.
+/aura_policy/reset_memory) so the policy starts the next episode with an empty memory, and
+starts the next episode (seed + 1) once the reset is acknowledged.
+
+    python -m aura_ros.ros.sim_node --ros-args -p task:=cue_recall -p task_distractors:=200 \
+        -p task_reset_service:=/aura_policy/reset_memory
 All callbacks share the node's default (mutually exclusive) callback group, so the scene is only
 ever touched from one callback at a time and needs no lock.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter
@@ -33,7 +49,8 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from aura_ros.ros import qos
@@ -67,7 +84,15 @@ PARAMS: dict[str, _Param] = {
                                  read_only=True),
     "cmd_vel_timeout_s": _Param(0.5, "The base stops when no cmd_vel arrived for this long", (0.01, 60.0)),
     "frame_id": _Param("aura_sim_camera", "frame_id of the image headers", read_only=True),
+    "task": _Param("", "A memory task (cue_recall, latent_fact) run in lockstep with the commands, episode after "
+                       "episode; '' = the free scene", read_only=True),
+    "task_distractors": _Param(200, "Distractor steps D of each task episode", (0, 10_000_000), read_only=True),
+    "task_reset_service": _Param("", "std_srvs/Trigger called between task episodes (the policy's reset_memory); "
+                                     "'' = none", read_only=True),
+    "task_pause_s": _Param(1.5, "Pause between task episodes; longer than the policy's image timeout, so it holds",
+                           (0.0, 60.0), read_only=True),
 }
+RESET_TIMEOUT_S = 5.0  # a reset service that does not answer: go on, warn
 
 
 def _descriptor(name: str, spec: _Param) -> ParameterDescriptor:
@@ -94,8 +119,22 @@ class SimSourceNode(Node):
         self._jpeg_quality = int(p["jpeg_quality"])
         self._cmd_vel_timeout_s = float(p["cmd_vel_timeout_s"])
         self._frame_id = str(p["frame_id"])
-        self.scene = SimScene(width=int(p["width"]), height=int(p["height"]), seed=int(p["seed"]),
-                              event_period_steps=int(p["event_period_steps"]))
+        self._seed = int(p["seed"])
+        self._task_name = str(p["task"])
+        self._task_distractors = int(p["task_distractors"])
+        self._task_pause_s = float(p["task_pause_s"])
+        self.task = None  # the running MemoryTask in task mode
+        self.task_results: list[dict] = []
+        if self._task_name:
+            from aura_ros.sim.tasks import TASKS
+
+            if self._task_name not in TASKS:
+                raise ParameterException(f"task must be one of {sorted(TASKS)} or '', got {self._task_name!r}",
+                                         ["task"])
+            self._start_episode(0)
+        else:
+            self.scene = SimScene(width=int(p["width"]), height=int(p["height"]), seed=self._seed,
+                                  event_period_steps=int(p["event_period_steps"]))
 
         self.counters: Counter[str] = Counter()
         self.last_drop = ""
@@ -115,8 +154,22 @@ class SimSourceNode(Node):
         self.create_subscription(TwistStamped, "cmd_vel", self._on_cmd_vel, qos.COMMANDS)
         self._timer = self.create_timer(1.0 / self._rate_hz, self._tick)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        # Task mode: the outcome of each episode, the episode's instruction, the reset between episodes.
+        self._result_pub = self._instruction_pub = self._reset_client = None
+        if self.task is not None:
+            self._result_pub = self.create_publisher(String, "task/result", qos.STATS)
+            self._instruction_pub = self.create_publisher(String, "instruction", qos.INSTRUCTION)
+            self._instruction_pub.publish(String(data=self.task.instruction))
+            if p["task_reset_service"]:
+                self._reset_client = self.create_client(Trigger, str(p["task_reset_service"]))
         # Ranges and read-only are enforced by rclpy itself; this applies the live ones.
         self.add_post_set_parameters_callback(self._apply_parameters)
+        if self.task is not None:
+            self.get_logger().info(
+                f"sim source: task {self._task_name} (D = {self._task_distractors}), {self.scene.width}x"
+                f"{self.scene.height} rgb8, lockstep with the commands, observations re-sent at {self._rate_hz:g} Hz, "
+                f"seeds from {self._seed}")
+            return
         self.get_logger().info(
             f"sim source: {self.scene.width}x{self.scene.height} rgb8 at {self._rate_hz:g} Hz, joints "
             f"{list(JOINT_NAMES)}, seed {self.scene.seed}, an event every {self.scene.event_period_steps} steps"
@@ -176,7 +229,8 @@ class SimSourceNode(Node):
                                                   f"{len(names)} joint names")
         if not np.all(np.isfinite(positions)):
             return self._drop("joint_trajectory", "NaN or infinite position")
-        self._accept("joint_trajectory", dict(zip(names, positions.tolist())))
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self._accept("joint_trajectory", dict(zip(names, positions.tolist())), stamp)
 
     def _on_commands(self, msg: Float64MultiArray) -> None:
         data = np.asarray(msg.data, dtype=np.float64)
@@ -187,7 +241,9 @@ class SimSourceNode(Node):
             return self._drop("commands", "NaN or infinite value")
         self._accept("commands", dict(zip(JOINT_NAMES, data.tolist())))
 
-    def _accept(self, kind: str, targets: dict[str, float]) -> None:
+    def _accept(self, kind: str, targets: dict[str, float], stamp: float | None = None) -> None:
+        if self.task is not None:
+            return self._task_command(kind, targets, stamp)
         # Several commands between two ticks: the newest value of each joint wins.
         self._pending_targets = {**(self._pending_targets or {}), **targets}
         self.counters[f"accepted_{kind}"] += 1
@@ -202,6 +258,8 @@ class SimSourceNode(Node):
     # ------------------------------------------------------------------ tick
 
     def _tick(self) -> None:
+        if self.task is not None:
+            return self._task_tick()
         targets, self._pending_targets = self._pending_targets, None
         # Like a diff-drive controller: the last velocity holds until it times out, then the base stops.
         fresh = time.monotonic() - self._twist_time <= self._cmd_vel_timeout_s
@@ -222,6 +280,94 @@ class SimSourceNode(Node):
         self._joint_pub.publish(state)
         self.counters["steps"] += 1
 
+    # ------------------------------------------------------------------ task mode
+    def _start_episode(self, episode: int) -> None:
+        from aura_ros.sim.tasks import make_task
+
+        self.episode = episode
+        self.task = make_task(self._task_name, self._seed + episode, self._task_distractors)
+        self.scene = self.task.scene
+        _, q, _ = self.scene.joint_state()
+        self._task_targets = np.asarray(q, dtype=np.float64)  # joints a partial command leaves as they are
+        self._between_episodes = False
+        self._obs_stamp = -math.inf
+        self._obs = None
+
+    def _publish_observation(self, fresh: bool) -> None:
+        """Publish the current task step's frame and joint state; ``fresh``: a new step (new stamp floor)."""
+        if fresh or self._obs is None:
+            # A re-sent observation keeps its stamp (it is the same observation): a new stamp means a new step.
+            self._obs = self.task.observe()
+            now = self.get_clock().now()
+            self._obs_stamp_msg = now.to_msg()
+            self._obs_stamp = now.nanoseconds * 1e-9
+        stamp = self._obs_stamp_msg
+        self._image_pub.publish(rgb_to_image_msg(self._obs.image, "rgb8", self._frame_id, stamp))
+        if self._compressed_pub is not None:
+            self._compressed_pub.publish(rgb_to_compressed_msg(self._obs.image, "jpeg", self._jpeg_quality,
+                                                               self._frame_id, stamp))
+        q = np.asarray(self._obs.joint_state, dtype=np.float64)
+        state = JointState(name=list(JOINT_NAMES), position=q.tolist(), velocity=[0.0] * len(q))
+        state.header.stamp = stamp
+        self._joint_pub.publish(state)
+        self.counters["steps" if fresh else "republished"] += 1
+
+    def _task_tick(self) -> None:
+        if not self._between_episodes:
+            # The policy is still thinking about this step: keep its inputs fresh (the same frame).
+            return self._publish_observation(fresh=self._obs is None)
+        # Between episodes: first quiet for task_pause_s, so the policy's frame goes stale and it holds
+        # (its steps on the old episode's last frame happen before the reset, in the old memory);
+        # then the reset; the next episode starts once it is acknowledged.
+        now = time.monotonic()
+        if now - self._pause_start < self._task_pause_s:
+            return
+        if self._reset_client is not None and self._reset_future is None:
+            if self._reset_client.service_is_ready():
+                self._reset_future = self._reset_client.call_async(Trigger.Request())
+                self._reset_sent = now
+                return
+            self.get_logger().warn(f"reset service {self._reset_client.srv_name} not available; "
+                                   f"the policy keeps its memory into the next episode")
+        elif self._reset_future is not None and not self._reset_future.done():
+            if now - self._reset_sent <= RESET_TIMEOUT_S:
+                return
+            self.get_logger().warn(f"no answer from the reset service after {RESET_TIMEOUT_S:g} s; next episode anyway")
+        self._start_episode(self.episode + 1)
+        self._publish_observation(fresh=True)
+
+    def _task_command(self, kind: str, targets: dict[str, float], stamp: float | None) -> None:
+        if self._between_episodes or self._obs is None:
+            self.counters["commands_between_episodes"] += 1
+            return
+        if stamp is not None and stamp < self._obs_stamp:
+            # Computed before this step's observation was out: a hold, or a step on an older frame.
+            self.counters["commands_older_than_observation"] += 1
+            return
+        self.counters[f"accepted_{kind}"] += 1
+        for name, value in targets.items():
+            self._task_targets[JOINT_NAMES.index(name)] = value
+        self.task.apply(self._task_targets.copy())
+        if self.task.done:
+            return self._end_episode()
+        self._publish_observation(fresh=True)
+
+    def _end_episode(self) -> None:
+        t = self.task
+        result = {"task": self._task_name, "episode": self.episode, "seed": self._seed + self.episode,
+                  "success": bool(t.success), "steps": int(t.step_index), "distractors": self._task_distractors,
+                  "cue_step": int(t.cue_step), "recall_start_step": int(t.recall_start_step),
+                  "n_choices": int(t.n_choices)}
+        self.task_results.append(result)
+        self.counters["episodes"] += 1
+        self.counters["successes"] += int(bool(t.success))
+        self._result_pub.publish(String(data=json.dumps(result)))
+        self.get_logger().info(f"episode {self.episode} (seed {result['seed']}): "
+                               f"{'success' if t.success else 'failure'} after {t.step_index} steps")
+        self._between_episodes = True
+        self._pause_start = time.monotonic()
+        self._reset_future = None
+
     def _publish_diagnostics(self) -> None:
         dropped = sum(v for k, v in self.counters.items() if k.startswith("dropped_"))
         # WARN while drops keep happening (since the last report), OK again once they stop.
@@ -230,6 +376,9 @@ class SimSourceNode(Node):
         values = {**{k: str(v) for k, v in sorted(self.counters.items())}, "dropped_total": str(dropped),
                   "last_drop": self.last_drop, "base_pose": f"{x:.3f} {y:.3f} {yaw:.3f}",
                   "held_object": self.scene.held_object or "", "objects": str(len(self.scene.objects))}
+        if self.task is not None:
+            values.update({"task": self._task_name, "episode": str(self.episode),
+                           "task_step": str(self.task.step_index), "task_total_steps": str(self.task.total_steps)})
         status = DiagnosticStatus(
             level=DiagnosticStatus.WARN if recent else DiagnosticStatus.OK,
             name=f"aura_sim: {self.get_fully_qualified_name()}", hardware_id="aura_sim",

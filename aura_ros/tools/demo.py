@@ -1,14 +1,23 @@
-"""The demo (the README's first command): the closed loop on a laptop, over real topics.
+"""The demo (the README's first command): the trained policy doing a memory task, over real topics.
 
-1. Starts the simulated arm (sim_node) and the policy node (embedded default model, a small KV
-   budget) as separate processes on a private, localhost-only ROS domain.
-2. Listens to the node's ~/memory and ~/gate_stats like rqt would, printing a live progress line.
-3. Runs the same loop with an unbounded DynamicCache (layer 2, in process) for comparison.
-4. Writes a PNG of KV bytes and step latency against step, both runs side by side, and a CSV.
+1. Starts the simulated arm running a memory task (sim_node with ``task``: cue_recall by default;
+   a bin lights up once, D distractor steps follow, then the robot must drop its block into the
+   bin that lit up) and the policy node (the embedded default policy, the action-gated KV cache at
+   a small budget) as separate processes on a private, localhost-only ROS domain. The sim runs in
+   lockstep with the policy's commands, episode after episode, and resets the policy's memory
+   between episodes (the node's ~/reset_memory).
+2. Listens to the node's ~/memory and ~/gate_stats and the sim's task/result like rqt would,
+   printing a live line: episodes, successes, step, KV bytes, writes, evictions, step time.
+3. Runs the same episodes (same seeds, same budget) in process through the Policy seam with the
+   action-gated cache and with a sliding window, so the two are compared at equal memory; then a
+   stretch with an unbounded cache, to show what a growing cache costs.
+4. Writes out/demo/demo.png (KV memory, step latency, success per cache with 95% intervals),
+   demo.csv (per step), demo_episodes.csv (per episode) and demo_summary.json.
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import signal
@@ -19,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-INSTRUCTION = "pick up the red block and put it in the bin"
+DEFAULT_TASK = "cue_recall"
 
 
 def start_process(module: str, params: dict, env: dict, log: Path) -> subprocess.Popen:
@@ -41,54 +50,83 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _gated_run(steps: int, budget_mb: float, rate_hz: float, out: Path) -> list[dict]:
+def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rate_hz: float, seed: int,
+               out: Path) -> tuple[list[dict], list[dict], dict[str, str]]:
+    """The live run over DDS: per-step rows from the node's topics, per-episode results and the sim's
+    counters (its last /diagnostics: steps, commands dropped as older than their observation, ...)."""
     from aura_ros.ros.env import apply_local_ros_env
 
     env = apply_local_ros_env(domain_id=random.randint(120, 200))
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
+    from std_msgs.msg import String
 
     from aura_ros.msg import GateStats, MemoryBudget
     from aura_ros.ros import qos
+    from aura_ros.sim.tasks import make_task
 
+    instruction = make_task(task, seed, distractors).instruction
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    sim = start_process("aura_ros.ros.sim_node", {"rate_hz": rate_hz}, env, logs / "sim_node.log")
-    node = start_process("aura_ros.ros.policy_node", {"control.rate_hz": rate_hz, "memory.vram_budget_mb": budget_mb,
-                                               "instruction": f"'{INSTRUCTION}'"}, env, logs / "policy_node.log")
+    # The node holds (no step) once the newest frame is older than image_s; the sim pauses longer
+    # than that between episodes, so no step of one episode's last frame lands in the next one's memory.
+    image_timeout_s = max(0.25, 3.0 / rate_hz)
+    sim = start_process("aura_ros.ros.sim_node", {
+        "rate_hz": rate_hz, "task": task, "task_distractors": distractors, "seed": seed,
+        "task_reset_service": "/aura_policy/reset_memory", "task_pause_s": round(image_timeout_s + 0.3, 3)},
+        env, logs / "sim_node.log")
+    node = start_process("aura_ros.ros.policy_node", {
+        "control.rate_hz": rate_hz, "memory.vram_budget_mb": budget_mb, "memory.eviction": "action_gate",
+        "timeouts.image_s": image_timeout_s, "instruction": f"'{instruction}'"}, env, logs / "policy_node.log")
     rclpy.init()
     listener = Node("aura_demo_monitor")
     rows: dict[int, dict] = {}
     memory: dict[int, MemoryBudget] = {}
+    results: list[dict] = []
 
     def on_memory(msg: MemoryBudget) -> None:
         memory[msg.step] = msg
 
     def on_gate(msg: GateStats) -> None:
-        m = memory.get(msg.step)
+        m = memory.pop(msg.step, None)
         rows[msg.step] = {"step": msg.step, "latency_ms": msg.step_latency_ms, "writes": msg.writes_total,
-                          "evictions": msg.evictions_total, "gate": msg.gate_value,
+                          "evictions": msg.evictions_total, "gate": msg.gate_value, "written": msg.written,
                           "used_bytes": m.used_bytes if m else -1, "allocated_bytes": m.allocated_bytes if m else -1,
                           "budget_bytes": m.budget_bytes if m else -1, "rss_bytes": m.process_rss_bytes if m else -1}
 
     listener.create_subscription(MemoryBudget, "/aura_policy/memory", on_memory, qos.STATS)
     listener.create_subscription(GateStats, "/aura_policy/gate_stats", on_gate, qos.STATS)
+    listener.create_subscription(String, "/task/result", lambda m: results.append(json.loads(m.data)), qos.STATS)
+    sim_counters: dict[str, str] = {}
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.hardware_id == "aura_sim":
+                sim_counters.update({kv.key: kv.value for kv in status.values})
+
+    listener.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DIAGNOSTICS)
     t0 = time.monotonic()
-    last_print, last_count, last_t = 0.0, 0, t0
+    last_print, last_count, last_t, last_progress = 0.0, 0, t0, t0
     try:
-        while len(rows) < steps:
+        while len(results) < episodes:
+            n_before = len(rows) + len(results)
             rclpy.spin_once(listener, timeout_sec=0.1)
             now = time.monotonic()
+            if len(rows) + len(results) != n_before:
+                last_progress = now
             for proc, name in ((sim, "sim_node"), (node, "policy_node")):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited ({proc.returncode}); see {logs / (name + '.log')}")
-            if now - t0 > 120 and not rows:
-                raise RuntimeError(f"no GateStats after 120 s; see {logs}")
+            if now - last_progress > 120:
+                raise RuntimeError(f"no step and no episode result for 120 s; see {logs}")
             if now - last_print > 0.5 and rows:
                 hz = (len(rows) - last_count) / (now - last_t)
                 r = rows[max(rows)]
-                print(f"\rstep {r['step']:>6} | {hz:5.1f} Hz | KV {r['used_bytes'] / 2**20:6.3f}/"
-                      f"{r['budget_bytes'] / 2**20:.3f} MiB | writes {r['writes']:>5} | evictions {r['evictions']:>6} | "
+                ok = sum(x["success"] for x in results)
+                print(f"\repisode {min(len(results) + 1, episodes):>2}/{episodes} | successes {ok:>2}/{len(results):<2} | "
+                      f"step {r['step']:>6} | {hz:5.1f} Hz | KV {r['used_bytes'] / 2**20:6.3f}/"
+                      f"{r['budget_bytes'] / 2**20:.3f} MiB | writes {r['writes']:>4} | evictions {r['evictions']:>5} | "
                       f"{r['latency_ms']:5.1f} ms/step", end="", flush=True)
                 last_print, last_count, last_t = now, len(rows), now
     finally:
@@ -97,22 +135,42 @@ def _gated_run(steps: int, budget_mb: float, rate_hz: float, out: Path) -> list[
         rclpy.try_shutdown()
         stop_process(node)
         stop_process(sim)
-    return [rows[k] for k in sorted(rows)][:steps]
+    ok = sum(x["success"] for x in results[:episodes])
+    print(f"over DDS: {ok}/{min(len(results), episodes)} episodes succeeded")
+    return [rows[k] for k in sorted(rows)], results[:episodes], sim_counters
 
 
-def _unbounded_run(steps: int) -> list[dict]:
+def _in_process(task: str, episodes: int, distractors: int, budget_bytes: int, seed: int) -> list:
+    """The same seeds through the Policy seam: the action gate and a sliding window at one budget."""
+    from aura_ros.bench.tasks import policy_config, run_episode
+
+    out = []
+    for pol in ("action_gate", "sliding_window"):
+        config = policy_config(pol, budget_bytes, recent_steps=8, novelty_weight=0.0)
+        for i in range(episodes):
+            r = run_episode(task, pol, distractors, i, seed + i, config)
+            out.append(r)
+            done = [x for x in out if x.policy == pol]
+            print(f"\rin process, {pol:>14}: episode {i + 1:>2}/{episodes} | successes {sum(x.success for x in done):>2} | "
+                  f"cue kept at recall {sum(x.cue_kept == 1 for x in done):>2}", end="", flush=True)
+        print()
+    return out
+
+
+def _unbounded_run(task: str, steps: int, seed: int) -> list[dict]:
+    """The unbounded cache on one long episode of the task: what growing memory costs."""
     from aura_ros.core.config import PolicyConfig
     from aura_ros.core.registry import make_policy
     from aura_ros.core.types import Observation
-    from aura_ros.sim.scene import SimScene
+    from aura_ros.sim.tasks import make_task
 
-    policy = make_policy(None, PolicyConfig(eviction="unbounded"), instruction=INSTRUCTION)
-    scene = SimScene(seed=0)
+    episode = make_task(task, seed, steps)
+    policy = make_policy(None, PolicyConfig(eviction="unbounded"), instruction=episode.instruction)
     rows = []
-    for i in range(steps):
-        _, positions, _ = scene.joint_state()
-        action = policy.step(Observation(scene.render(), positions))
-        scene.apply_position_command(action.first, 0.1)
+    for i in range(min(steps, episode.total_steps)):
+        obs = episode.observe()
+        action = policy.step(Observation(obs.image, obs.joint_state))
+        episode.apply(action.first)
         st = action.stats
         rows.append({"step": st.step, "latency_ms": st.step_latency_ms, "used_bytes": st.used_bytes,
                      "allocated_bytes": st.allocated_bytes})
@@ -123,14 +181,28 @@ def _unbounded_run(steps: int) -> list[dict]:
     return rows
 
 
-def _plot(gated: list[dict], unbounded: list[dict], path: Path) -> None:
+def _success_bars(dds: list[dict], local: list) -> list[tuple[str, int, int]]:
+    """(label, successes, episodes) for the success panel and the summary."""
+    bars = [("action gate, over DDS", sum(r["success"] for r in dds), len(dds))]
+    for pol, label in (("action_gate", "action gate, in process"), ("sliding_window", "sliding window, in process")):
+        rs = [r for r in local if r.policy == pol]
+        bars.append((label, sum(r.success for r in rs), len(rs)))
+    return bars
+
+
+def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    from aura_ros.bench.tasks import wilson
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.6))
+    gated = [r for r in gated if r["allocated_bytes"] >= 0]
     for rows, label in ((unbounded, "unbounded DynamicCache"), (gated, "aura_ros action-gated cache")):
+        if not rows:
+            continue
         x = [r["step"] for r in rows]
         ax1.plot(x, [r["allocated_bytes"] / 2**20 for r in rows], label=label)
         lat = np.asarray([r["latency_ms"] for r in rows])
@@ -142,36 +214,107 @@ def _plot(gated: list[dict], unbounded: list[dict], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
+    labels = [b[0] for b in bars]
+    rates = [b[1] / b[2] if b[2] else 0.0 for b in bars]
+    ci = [wilson(b[1], b[2]) if b[2] else (0.0, 0.0) for b in bars]
+    err = np.clip(np.array([[r - lo for r, (lo, _) in zip(rates, ci)], [hi - r for r, (_, hi) in zip(rates, ci)]]), 0, None)
+    colors = ["tab:orange", "tab:orange", "tab:blue"]
+    ax3.bar(range(len(bars)), rates, yerr=err, capsize=5, color=colors, alpha=0.85)
+    for i, b in enumerate(bars):
+        ax3.text(i + 0.08, rates[i] + 0.02, f"{b[1]}/{b[2]}", ha="left", va="bottom", fontweight="bold")
+    ax3.axhline(chance, color="grey", ls=":", label=f"chance {chance:.2f}")
+    ax3.set_xticks(range(len(bars)), labels, fontsize=8)
+    ax3.set(ylim=(0, 1.05), ylabel="success (95% Wilson interval)", title=title)
+    ax3.legend(loc="upper right", fontsize=8)
+    ax3.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def run_demo(steps: int = 2000, budget_mb: float = 1.0, rate_hz: float = 30.0, out: Path = Path("out/demo"),
-             unbounded_steps: int = 800) -> int:
+def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, rate_hz: float = 10.0,
+             out: Path = Path("out/demo"), unbounded_steps: int = 400, task: str = DEFAULT_TASK, seed: int = 0,
+             threads: int = 1) -> int:
+    import torch
+
+    from aura_ros.bench.tasks import wilson
+    from aura_ros.sim.tasks import make_task
+
+    if threads > 0:
+        torch.set_num_threads(threads)  # the node runs with one thread too (model.torch_threads)
+
     out.mkdir(parents=True, exist_ok=True)
-    print(f"aura_ros demo: sim + policy node over ROS 2 (localhost only), {steps} steps at {rate_hz:g} Hz, "
-          f"KV budget {budget_mb:g} MiB")
-    gated = _gated_run(steps, budget_mb, rate_hz, out)
-    print(f"unbounded comparison: the same loop with a DynamicCache, {unbounded_steps} steps")
-    unbounded = _unbounded_run(unbounded_steps)
+    probe = make_task(task, seed, distractors)
+    chance = 1.0 / probe.n_choices
+    print(f"aura_ros demo: the trained default policy on the memory task {task!r} (D = {distractors} distractor "
+          f"steps: a bin lights up once, then the robot must use it {distractors} steps later)")
+    print(f"sim + policy node over ROS 2 (localhost only), {episodes} episodes at {rate_hz:g} Hz, "
+          f"action-gated KV cache at {budget_mb:g} MiB")
+    t0 = time.time()
+    gated, dds_results, sim_counters = _gated_run(task, episodes, distractors, budget_mb, rate_hz, seed, out)
+    print(f"the same {episodes} episodes in process at the same budget: action gate, then sliding window")
+    local = _in_process(task, episodes, distractors, int(budget_mb * 2**20), seed)
+    print(f"unbounded comparison: the same task with a DynamicCache, {unbounded_steps} steps")
+    unbounded = _unbounded_run(task, unbounded_steps, seed)
+
     with open(out / "demo.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "step", "allocated_bytes", "used_bytes", "latency_ms"])
         for name, rows in (("gated", gated), ("unbounded", unbounded)):
             for r in rows:
                 w.writerow([name, r["step"], r["allocated_bytes"], r["used_bytes"], f"{r['latency_ms']:.3f}"])
-    _plot(gated, unbounded, out / "demo.png")
+    with open(out / "demo_episodes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "episode", "seed", "success", "steps", "cue_kept_at_recall", "write_rate"])
+        for r in dds_results:
+            w.writerow(["action_gate_dds", r["episode"], r["seed"], r["success"], r["steps"], "", ""])
+        for r in local:
+            w.writerow([f"{r.policy}_in_process", r.episode, r.seed, r.success, r.steps, r.cue_kept,
+                        f"{r.write_rate:.4f}"])
+    bars = _success_bars(dds_results, local)
+    _plot(gated, unbounded, bars, chance, f"{task}, D = {distractors}, KV budget {budget_mb:g} MiB", out / "demo.png")
+
     g_alloc = {r["allocated_bytes"] for r in gated if r["allocated_bytes"] >= 0}
     n = min(len(unbounded), len(gated))
-    g_late = np.median([r["latency_ms"] for r in gated[max(0, n - 50): n]])
-    u_late = np.median([r["latency_ms"] for r in unbounded[max(0, n - 50): n]])
-    print("\nsummary")
-    print(f"  gated run:     {len(gated)} steps, KV allocated {sorted(g_alloc)[0] / 2**20:.3f} MiB at every step "
-          f"({'constant' if len(g_alloc) == 1 else 'CHANGED'}), writes {gated[-1]['writes']}, "
-          f"evictions {gated[-1]['evictions']}, p50 {np.median([r['latency_ms'] for r in gated]):.1f} ms/step")
-    print(f"  unbounded run: {len(unbounded)} steps, KV grew {unbounded[0]['allocated_bytes'] / 2**20:.2f} -> "
-          f"{unbounded[-1]['allocated_bytes'] / 2**20:.2f} MiB")
-    print(f"  around step {n}: gated {g_late:.1f} ms/step, unbounded {u_late:.1f} ms/step")
-    print(f"  plot: {out / 'demo.png'}   data: {out / 'demo.csv'}   node logs: {out / 'logs'}")
-    return 0 if len(g_alloc) == 1 else 1
+    g_late = float(np.median([r["latency_ms"] for r in gated[max(0, n - 50): n]])) if n else float("nan")
+    u_late = float(np.median([r["latency_ms"] for r in unbounded[max(0, n - 50): n]])) if n else float("nan")
+    writes = gated[-1]["writes"] if gated else 0
+    lines = ["", "summary",
+             f"  task {task}, D = {distractors}, {episodes} episodes (seeds {seed}..{seed + episodes - 1}), "
+             f"KV budget {budget_mb:g} MiB, chance {chance:.2f}"]
+    for label, k, m in bars:
+        lo, hi = wilson(k, m) if m else (float("nan"), float("nan"))
+        lines.append(f"  success, {label:<27} {k:>2}/{m:<2} = {k / max(m, 1):.2f}  95% CI [{lo:.2f}, {hi:.2f}]")
+    for pol in ("action_gate", "sliding_window"):
+        rs = [r for r in local if r.policy == pol]
+        lines.append(f"  cue step still in the cache when recall starts, {pol}: {sum(r.cue_kept == 1 for r in rs)}/{len(rs)}")
+    if gated:
+        lines.append(f"  over DDS: {len(gated)} steps, KV allocated {sorted(g_alloc)[0] / 2**20:.3f} MiB at every step "
+                     f"({'constant' if len(g_alloc) == 1 else 'CHANGED'}), writes {writes} "
+                     f"({writes / max(len(gated), 1):.3f} of steps), evictions {gated[-1]['evictions']}, "
+                     f"p50 {np.median([r['latency_ms'] for r in gated]):.1f} ms/step")
+    task_steps = sum(r["steps"] for r in dds_results)
+    lines.append(f"  lockstep over DDS: {len(gated)} policy steps for {task_steps} task steps (the extra ones: steps on an "
+                 f"episode's last frame before the node held); commands dropped by the sim: "
+                 f"{sim_counters.get('commands_older_than_observation', '0')} older than their observation, "
+                 f"{sim_counters.get('commands_between_episodes', '0')} between episodes (its last diagnostics)")
+    if unbounded:
+        lines.append(f"  unbounded run: {len(unbounded)} steps, KV grew {unbounded[0]['allocated_bytes'] / 2**20:.2f} -> "
+                     f"{unbounded[-1]['allocated_bytes'] / 2**20:.2f} MiB; around step {n}: gated {g_late:.1f} ms/step, "
+                     f"unbounded {u_late:.1f} ms/step")
+    lines.append(f"  {time.time() - t0:.0f} s in total. plot: {out / 'demo.png'}   data: {out / 'demo.csv'}, "
+                 f"{out / 'demo_episodes.csv'}   node logs: {out / 'logs'}")
+    print("\n".join(lines))
+    summary = {"task": task, "distractors": distractors, "episodes": episodes, "seed": seed, "budget_mb": budget_mb,
+               "rate_hz": rate_hz, "chance": chance,
+               "success": {label: {"successes": k, "episodes": m} for label, k, m in bars},
+               "cue_kept_at_recall": {pol: sum(r.cue_kept == 1 for r in local if r.policy == pol)
+                                      for pol in ("action_gate", "sliding_window")},
+               "gated_steps": len(gated), "task_steps_over_dds": task_steps, "sim_counters": sim_counters, "gated_allocated_bytes": sorted(g_alloc),
+               "gated_writes": writes, "gated_evictions": gated[-1]["evictions"] if gated else 0,
+               "unbounded_steps": len(unbounded),
+               "unbounded_allocated_bytes": [unbounded[0]["allocated_bytes"], unbounded[-1]["allocated_bytes"]]
+               if unbounded else [], "seconds": time.time() - t0}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "demo_summary.txt").write_text("\n".join(lines[1:]) + "\n")
+    return 0 if len(g_alloc) == 1 and len(dds_results) == episodes else 1

@@ -1,0 +1,109 @@
+"""The sim node in task mode, in its own process, driven over real DDS by the scripted expert.
+
+The test keeps its own copy of each seeded episode (aura_ros.sim.tasks) and checks that the sim
+runs in lockstep with the commands: every command advances the task exactly one step and the
+next frame is the one the local copy renders; a command stamped before the current observation
+is dropped; after each episode the outcome arrives on task/result, the reset service is called,
+and the next episode (seed + 1) begins.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from aura_ros.ros import qos
+from aura_ros.ros.env import local_ros_env
+from aura_ros.ros.image_conversion import image_to_rgb
+from aura_ros.sim.scene import JOINT_NAMES
+from aura_ros.sim.tasks import make_task
+from helpers.ros_proc import PythonRunner
+
+TIMEOUT_S = 20.0
+DISTRACTORS = 3
+RUN_SIM = "from aura_ros.ros.sim_node import main; main()"
+
+
+def test_task_mode_runs_episodes_in_lockstep_with_the_commands(tmp_path):
+    ns = f"/aura_sim_task_{uuid.uuid4().hex[:10]}"
+    runner = PythonRunner(env=local_ros_env(), cwd=tmp_path)
+    args = ["--ros-args", "-r", f"__ns:={ns}", "-p", "task:=cue_recall", "-p", f"task_distractors:={DISTRACTORS}",
+            "-p", "seed:=5", "-p", "rate_hz:=20.0", "-p", "task_pause_s:=0.2",
+            "-p", f"task_reset_service:={ns}/reset_memory"]
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(f"aura_task_driver_{uuid.uuid4().hex[:8]}", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    frames: list[Image] = []
+    results: list[dict] = []
+    resets: list[float] = []
+
+    def on_reset(request, response):
+        resets.append(time.monotonic())
+        response.success = True
+        return response
+
+    node.create_subscription(Image, f"{ns}/image", frames.append, qos.SENSOR)
+    node.create_subscription(String, f"{ns}/task/result", lambda m: results.append(json.loads(m.data)), qos.STATS)
+    node.create_service(Trigger, f"{ns}/reset_memory", on_reset)
+    pub = node.create_publisher(JointTrajectory, f"{ns}/joint_trajectory", qos.COMMANDS)
+    try:
+        with runner.spawn(RUN_SIM, *args, name="sim_node") as sim:
+            def spin_until(done, timeout=TIMEOUT_S) -> bool:
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and not done():
+                    assert sim.alive(), f"the sim exited:\n{sim.output()}"
+                    executor.spin_once(timeout_sec=0.02)
+                return done()
+
+            last_stamp = [None]
+
+            def wait_frame(expected: np.ndarray) -> None:
+                """The next step's frame (a new stamp: re-sent frames keep theirs) is the local copy's."""
+                def stamp(msg: Image) -> tuple[int, int]:
+                    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+                assert spin_until(lambda: bool(frames) and stamp(frames[-1]) != last_stamp[0]), sim.output()
+                last_stamp[0] = stamp(frames[-1])
+                assert np.array_equal(image_to_rgb(frames[-1]), expected)
+
+            def command(action, stamp=None) -> None:
+                msg = JointTrajectory(joint_names=list(JOINT_NAMES),
+                                      points=[JointTrajectoryPoint(positions=[float(v) for v in action])])
+                msg.header.stamp = stamp or node.get_clock().now().to_msg()
+                pub.publish(msg)
+
+            assert spin_until(lambda: pub.get_subscription_count() > 0), sim.output()
+            for episode in range(2):
+                task = make_task("cue_recall", 5 + episode, DISTRACTORS)
+                wait_frame(task.observe().image)
+                if episode == 0:
+                    # a command from before this observation (a hold, a step on an older frame) is dropped
+                    command(task.expert_action() * 0 + 1.0, stamp=rclpy.time.Time(seconds=1).to_msg())
+                    assert not spin_until(lambda: frames[-1].header.stamp.sec != last_stamp[0][0]
+                                          or frames[-1].header.stamp.nanosec != last_stamp[0][1], timeout=1.0)
+                while not task.done:
+                    action = task.expert_action()
+                    task.apply(action)
+                    command(action)
+                    if not task.done:
+                        wait_frame(task.observe().image)
+                assert spin_until(lambda: len(results) > episode), sim.output()
+                r = results[episode]
+                assert r["success"] is True and r["seed"] == 5 + episode and r["episode"] == episode
+                assert r["steps"] == task.total_steps and r["cue_step"] == task.cue_step
+                assert spin_until(lambda: len(resets) > episode), "the reset service was not called"
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
