@@ -52,10 +52,6 @@ def _bench_recall(args) -> int:
 def _bench_tasks(args) -> int:
     from aura_ros.bench import tasks
 
-    if args.merge:
-        summary = tasks.merge([Path(p) for p in args.merge.split(",")], Path(args.out))
-        print((Path(args.out) / "tasks_table.md").read_text())
-        return 0
     _threads(args.threads)
     summary = tasks.run(tasks=tuple(args.tasks.split(",")), policies=tuple(args.policies.split(",")),
                         distractors=tuple(int(d) for d in args.distractors.split(",")), episodes=args.episodes,
@@ -72,9 +68,8 @@ def _bench_tasks(args) -> int:
 def _demo(args) -> int:
     from aura_ros.tools.demo import run_demo
 
-    return run_demo(episodes=args.episodes, distractors=args.distractors, budget_mb=args.budget_mb,
-                    rate_hz=args.rate_hz, out=Path(args.out), unbounded_steps=args.unbounded_steps, task=args.task,
-                    seed=args.seed, threads=args.threads)
+    return run_demo(steps=args.steps, budget_mb=args.budget_mb, rate_hz=args.rate_hz, out=Path(args.out),
+                    unbounded_steps=args.unbounded_steps)
 
 
 def _soak(args) -> int:
@@ -100,12 +95,23 @@ def _replay(args) -> int:
     _threads(args.threads)
     budgets = [float(b) for b in args.budget_mb.split(",")]
     evictions = args.eviction.split(",")
+    robot = {}
+    if args.joint_names:
+        names = tuple(args.joint_names.split(","))
+        low = tuple(float(v) for v in (args.low or "").split(",") if v)
+        high = tuple(float(v) for v in (args.high or "").split(",") if v)
+        if not len(names) == len(low) == len(high):
+            print(f"aura-ros replay: error: --joint-names has {len(names)} joints; --low and --high need one limit "
+                  f"each (got {len(low)} and {len(high)})", file=sys.stderr)
+            return 2
+        robot = dict(joint_names=names, low=low, high=high,
+                     discrete_joints=tuple(n for n in names if n in PolicyConfig.discrete_joints))
     variants = []
     for e in evictions:
         for b in budgets:
             name = "_".join(([e] if len(evictions) > 1 else []) + ([f"budget_{b:g}MB"] if len(budgets) > 1 else []))
             variants.append((name or "replay", PolicyConfig(budget_bytes=int(b * 2**20), eviction=e,
-                                                            recent_steps=args.recent_steps)))
+                                                            recent_steps=args.recent_steps, **robot)))
     bag = Path(args.bag)
     out = Path(args.out) if args.out else Path("out/replay") / (bag.stem or bag.name)
     kwargs = dict(model=args.model, instruction=args.instruction, camera_topic=args.camera_topic,
@@ -141,15 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("version", help="print the version")
 
     demo = sub.add_parser("demo", help="run the sim and the policy node over real topics, then plot")
-    demo.add_argument("--task", default="cue_recall", help="memory task the sim runs (cue_recall, latent_fact)")
-    demo.add_argument("--episodes", type=int, default=8, help="task episodes over DDS (and again in process)")
-    demo.add_argument("--distractors", type=int, default=60, help="distractor steps D of each episode")
-    demo.add_argument("--budget-mb", type=float, default=0.25, help="KV budget of the gated and window caches (MiB)")
-    demo.add_argument("--rate-hz", type=float, default=10.0, help="control rate of the node (the sim follows it)")
-    demo.add_argument("--unbounded-steps", type=int, default=400,
+    demo.add_argument("--steps", type=int, default=2000, help="control steps of the gated run")
+    demo.add_argument("--budget-mb", type=float, default=1.0, help="KV budget of the policy node (MiB)")
+    demo.add_argument("--rate-hz", type=float, default=30.0, help="control rate of the node and the sim")
+    demo.add_argument("--unbounded-steps", type=int, default=800,
                       help="steps of the unbounded-cache comparison (it slows down as it grows)")
-    demo.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
-    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads of the in-process runs (0: torch's default)")
     demo.add_argument("--out", default="out/demo", help="folder for the plot and the CSV")
     demo.set_defaults(func=_demo)
 
@@ -199,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--seed", type=int, default=0, help="episode i uses seed + i, for every policy and D")
     tb.add_argument("--no-expert", action="store_true", help="skip the scripted expert's reference rows")
     tb.add_argument("--no-progress", action="store_true", help="no progress bar")
-    tb.add_argument("--merge", default=None,
-                    help="no run: merge the outputs of earlier runs (folders, comma-separated; e.g. one per task) into --out")
     tb.add_argument("--out", default="out/bench_tasks")
     tb.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     tb.set_defaults(func=_bench_tasks)
@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--joints-topic", default=None, help="default: /joint_states or the only JointState topic")
     rp.add_argument("--command-topic", default=None,
                     help="recorded commands to compare with (default: /joint_trajectory or /commands if present)")
+    rp.add_argument("--joint-names", default=None,
+                    help="the robot's joints in the policy's order, comma-separated (default: the sim arm's)")
+    rp.add_argument("--low", default=None, help="lower position limits, one per --joint-names (--low=-3,-2.5,...)")
+    rp.add_argument("--high", default=None, help="upper position limits, one per --joint-names")
     rp.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: one step per camera frame)")
     rp.add_argument("--recent-steps", type=int, default=8)
     rp.add_argument("--map-period", type=float, default=1.0, help="seconds of recorded time between memory maps")

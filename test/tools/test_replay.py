@@ -176,3 +176,18 @@ def test_output_mcap_decodes_with_a_third_party_ros2_decoder(tmp_path, rec):
     assert gate.evictions_total == result.evictions_total
     _, mm = decoded[topics.MEMORY_MAP][-1]
     assert (mm.width, mm.height, mm.encoding, len(mm.data)) == (640, 160, "rgb8", 640 * 160 * 3)
+
+
+def test_cli_replay_with_the_robots_joint_names(tmp_path, rec, capsys):
+    """A robot's own joints (here the recording's extra head_pan as a fifth joint) from the command line."""
+    bag = write_bag(tmp_path / "in", rec, camera="raw", commands=False)
+    names = ",".join(rec.joint_names + ("head_pan",))
+    assert main(["replay", str(bag), "--out", str(tmp_path / "o"), "--no-progress", "--max-steps", "3",
+                 "--joint-names", names, "--low=-3,-2.5,-3,0,-1", "--high=3,2.5,3,1,1"]) == 0
+    capsys.readouterr()
+    with AnyReader([tmp_path / "o"], default_typestore=make_typestore()) as reader:
+        conns = [c for c in reader.connections if c.topic == topics.COMMANDS["joint_trajectory"]]
+        cmds = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages(connections=conns)]
+    assert len(cmds) == 3 and list(cmds[0].joint_names) == names.split(",") and len(cmds[0].points[0].positions) == 5
+    assert main(["replay", str(bag), "--joint-names", names, "--low", "0", "--high", "1", "--no-progress"]) == 2
+    assert "--low and --high need one limit each" in capsys.readouterr().err
