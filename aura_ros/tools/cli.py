@@ -52,6 +52,10 @@ def _bench_recall(args) -> int:
 def _bench_tasks(args) -> int:
     from aura_ros.bench import tasks
 
+    if args.merge:
+        summary = tasks.merge([Path(p) for p in args.merge.split(",")], Path(args.out))
+        print((Path(args.out) / "tasks_table.md").read_text())
+        return 0
     _threads(args.threads)
     summary = tasks.run(tasks=tuple(args.tasks.split(",")), policies=tuple(args.policies.split(",")),
                         distractors=tuple(int(d) for d in args.distractors.split(",")), episodes=args.episodes,
@@ -68,8 +72,9 @@ def _bench_tasks(args) -> int:
 def _demo(args) -> int:
     from aura_ros.tools.demo import run_demo
 
-    return run_demo(steps=args.steps, budget_mb=args.budget_mb, rate_hz=args.rate_hz, out=Path(args.out),
-                    unbounded_steps=args.unbounded_steps)
+    return run_demo(episodes=args.episodes, distractors=args.distractors, budget_mb=args.budget_mb,
+                    rate_hz=args.rate_hz, out=Path(args.out), unbounded_steps=args.unbounded_steps, task=args.task,
+                    seed=args.seed, threads=args.threads)
 
 
 def _soak(args) -> int:
@@ -147,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("version", help="print the version")
 
     demo = sub.add_parser("demo", help="run the sim and the policy node over real topics, then plot")
-    demo.add_argument("--steps", type=int, default=2000, help="control steps of the gated run")
-    demo.add_argument("--budget-mb", type=float, default=1.0, help="KV budget of the policy node (MiB)")
-    demo.add_argument("--rate-hz", type=float, default=30.0, help="control rate of the node and the sim")
-    demo.add_argument("--unbounded-steps", type=int, default=800,
+    demo.add_argument("--task", default="cue_recall", help="memory task the sim runs (cue_recall, latent_fact)")
+    demo.add_argument("--episodes", type=int, default=8, help="task episodes over DDS (and again in process)")
+    demo.add_argument("--distractors", type=int, default=60, help="distractor steps D of each episode")
+    demo.add_argument("--budget-mb", type=float, default=0.25, help="KV budget of the gated and window caches (MiB)")
+    demo.add_argument("--rate-hz", type=float, default=10.0, help="control rate of the node (the sim follows it)")
+    demo.add_argument("--unbounded-steps", type=int, default=400,
                       help="steps of the unbounded-cache comparison (it slows down as it grows)")
+    demo.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads of the in-process runs (0: torch's default)")
     demo.add_argument("--out", default="out/demo", help="folder for the plot and the CSV")
     demo.set_defaults(func=_demo)
 
@@ -201,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--seed", type=int, default=0, help="episode i uses seed + i, for every policy and D")
     tb.add_argument("--no-expert", action="store_true", help="skip the scripted expert's reference rows")
     tb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tb.add_argument("--merge", default=None,
+                    help="no run: merge the outputs of earlier runs (folders, comma-separated; e.g. one per task) into --out")
     tb.add_argument("--out", default="out/bench_tasks")
     tb.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     tb.set_defaults(func=_bench_tasks)
