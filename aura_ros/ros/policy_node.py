@@ -21,6 +21,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions, uninstall_signal_handlers
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -99,7 +100,9 @@ class PolicyNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings = POLICY_PARAMS.read(self)
-        reason = check_action_limits(s.joint_names, s.low, s.high)
+        reason = check_action_limits(s.joint_names, s.low, s.high) or next(
+            filter(None, (POLICY_PARAMS.check(spec.name, getattr(s, spec.field)) for spec in POLICY_PARAMS.specs)),
+            None)
         if reason:
             return self._fail_configure(reason)
         try:
@@ -116,7 +119,10 @@ class PolicyNode(LifecycleNode):
             self.create_subscription(Image, "image", self._on_image, qos.SENSOR),
             self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos.SENSOR),
             self.create_subscription(JointState, "joint_states", self._on_joint_state, qos.SENSOR),
-            self.create_subscription(String, "instruction", self._on_instruction, qos.INSTRUCTION),
+            # A volatile publisher (`ros2 topic pub`) is incompatible with the latched reader by
+            # design and reaches the volatile one: no warning for that expected mismatch.
+            self.create_subscription(String, "instruction", self._on_instruction, qos.INSTRUCTION,
+                                     event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None)),
             self.create_subscription(String, "instruction", self._on_instruction, qos.INSTRUCTION_VOLATILE),
         ]
         g = self._services_group
