@@ -1,10 +1,17 @@
-"""Session-wide test set-up: every ROS participant of a test run stays on this machine.
+"""Session-wide test set-up: every ROS participant of a test run stays on this machine, in a
+ROS domain that no running system on this host uses.
 
 The local ROS environment is applied here, at conftest import, which pytest does before it
 imports any test module: so before any test imports rclpy, and before any ``rclpy.init()``
-(rcl reads ROS_DOMAIN_ID and the discovery range at init). The domain id comes from the pid:
-two test runs at the same time (two terminals, CI next to a developer) then rarely share a
-domain, and cross-process tests also use unique topic names, so a clash cannot mix their data.
+(rcl reads ROS_DOMAIN_ID and the discovery range at init).
+
+The domain id is not derived from the pid nor taken from the shell: on a robot the shell's
+ROS_DOMAIN_ID is the live system's, and a pid-derived id can equal it. ``claim_free_domain``
+joins a few candidate domains with a short-lived participant each (localhost discovery), takes
+one in which it met nobody, and keeps one idle node there for the whole session, so that a second
+test run (another terminal, CI next to a developer) sees it taken (see aura_ros/ros/env.py).
+The shell's domain id and 0 (everyone's default) are never candidates. Discovery stays
+localhost-only (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST): nothing leaves the machine.
 """
 from __future__ import annotations
 
@@ -12,13 +19,29 @@ import os
 
 import pytest
 
-from aura_ros.ros.env import apply_local_ros_env, local_ros_env
+from aura_ros.ros.env import apply_local_ros_env, claim_free_domain, local_ros_env
 from helpers.ros_proc import PythonRunner
 
-# 1..101: domain 0 is everyone's default, and ids above 101 can map DDS ports into the Linux
-# ephemeral range (32768+), see the ROS 2 "domain id" concept page.
-TEST_DOMAIN_ID = 1 + os.getpid() % 101
+
+def _claim_test_domain():
+    inherited = os.environ.get("ROS_DOMAIN_ID", "")
+    exclude = {0} | ({int(inherited)} if inherited.isdigit() else set())
+    try:
+        claim = claim_free_domain(exclude=exclude)
+    except Exception as exc:  # noqa: BLE001 (no working rclpy: ROS tests fail on their own; say why here)
+        # Still never the shell's domain; the header shows that this one was not probed.
+        fallback = next(d for d in (1 + (os.getpid() + i) % 101 for i in range(102)) if d not in exclude)
+        return None, fallback, f"NOT PROBED ({exc}); fallback {fallback}"
+    return claim, claim.domain_id, f"probed on this host, no other participant (excluded {sorted(exclude)})"
+
+
+_DOMAIN_CLAIM, TEST_DOMAIN_ID, _DOMAIN_CHOICE = _claim_test_domain()
 apply_local_ros_env(TEST_DOMAIN_ID)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _DOMAIN_CLAIM is not None:
+        _DOMAIN_CLAIM.release()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,7 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return (f"ROS: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} "
+    return (f"ROS: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} ({_DOMAIN_CHOICE}) "
             f"ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']} "
             f"FASTRTPS_DEFAULT_PROFILES_FILE={os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE', '(unset)')}")
 
