@@ -24,6 +24,7 @@ from safetensors.torch import save as tensors_to_bytes
 
 from aura_ros.backends.transformers import snapshot
 from aura_ros.backends.transformers.cache import GatedKVCache
+from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.backends.transformers.snapshot import SnapshotError, load, meta_path, save
 from aura_ros.memory import Kind, KVLayout
 
@@ -40,7 +41,9 @@ def config():
 
 def fresh(tokens: int = 80, policy=None) -> GatedKVCache:
     cfg = config()
-    return GatedKVCache(cfg, KVLayout.from_config(cfg).bytes_for(tokens), recent_steps=2, policy=policy)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))  # head_dim 16
+    return GatedKVCache(cfg, KVLayout.from_config(cfg).bytes_for(tokens), RopeRotator([inv_freq] * 2),
+                        recent_steps=2, policy=policy)
 
 
 def fill(cache: GatedKVCache, steps: int, per_step: int = 5, seed: int = 0, pinned: int = 6) -> GatedKVCache:
@@ -554,3 +557,48 @@ def test_the_snapshot_instruction_is_reported_not_imposed(policy_and_snapshot):
     assert other.step_index == 6
     other.set_instruction("sort the fruit")  # what the node does when its configured one differs
     assert other.instruction == "sort the fruit" and other.stats().steps_kept > 0  # memory kept
+
+
+def test_random_damage_to_the_metadata_is_refused_or_leaves_a_working_cache(saved):
+    """Any one byte changed: SnapshotError with the cache unchanged, or a load after which the
+    cache still steps, evicts and changes budget (never a crash later on)."""
+    base, target = saved
+    text = meta_path(base).read_bytes()
+    rng = np.random.default_rng(7)
+    outcomes = {"refused": 0, "loaded": 0}
+    for _ in range(150):
+        damaged = bytearray(text)
+        i = int(rng.integers(0, len(damaged)))
+        damaged[i] = int(rng.choice(list(b'0123456789-.,:[]{}"eE \x00\xff')))
+        meta_path(base).write_bytes(bytes(damaged))
+        cache = fill(fresh(), steps=2, seed=4)
+        before = state(cache)
+        try:
+            load(cache, base, FP)
+        except SnapshotError:
+            assert_same(state(cache), before)
+            outcomes["refused"] += 1
+            continue
+        outcomes["loaded"] += 1
+        step = cache.current_step + 1
+        for k in range(12):  # steps past the capacity: evictions and compaction on the loaded table
+            g = torch.Generator().manual_seed(k)
+            cache.reserve(5)
+            for li, layer in enumerate(cache.layers):
+                cache.update(torch.randn(1, layer.kv_heads, 5, layer.k_dim, generator=g),
+                             torch.randn(1, layer.kv_heads, 5, layer.v_dim, generator=g), li)
+            cache.commit(Kind.OBSERVATION, step + k)
+        cache.set_budget(KVLayout.from_config(config()).bytes_for(60))
+        assert cache.used_tokens == cache.table.used_tokens <= cache.capacity
+    assert outcomes["refused"] > 50, outcomes
+
+
+def test_an_unusable_snapshot_folder_is_a_snapshot_error(tmp_path):
+    cache = fill(fresh(), steps=2)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SnapshotError, match="cannot create the snapshot folder"):
+        save(cache, tmp_path / "file" / "mem", FP)
+    with pytest.raises(SnapshotError, match="names no file"):
+        save(cache, "", FP)
+    with pytest.raises(SnapshotError, match="not usable"):
+        load(fresh(), tmp_path / "file" / "mem", FP)
