@@ -9,7 +9,7 @@ arm works with four joint-target poses, every value an action-bin centre of the 
 - ``over_bin(k)``: the gripper (still closed) above bin k;
 - ``over_bin(k)`` with the gripper open: the block drops into bin k.
 
-cue_recall (the action gate's case): after 1-3 steady steps one bin lights up (a yellow square
+cue_recall (the action gate's case): after 6-8 steady steps one bin lights up (a yellow square
 inside it) for one step; the expert reacts at once: it swings the block over the lit bin (its
 action changes: a step the action gate writes), then back to ``WORK`` when the light is gone. A
 distractor stretch of D steps follows: the arm holds still while objects of other colours appear
@@ -47,6 +47,7 @@ STEP_DT = 2.5
 IMAGE_SIZE = 64
 N_BINS = 3
 RECALL_STEPS = 2  # over the bin (closed), then open
+WARMUP_STEPS = 5  # steady steps before the cue can come
 BIN_SIZE = 0.16
 LIGHT_SIZE = BIN_SIZE
 LIGHT_COLOR = "blue"
@@ -153,7 +154,9 @@ class MemoryTask:
         self._update_scene()
 
     def _cue_range(self) -> tuple[int, int]:
-        return 1, 4
+        # After a steady start of at least WARMUP_STEPS: a gate that learns the action stream's
+        # noise first (memory.gate: warmup_steps) has a settled baseline when the cue comes.
+        return WARMUP_STEPS + 1, WARMUP_STEPS + 4
 
     @property
     def done(self) -> bool:
@@ -254,7 +257,7 @@ class LatentFactTask(MemoryTask):
     expert_reacts = False
 
     def _cue_range(self) -> tuple[int, int]:
-        return 2, 6  # the light comes during the steady stretch, never in the first step
+        return WARMUP_STEPS + 1, WARMUP_STEPS + 5  # the light comes during the steady stretch
 
 
 TASKS: dict[str, type] = {"cue_recall": CueRecallTask, "latent_fact": LatentFactTask}

@@ -5,6 +5,7 @@
     aura-ros bench recall           # what the memory keeps, with real SmolLM2-135M weights
     aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
     aura-ros soak --steps 100000    # node + sim, invariants checked on every message
+    aura-ros train --out DIR        # behaviour-clone a policy on the sim's memory tasks
     aura-ros replay BAG             # the policy over a recorded rosbag2, to an MCAP (--eviction a,b compares)
     aura-ros foxglove               # the policy on the sim, served live to Foxglove on ws://127.0.0.1
 """
@@ -250,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     fg.add_argument("--mcap", default=None, help="also record the run to this MCAP file")
     fg.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     fg.set_defaults(func=_foxglove)
+
+    from aura_ros.tools import train as train_tool
+
+    train_tool.add_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "version":

@@ -88,14 +88,14 @@ def test_random_policies_sit_near_chance(name):
     assert uniform <= 1 / N_BINS + 0.1
 
     # The expert's moves, but a guessed bin (what a policy that forgot the cue can do): chance.
-    def guess(task, obs, guessed={}):
+    def guess(task, obs):
         if task.step_index < task.recall_start_step:
             return task.expert_action()
-        k = guessed.setdefault(task.seed, int(rng.integers(N_BINS)))
+        k = (task.seed * 7 + 1) % N_BINS  # a fixed guess per episode, blind to the cue
         return over_bin(k, open_gripper=task.step_index > task.recall_start_step)
 
     guessed = np.mean([run_policy(make_task(name, s, 6), guess) for s in range(n)])
-    assert abs(guessed - 1 / N_BINS) < 0.17
+    assert abs(guessed - 1 / N_BINS) < 0.15
 
 
 def test_long_distractor_is_cheap_and_bad_arguments_are_refused():

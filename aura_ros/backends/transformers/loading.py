@@ -1,6 +1,6 @@
 """Model and processor loading for the policy, and the embedded default model.
 
-    loaded = load_model(None)                   # the embedded tiny VLM, built once into the cache
+    loaded = load_model(None)                   # the embedded default: the trained tiny policy (copied once into the cache)
     loaded = load_model("/models/my-vla")       # a local folder (safetensors)
     loaded = load_model("org/name")             # a hub id: from the HF cache, downloaded only when online
     ids = action_token_ids(loaded.tokenizer, 256)
@@ -9,6 +9,11 @@ Actions are decoded OpenVLA-style: ``n_bins`` bins per action dimension, each bi
 special token "<act_0>".."<act_{n-1}>" (one id each), plus the prompt markers "<obs>", "<state>",
 "<act>", "</act>". Every model this package builds has them; ``ensure_action_tokens`` adds them
 to a user's model (new embedding rows) so it can be fine-tuned or run as a policy.
+
+The embedded default is a tiny LLaVA (SigLIP tower + Llama decoder, ~210k parameters) trained by
+behaviour cloning on the sim's memory tasks (``aura-ros train``; the recipe is in its
+aura_ros_train.json). ``ensure_default_model(arch, trained=False)`` builds random-weight tiny
+models of every architecture for tests.
 
 Safe defaults: safetensors only (no pickle), ``trust_remote_code`` off, eval mode, and no network
 when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set or the model is already cached.
@@ -37,6 +42,11 @@ CACHE_ENV = "AURA_ROS_CACHE"
 # real VLMs (measured, see test/test_tiny_models.py and the report in docs): LLaVA's Llama decoder
 # with a SigLIP tower, 16 image tokens a frame, plain 1-D RoPE.
 DEFAULT_ARCH = "llava"
+# The trained default policy, committed with the package (about 1 MB): the default architecture
+# behaviour-cloned on the sim's memory tasks (aura_ros.sim.tasks) by `aura-ros train`; its
+# aura_ros_train.json holds the recipe. Random-weight builds of every arch stay for the tests.
+TRAINED_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "models" / "default_policy"
+TRAINED_DEFAULT_COMMAND = "aura-ros train --out aura_ros/models/default_policy"
 # A build directory left by a crashed process is removed after this long (a live build takes seconds).
 _STALE_BUILD_S = 3600.0
 
@@ -154,16 +164,32 @@ def _remove_stale_builds(target: Path) -> None:
             pass  # removed by another process meanwhile
 
 
+def trained_default_available() -> bool:
+    return (TRAINED_DEFAULT_DIR / "model.safetensors").is_file()
+
+
 def ensure_default_model(arch: str = DEFAULT_ARCH, seed: int = 0, n_action_bins: int = 256,
-                         cache_dir: str | Path | None = None) -> Path:
+                         cache_dir: str | Path | None = None, trained: bool = True) -> Path:
     """The embedded default VLM's folder: built once (a few seconds), reused afterwards.
 
-    The folder name carries the arch, seed, bins and builder version, so a change of any of them
-    builds a new model instead of reusing a stale one.
+    The default (``arch`` = DEFAULT_ARCH, seed 0, 256 bins, ``trained``) is the trained policy
+    shipped with the package, copied once into the cache folder (named after its weights' digest,
+    so a new release is not shadowed by an old copy). Anything else, or ``trained=False``, is a
+    tiny model of that arch with random weights, built from its config; its folder name carries
+    the arch, seed, bins and builder version, so a change of any of them builds a new model.
     """
     from aura_ros.backends.transformers import tiny_models
 
     root = Path(cache_dir) if cache_dir is not None else default_model_dir()
+    if trained and arch == DEFAULT_ARCH and seed == 0 and n_action_bins == 256 and trained_default_available():
+        import hashlib
+
+        digest = hashlib.sha256((TRAINED_DEFAULT_DIR / "model.safetensors").read_bytes()).hexdigest()[:12]
+        target = root / f"policy-{arch}-{digest}"
+        if target.is_dir():
+            return target
+        log.info("installing the trained default policy into %s", target)
+        return build_atomically(target, lambda tmp: shutil.copytree(TRAINED_DEFAULT_DIR, tmp, dirs_exist_ok=True))
     target = root / f"tiny-{arch}-s{seed}-b{n_action_bins}-v{tiny_models.BUILDER_VERSION}"
     if target.is_dir():
         return target

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -41,6 +42,77 @@ def cache_kwarg(model) -> str:
 
 
 MODEL_INPUTS = ("input_ids", "pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
+MROPE_IMAGE_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+# ---------------------------------------------------------------------- the token layout
+# One source of truth for what the model reads: the runtime (VLMPolicy) and the trainer
+# (backends/transformers/train.py) both encode through these functions.
+def image_prompt(processor, is_mrope: bool) -> str:
+    """The placeholder the processor expands into one frame's image tokens."""
+    if is_mrope:
+        return MROPE_IMAGE_PROMPT
+    token = getattr(processor, "image_token", None)
+    if token is None:
+        raise ValueError(f"{type(processor).__name__} has no image_token; not a supported VLM processor")
+    return token
+
+
+def state_text(state: np.ndarray, joint_names, decimals: int) -> str:
+    """The joint state as the model reads it: "shoulder 0.30 elbow 0.90 ..."."""
+    names = joint_names if len(state) == len(joint_names) else range(len(state))
+    return " ".join(f"{n} {v:.{decimals}f}" for n, v in zip(names, state))
+
+
+def encode_instruction(tokenizer, config: PolicyConfig, instruction: str) -> torch.Tensor:
+    """[1, n] ids of the pinned segment: system prompt (with the tokenizer's special tokens) + instruction.
+
+    The instruction is tokenized as plain text (special-token parsing off), so a sender cannot
+    inject action tokens or structure markers (<act_0>, <obs>, <image>, </s>) into the prompt.
+    """
+    head = tokenizer(f"{config.system_prompt}\nInstruction: ", add_special_tokens=True,
+                     return_tensors="pt")["input_ids"]
+    body = tokenizer(f"{instruction}\n", add_special_tokens=False, split_special_tokens=True,
+                     return_tensors="pt")["input_ids"]
+    return torch.cat([head, body], dim=1)
+
+
+def encode_observation(processor, config: PolicyConfig, prompt: str, is_mrope: bool, image,
+                       state: np.ndarray) -> dict:
+    """One step's observation segment "<obs>{image tokens}<state>{joint state}<act>", CPU tensors.
+
+    Only what the forward pass needs: no attention mask (the cache builds it), no labels or token
+    types (PaliGemma's prefix-LM types do not apply to a stream of steps).
+    """
+    text = f"<obs>{prompt}<state>{state_text(state, config.joint_names, config.state_decimals)}<act>"
+    inputs = processor(text=[text], images=[[image]] if not is_mrope else [image],
+                       return_tensors="pt", add_special_tokens=False)
+    return {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
+
+
+def observation_embedding(inputs_embeds: torch.Tensor, input_ids: torch.Tensor,
+                          image_token_id: int | None) -> np.ndarray:
+    """A cheap 1-D summary of one observation: the mean input embedding of its image tokens.
+
+    inputs_embeds: [1, n, hidden], the decoder's input (image features merged in); input_ids: [1, n].
+    The mean over the whole chunk when no image token can be told apart.
+    """
+    mask = None if image_token_id is None else input_ids[0].to(inputs_embeds.device) == image_token_id
+    if mask is None or mask.shape[0] != inputs_embeds.shape[1] or not bool(mask.any()):
+        return inputs_embeds[0].float().mean(0).cpu().numpy()
+    return inputs_embeds[0, mask].float().mean(0).cpu().numpy()
+
+
+def _embedding_hook(policy_ref):
+    """A decoder pre-hook that keeps the decoder's input embeddings while the policy asks for them."""
+
+    def hook(module, args, kwargs):
+        policy = policy_ref()
+        if policy is not None and policy._capture_embeds:
+            embeds = kwargs.get("inputs_embeds")
+            policy._captured_embeds = embeds.detach() if isinstance(embeds, torch.Tensor) else None
+
+    return hook
 
 
 class VLMPolicy:
@@ -63,6 +135,18 @@ class VLMPolicy:
             or mc.model_type in ("qwen2_vl", "qwen2_5_vl")
         self.image_token_id = getattr(mc, "image_token_id", None) or getattr(mc, "image_token_index", None)
         self._cache_kwarg = cache_kwarg(model)
+        # The observation embedding for the gate's novelty term, captured from the decoder's input
+        # during the observation chunk's forward pass (no second pass through the vision tower).
+        self.last_observation_embedding: np.ndarray | None = None
+        self._gate_takes_observation = "observation" in inspect.signature(ActionGate.update).parameters
+        self._capture_embeds = False
+        self._captured_embeds: torch.Tensor | None = None
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        if isinstance(decoder, torch.nn.Module) and decoder is not model:
+            # Through a weak reference, and removed when this policy goes: several policies may
+            # share one loaded model (a benchmark), and the model must not keep them alive.
+            handle = decoder.register_forward_pre_hook(_embedding_hook(weakref.ref(self)), with_kwargs=True)
+            weakref.finalize(self, handle.remove)
         self.cache = self._make_cache()
         self.gate = ActionGate(self.space.low, self.space.high, config.discrete_mask(), config.gate)
         self.step_index = 0
@@ -98,14 +182,15 @@ class VLMPolicy:
         return cls(loaded.model, loaded.processor, config, ids, instruction)
 
     def _find_image_prompt(self) -> str:
-        if self.is_mrope:
-            return "<|vision_start|><|image_pad|><|vision_end|>"
-        token = getattr(self.processor, "image_token", None)
-        if token is None:
-            raise ValueError(f"{type(self.processor).__name__} has no image_token; not a supported VLM processor")
-        return token
+        return image_prompt(self.processor, self.is_mrope)
 
     # ------------------------------------------------------------------ forward helpers
+    def _observation_embedding(self, input_ids: torch.Tensor) -> np.ndarray | None:
+        embeds, self._captured_embeds = self._captured_embeds, None
+        if embeds is None or embeds.dim() != 3:
+            return None
+        return observation_embedding(embeds, input_ids, self.image_token_id)
+
     def _positions(self, start: int, input_ids: torch.Tensor, grid=None) -> tuple[torch.Tensor, int]:
         n = input_ids.shape[1]
         if not self.is_mrope:
@@ -129,21 +214,10 @@ class VLMPolicy:
             self.cache.commit(commit[0], commit[1], pos_span=span if "image_grid_thw" in inputs else None)
         return out.logits[0, -1]
 
-    def _encode_text(self, text: str, special: bool) -> dict:
-        ids = self.tokenizer(text, add_special_tokens=special, return_tensors="pt")["input_ids"]
-        return {"input_ids": ids.to(self.device)}
-
     def _encode_observation(self, image, state: np.ndarray) -> dict:
-        names = self.config.joint_names if len(state) == len(self.config.joint_names) else range(len(state))
-        d = self.config.state_decimals
-        state_text = " ".join(f"{n} {v:.{d}f}" for n, v in zip(names, state))
-        text = f"<obs>{self._image_prompt}<state>{state_text}<act>"
-        inputs = self.processor(text=[text], images=[[image]] if not self.is_mrope else [image],
-                                return_tensors="pt", add_special_tokens=False)
-        # Only what the forward pass needs: no attention mask (the cache builds it), no labels or
-        # token types (PaliGemma's prefix-LM types do not apply to a stream of steps).
+        inputs = encode_observation(self.processor, self.config, self._image_prompt, self.is_mrope, image, state)
         return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                for k, v in inputs.items() if k in MODEL_INPUTS}
+                for k, v in inputs.items()}
 
     # ------------------------------------------------------------------ public API
     def encode_instruction(self, instruction: str) -> dict:
@@ -152,11 +226,7 @@ class VLMPolicy:
         The instruction is tokenized as plain text (special-token parsing off), so a sender cannot
         inject action tokens or structure markers (<act_0>, <obs>, <image>, </s>) into the prompt.
         """
-        head = self.tokenizer(f"{self.config.system_prompt}\nInstruction: ", add_special_tokens=True,
-                              return_tensors="pt")["input_ids"]
-        body = self.tokenizer(f"{instruction}\n", add_special_tokens=False, split_special_tokens=True,
-                              return_tensors="pt")["input_ids"]
-        return {"input_ids": torch.cat([head, body], dim=1).to(self.device)}
+        return {"input_ids": encode_instruction(self.tokenizer, self.config, instruction).to(self.device)}
 
     def set_instruction(self, instruction: str) -> None:
         """Pin a new system prompt + instruction; older memory stays unless configured otherwise.
@@ -265,7 +335,12 @@ class VLMPolicy:
         inputs = self._encode_observation(image, state)
         n_act = self.space.tokens_per_step
         self.cache.reserve(inputs["input_ids"].shape[1] + n_act)
-        logits = self._forward(inputs, (Kind.OBSERVATION, step))
+        self._capture_embeds = True
+        try:
+            logits = self._forward(inputs, (Kind.OBSERVATION, step))
+        finally:
+            self._capture_embeds = False
+        self.last_observation_embedding = self._observation_embedding(inputs["input_ids"])
         bins = np.empty(n_act, dtype=np.int64)
         first_logits = logits.index_select(-1, self.action_ids).float().cpu().numpy()
         for i in range(n_act):
@@ -276,7 +351,10 @@ class VLMPolicy:
             logits = self._forward({"input_ids": token}, (Kind.ACTION, step) if i == n_act - 1 else None)
         bins = bins.reshape(self.space.chunk, self.space.dim)
         positions = np.stack([self.space.from_bins(b) for b in bins])
-        decision = self.gate.update(positions[0], event=event)
+        if self._gate_takes_observation:
+            decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
+        else:
+            decision = self.gate.update(positions[0], event=event)
         self.cache.set_gate(step, decision.value, decision.written)
         self.writes_total += int(decision.written)
         self.write_rate += 0.05 * (float(decision.written) - self.write_rate)

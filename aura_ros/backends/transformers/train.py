@@ -1,0 +1,375 @@
+"""Behaviour cloning of a transformers VLM policy, in the runtime's token layout, on gated contexts.
+
+    from aura_ros.sim.tasks import expert_episode
+    episodes = [expert_episode("cue_recall", seed, 20) for seed in range(200)]
+    result = train(episodes, out_dir="my-policy", model=None)      # None: the embedded default arch
+    policy = VLMPolicy.from_pretrained("my-policy")
+
+What the model reads in training is what the cache holds at run time. A training context for
+step t of an episode is: the pinned segment (system prompt + instruction), then, in order, the
+steps the cache keeps at step t: the steps the action gate writes (the expert's action changed,
+or an external event; the same ``ActionGate`` as the runtime scores the expert's actions), a
+recent window of ``recent_steps`` steps, and step t itself; every other step is dropped and the
+positions run contiguously from 0, as the cache re-rotates them. Each kept step is encoded by the
+runtime's own functions (``policy.encode_instruction`` / ``encode_observation``): the observation
+segment, then the action tokens of the expert's action. The loss is the cross-entropy over the
+action tokens (the runtime decodes under a mask of the action tokens, so the loss is taken over
+those logits only), for every action of the context.
+
+Some contexts also keep the steps whose frame changed most (a stand-in for the gate's
+observation-novelty term: a latent fact is then learnable when the cache keeps it), and short
+episodes are sometimes seen whole (the unbounded cache's view), so one model serves every memory
+policy the benchmark compares.
+
+Long episodes cost nothing extra: a context never holds more than the kept steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aura_ros.core.config import PolicyConfig
+from aura_ros.memory.gate import ActionGate, GateConfig
+
+TRAIN_INFO_FILE = "aura_ros_train.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 160  # optimizer steps
+    batch_size: int = 8
+    lr: float = 3e-3
+    min_lr_fraction: float = 0.05  # cosine decay down to lr * this
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    recent_steps: int = 8  # the cache's recent window (PolicyConfig.recent_steps)
+    focus_prob: float = 0.6  # targets drawn from the steps where the expert's action changes (else uniform)
+    full_context_prob: float = 0.15  # a short episode's whole history instead of the gated context
+    full_context_max_steps: int = 28
+    novelty_keep_prob: float = 0.5  # contexts that also keep the frames that changed most
+    novelty_top_k: int = 2
+    threads: int = 2  # torch CPU threads (0: leave torch's default)
+    log_every: int = 10
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    losses: list[float]  # mean loss per logged window of steps
+    first_loss: float
+    final_loss: float
+    seconds: float
+    config: TrainConfig
+    n_episodes: int
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- which steps a context keeps
+def written_steps(actions: np.ndarray, events: np.ndarray | None, policy_config: PolicyConfig,
+                  gate_config: GateConfig | None = None) -> np.ndarray:
+    """[T] bool: the steps the runtime's action gate writes when the policy emits ``actions``."""
+    gate = ActionGate(np.array(policy_config.low), np.array(policy_config.high), policy_config.discrete_mask(),
+                      gate_config or policy_config.gate)
+    ev = np.zeros(len(actions), dtype=bool) if events is None else np.asarray(events, dtype=bool)
+    return np.array([gate.update(a, event=bool(e)).written for a, e in zip(actions, ev)], dtype=bool)
+
+
+def frame_change(images: list[np.ndarray]) -> np.ndarray:
+    """[T] mean absolute change of each frame against the previous one (0 for the first)."""
+    out = np.zeros(len(images))
+    for t in range(1, len(images)):
+        out[t] = float(np.mean(np.abs(images[t].astype(np.int16) - images[t - 1].astype(np.int16))))
+    return out
+
+
+def gated_context(t: int, written: np.ndarray, recent_steps: int, extra_keep: Iterable[int] = ()) -> list[int]:
+    """The steps the cache holds when step t is decided: written steps and ``extra_keep`` older than
+    the recent window, the recent window, and t itself (ascending)."""
+    start = max(0, t - recent_steps)
+    old = {int(s) for s in np.flatnonzero(written[:start])} | {int(s) for s in extra_keep if s < start}
+    return sorted(old) + list(range(start, t + 1))
+
+
+# ---------------------------------------------------------------------- encoding
+class _Encoder:
+    """Runtime encodings of episode steps, memoised (a step is encoded once however often it is used)."""
+
+    def __init__(self, loaded, policy_config: PolicyConfig, action_ids: list[int]):
+        from aura_ros.backends.transformers.policy import image_prompt
+
+        self.loaded = loaded
+        self.config = policy_config
+        self.space = policy_config.action_space()
+        self.action_ids = torch.tensor(action_ids)
+        self.prompt = image_prompt(loaded.processor, loaded.is_mrope)
+        self._pinned: dict[str, torch.Tensor] = {}
+        self._steps: dict[tuple[int, int], tuple[dict, torch.Tensor]] = {}
+
+    def pinned(self, instruction: str) -> torch.Tensor:
+        from aura_ros.backends.transformers.policy import encode_instruction
+
+        if instruction not in self._pinned:
+            self._pinned[instruction] = encode_instruction(self.loaded.tokenizer, self.config, instruction)[0]
+        return self._pinned[instruction]
+
+    def step(self, e: int, s: int, record) -> tuple[dict, torch.Tensor]:
+        """(observation inputs, [tokens_per_step] action bins) of step s of episode e."""
+        from aura_ros.backends.transformers.policy import encode_observation
+
+        key = (e, s)
+        if key not in self._steps:
+            obs = encode_observation(self.loaded.processor, self.config, self.prompt, self.loaded.is_mrope,
+                                     record.images[s], np.asarray(record.states[s], dtype=np.float64))
+            action = np.asarray(record.actions[s], dtype=np.float64).reshape(-1)
+            chunk = self.space.chunk
+            # An action chunk: this step's action and the next ones (the last repeated at the end).
+            rows = [np.asarray(record.actions[min(s + i, len(record.actions) - 1)]).reshape(-1)
+                    for i in range(chunk)] if chunk > 1 else [action]
+            bins = torch.from_numpy(np.concatenate([self.space.to_bins(r) for r in rows]))
+            self._steps[key] = (obs, bins)
+        return self._steps[key]
+
+
+def _positions(loaded, chunks: list[torch.Tensor], grids: list[torch.Tensor | None]) -> tuple[torch.Tensor, int]:
+    """Position ids of a context as the cache gives them: contiguous from 0, per chunk as the
+    runtime computes them (Qwen2-VL family: 3-D mrope per image chunk). [L] or [3, L]."""
+    from aura_ros.backends.transformers.positions import mrope_positions
+
+    if not loaded.is_mrope:
+        n = sum(int(c.shape[0]) for c in chunks)
+        return torch.arange(n), n
+    merge = getattr(loaded.model.config.vision_config, "spatial_merge_size", 1)
+    image_id = getattr(loaded.model.config, "image_token_id", None)
+    out, cur = [], 0
+    for ids, grid in zip(chunks, grids):
+        pos, span = mrope_positions(ids[None], cur, image_id, grid, merge)
+        out.append(pos[:, 0])
+        cur += span if grid is not None else int(ids.shape[0])
+    return torch.cat(out, dim=1), cur
+
+
+def build_batch(loaded, encoder: _Encoder, samples: list[tuple[int, list[int]]], records: list,
+                pad_id: int) -> dict:
+    """Pad a batch of contexts: input ids, positions, mask, pixel inputs, label positions and bins."""
+    seqs, positions, pixel, grids_all, labels = [], [], [], [], []
+    for e, steps in samples:
+        rec = records[e]
+        chunks, grids = [encoder.pinned(rec.instruction)], [None]
+        label_pos, label_bins, offset = [], [], int(chunks[0].shape[0])
+        for s in steps:
+            obs, bins = encoder.step(e, s, rec)
+            ids = obs["input_ids"][0]
+            grid = obs.get("image_grid_thw")
+            chunks += [ids, encoder.action_ids[bins]]
+            grids += [grid, None]
+            pixel.append(obs["pixel_values"])
+            if grid is not None:
+                grids_all.append(grid)
+            offset += int(ids.shape[0])
+            # The hidden state before each action token predicts it (the last observation token
+            # <act> predicts the first action token, and so on).
+            label_pos += list(range(offset - 1, offset - 1 + len(bins)))
+            label_bins += bins.tolist()
+            offset += len(bins)
+        pos, _ = _positions(loaded, chunks, grids)
+        seqs.append(torch.cat(chunks))
+        positions.append(pos)
+        labels.append((label_pos, label_bins))
+    L = max(int(s.shape[0]) for s in seqs)
+    B = len(seqs)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    pos_shape = (3, B, L) if loaded.is_mrope else (B, L)
+    position_ids = torch.zeros(pos_shape, dtype=torch.long)
+    for i, (s, p) in enumerate(zip(seqs, positions)):
+        n = int(s.shape[0])
+        input_ids[i, :n] = s
+        mask[i, :n] = 1
+        if loaded.is_mrope:
+            position_ids[:, i, :n] = p
+        else:
+            position_ids[i, :n] = p
+    rows = torch.tensor([i for i, (lp, _) in enumerate(labels) for _ in lp])
+    cols = torch.tensor([c for lp, _ in labels for c in lp])
+    targets = torch.tensor([b for _, lb in labels for b in lb])
+    batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
+             "pixel_values": torch.cat(pixel, dim=0), "rows": rows, "cols": cols, "targets": targets}
+    if grids_all:
+        batch["image_grid_thw"] = torch.cat(grids_all, dim=0)
+    return batch
+
+
+def action_logits(model, batch: dict, action_ids: torch.Tensor) -> torch.Tensor:
+    """[n_labels, n_bins] logits over the action tokens at every labelled action position."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values",
+                                    "image_grid_thw") if k in batch}
+    hidden = model.model(**inputs, use_cache=False).last_hidden_state
+    h = hidden[batch["rows"], batch["cols"]]
+    head = model.get_output_embeddings()
+    logits = h @ head.weight.index_select(0, action_ids).T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias.index_select(0, action_ids)
+    return logits
+
+
+def action_loss(model, batch: dict, action_ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the expert's action bins, over the action tokens' logits only (the
+    runtime decodes under that mask)."""
+    return torch.nn.functional.cross_entropy(action_logits(model, batch, action_ids).float(), batch["targets"])
+
+
+# ---------------------------------------------------------------------- sampling
+class ContextSampler:
+    """Draws (episode, kept steps) training contexts, deterministic given the generator."""
+
+    def __init__(self, records: list, policy_config: PolicyConfig, cfg: TrainConfig):
+        self.records = records
+        self.cfg = cfg
+        self.written = [written_steps(r.actions, r.events, policy_config) for r in records]
+        self.novel = []
+        self.focus = []
+        for r, w in zip(records, self.written):
+            change = frame_change(r.images)
+            k = min(cfg.novelty_top_k, len(change))
+            self.novel.append(np.argsort(-change, kind="stable")[:k] if k else np.array([], dtype=int))
+            # The steps worth practising most: where the action changes, and the step after each.
+            acts = np.asarray(r.actions)
+            changed = np.flatnonzero(np.any(acts[1:] != acts[:-1], axis=1)) + 1
+            novel = self.novel[-1]
+            focus = np.unique(np.concatenate([changed, changed + 1, np.flatnonzero(w), novel, novel + 1]))
+            self.focus.append(focus[focus < len(acts)])
+
+    def sample(self, rng: np.random.Generator) -> tuple[int, list[int]]:
+        cfg = self.cfg
+        e = int(rng.integers(len(self.records)))
+        T = len(self.records[e].actions)
+        focus = self.focus[e]
+        if len(focus) and rng.random() < cfg.focus_prob:
+            t = int(rng.choice(focus))
+        else:
+            t = int(rng.integers(T))
+        if t + 1 <= cfg.full_context_max_steps and rng.random() < cfg.full_context_prob:
+            return e, list(range(t + 1))
+        extra = self.novel[e] if rng.random() < cfg.novelty_keep_prob else ()
+        return e, gated_context(t, self.written[e], cfg.recent_steps, extra)
+
+
+# ---------------------------------------------------------------------- the loop
+def train(episodes: Iterable, out_dir: str | Path, model: str | Path | None = None,
+          config: TrainConfig | None = None, policy_config: PolicyConfig | None = None,
+          progress: bool = True, init_seed: int = 0) -> TrainResult:
+    """Behaviour-clone ``model`` (None: a fresh embedded-default architecture with random weights;
+    any model ``load_model`` supports, given action tokens) on ``episodes`` (EpisodeRecord-like:
+    instruction, images, states, actions, events) and save it to ``out_dir``."""
+    from tqdm.auto import tqdm
+
+    from aura_ros.backends.transformers.loading import action_token_ids, load_model, quiet_progress
+
+    cfg = config or TrainConfig()
+    pcfg = policy_config or PolicyConfig()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    records = list(episodes)
+    if not records:
+        raise ValueError("no episodes to train on")
+    out = Path(out_dir)
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    source = model
+    if model is None:
+        import tempfile
+
+        from aura_ros.backends.transformers import tiny_models
+        from aura_ros.backends.transformers.loading import DEFAULT_ARCH
+
+        tmp = Path(tempfile.mkdtemp(prefix="aura_ros_train_init_"))
+        source = tiny_models.build_tiny_vlm(DEFAULT_ARCH, tmp, seed=init_seed, n_action_bins=pcfg.n_bins)
+    loaded = load_model(source, attn_implementation="sdpa")
+    net = loaded.model
+    ids = action_token_ids(loaded.tokenizer, pcfg.n_bins)
+    action_ids = torch.tensor(ids)
+    encoder = _Encoder(loaded, pcfg, ids)
+    sampler = ContextSampler(records, pcfg, cfg)
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    losses, window = [], []
+    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        samples = [sampler.sample(rng) for _ in range(cfg.batch_size)]
+        batch = build_batch(loaded, encoder, samples, records, pad_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = action_loss(net, batch, action_ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        window.append(float(loss.item()))
+        if len(window) == cfg.log_every or step == cfg.steps - 1:
+            losses.append(float(np.mean(window)))
+            window = []
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    net.eval()
+    seconds = time.perf_counter() - t_start
+    out.mkdir(parents=True, exist_ok=True)
+    with quiet_progress():
+        net.save_pretrained(out, safe_serialization=True)
+    loaded.processor.save_pretrained(out)
+    info_src = Path(loaded.path) / "aura_ros_model.json"
+    if info_src.is_file():
+        (out / "aura_ros_model.json").write_text(info_src.read_text())
+    result = TrainResult(out_dir=out, losses=losses, first_loss=losses[0], final_loss=losses[-1], seconds=seconds,
+                         config=cfg, n_episodes=len(records))
+    (out / TRAIN_INFO_FILE).write_text(json.dumps({
+        "train_config": asdict(cfg), "episodes": len(records), "seconds": round(seconds, 1),
+        "losses": [round(x, 5) for x in losses], "threads": torch.get_num_threads(),
+        "source_model": "embedded default architecture (random init, seed %d)" % init_seed if model is None
+        else str(model)}, indent=2) + "\n")
+    if model is None:
+        import shutil
+
+        shutil.rmtree(source, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------------- the default's recipe
+DEFAULT_TASKS = (("cue_recall", 0.7), ("latent_fact", 0.3))
+
+
+def default_episodes(n_episodes: int = 200, seed: int = 0, max_distractor: int = 30,
+                     tasks=DEFAULT_TASKS) -> list:
+    """The expert episodes the default policy is trained on: the memory tasks, D mostly short
+    (gated contexts make a long D look like a short one), seeds disjoint from the test seeds
+    (evaluation uses seeds < 10_000; training uses 10_000 + ...)."""
+    from aura_ros.sim.tasks import expert_episode
+
+    rng = np.random.default_rng([seed, 11])
+    names = [t for t, _ in tasks]
+    weights = np.array([w for _, w in tasks], dtype=float)
+    weights /= weights.sum()
+    out = []
+    for i in range(n_episodes):
+        name = names[int(rng.choice(len(names), p=weights))]
+        d = int(rng.integers(0, max_distractor + 1))
+        out.append(expert_episode(name, 10_000 + seed * 100_000 + i, d))
+    return out

@@ -1,0 +1,53 @@
+"""`aura-ros train`: behaviour cloning of a VLM policy on the sim's memory tasks.
+
+    aura-ros train --out my-policy                      # the default's recipe (about 10 min on 2 cores, idle)
+    aura-ros train --out my-policy --model /models/vla  # any model load_model supports (with action tokens)
+    aura-ros train --out tiny --steps 20 --episodes 16  # a quick check
+
+The recipe and the gated training contexts: aura_ros.backends.transformers.train. The result is
+a model folder that ``--model`` / ``model.path`` / ``VLMPolicy.from_pretrained`` accept.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from aura_ros.backends.transformers.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="behaviour-clone a VLM policy on expert episodes of the memory tasks")
+    p.add_argument("--out", required=True, help="folder the trained model is written to")
+    p.add_argument("--model", default=None,
+                   help="model folder or hub id to fine-tune (default: the embedded default's architecture, fresh)")
+    p.add_argument("--tasks", default="cue_recall:0.7,latent_fact:0.3", help="task:weight,... of the episodes")
+    p.add_argument("--episodes", type=int, default=200, help="expert episodes generated in the sim")
+    p.add_argument("--max-distractor", type=int, default=30, help="distractor steps D are drawn from 0..this")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--recent-steps", type=int, default=d.recent_steps, help="the cache's recent window")
+    p.add_argument("--seed", type=int, default=d.seed, help="fixes episodes, sampling and the initial weights")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="optimizer steps per logged mean loss")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from aura_ros.backends.transformers.train import TrainConfig, default_episodes, train
+
+    tasks = []
+    for item in args.tasks.split(","):
+        name, _, weight = item.partition(":")
+        tasks.append((name.strip(), float(weight or 1.0)))
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, recent_steps=args.recent_steps,
+                      seed=args.seed, threads=args.threads, log_every=args.log_every)
+    episodes = default_episodes(args.episodes, seed=args.seed, max_distractor=args.max_distractor, tasks=tuple(tasks))
+    result = train(episodes, Path(args.out), model=args.model, config=cfg, progress=not args.no_progress,
+                   init_seed=args.seed)
+    print(f"trained on {result.n_episodes} episodes in {result.seconds:.0f} s: loss {result.first_loss:.4f} -> "
+          f"{result.final_loss:.4f}; wrote {result.out_dir}")
+    return 0

@@ -1,0 +1,119 @@
+"""`aura-ros train`: gated training contexts, the runtime's exact token layout, a short run that
+learns and loads, and the trained default's memory under the action gate vs a sliding window."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aura_ros.backends.transformers.loading import action_token_ids, load_model, trained_default_available
+from aura_ros.backends.transformers.policy import VLMPolicy
+from aura_ros.backends.transformers.train import (TRAIN_INFO_FILE, _Encoder, action_logits, build_batch,
+                                                  gated_context, written_steps)
+from aura_ros.core.config import PolicyConfig
+from aura_ros.core.types import Observation
+from aura_ros.sim.tasks import EpisodeRecord, expert_episode, make_task
+
+
+def test_gated_context_keeps_written_steps_and_the_recent_window():
+    written = np.zeros(40, dtype=bool)
+    written[[0, 3, 4, 37]] = True
+    # Step 30 with a window of 8: the written steps before the window, then 22..30.
+    assert gated_context(30, written, 8) == [0, 3, 4] + list(range(22, 31))
+    assert gated_context(30, written, 8, extra_keep=[10, 25]) == [0, 3, 4, 10] + list(range(22, 31))
+    assert gated_context(5, written, 8) == list(range(6))  # everything is still in the window
+
+
+def test_the_gate_writes_the_cue_step_of_the_expert():
+    ep = expert_episode("cue_recall", 3, 40)
+    w = written_steps(ep.actions, ep.events, PolicyConfig())
+    assert w[ep.cue_step] and w[ep.recall_start_step] and not w[ep.cue_step + 2: ep.recall_start_step].any()
+
+
+@pytest.fixture(scope="module")
+def random_default(tmp_path_factory):
+    """A random-weight model of the default architecture (the trainer's starting point)."""
+    from aura_ros.backends.transformers import tiny_models
+    from aura_ros.backends.transformers.loading import DEFAULT_ARCH
+
+    return tiny_models.build_tiny_vlm(DEFAULT_ARCH, tmp_path_factory.mktemp("init"), seed=0)
+
+
+def test_training_sees_exactly_what_the_runtime_feeds(random_default):
+    """The policy runs a task with the unbounded cache; the trainer encodes the same steps (the
+    policy's own actions as labels) as one full context: the action logits agree."""
+    loaded = load_model(random_default)
+    cfg = PolicyConfig(eviction="unbounded")
+    ids = action_token_ids(loaded.tokenizer, cfg.n_bins)
+    task = make_task("cue_recall", 1, 3)
+    policy = VLMPolicy(loaded.model, loaded.processor, cfg, ids, task.instruction)
+    images, states, actions, logits = [], [], [], []
+    for _ in range(5):
+        obs = task.observe()
+        a = policy.step(Observation(obs.image, obs.joint_state))
+        images.append(obs.image)
+        states.append(obs.joint_state)
+        actions.append(a.first)
+        logits.append(a.logits)
+        task.apply(a.first)
+    rec = EpisodeRecord(task.instruction, images, np.array(states), np.array(actions), np.zeros(5, bool), False)
+    batch = build_batch(loaded, _Encoder(loaded, cfg, ids), [(0, list(range(5)))], [rec], pad_id=0)
+    with torch.no_grad():
+        got = action_logits(loaded.model, batch, torch.tensor(ids))
+    first_tokens = got[:: cfg.action_space().tokens_per_step]  # each step's first action token
+    torch.testing.assert_close(first_tokens, torch.tensor(np.array(logits)), atol=2e-4, rtol=1e-4)
+    expected_bins = cfg.action_space().to_bins(np.array(actions)).reshape(-1)
+    assert got.argmax(-1).tolist() == expected_bins.tolist()
+
+
+def test_short_training_run_lowers_the_loss_and_loads(random_default, tmp_path):
+    from aura_ros.tools.cli import main
+
+    out = tmp_path / "policy"
+    rc = main(["train", "--out", str(out), "--model", str(random_default), "--steps", "8", "--episodes", "4",
+               "--max-distractor", "0", "--batch-size", "2", "--lr", "5e-3", "--log-every", "2", "--no-progress"])
+    assert rc == 0
+    info = json.loads((out / TRAIN_INFO_FILE).read_text())
+    losses = info["losses"]
+    assert losses[-1] < losses[0]
+    # The result loads like any model and drives a task through the policy.
+    policy = VLMPolicy.from_pretrained(str(out), PolicyConfig(budget_bytes=2**20))
+    task = make_task("cue_recall", 0, 2)
+    for _ in range(3):
+        obs = task.observe()
+        action = policy.step(Observation(obs.image, obs.joint_state, instruction=task.instruction))
+        task.apply(action.first)
+    assert policy.step_index == 3
+
+
+def test_training_is_deterministic_by_seed(random_default, tmp_path):
+    from aura_ros.backends.transformers.train import TrainConfig, train
+
+    eps = [expert_episode("cue_recall", s, 1) for s in range(3)]
+    cfg = TrainConfig(steps=3, batch_size=2, log_every=1, threads=1)
+    a = train(eps, tmp_path / "a", model=random_default, config=cfg, progress=False)
+    b = train(eps, tmp_path / "b", model=random_default, config=cfg, progress=False)
+    assert a.losses == b.losses
+
+
+@pytest.mark.skipif(not trained_default_available(), reason="the trained default policy is not in this checkout")
+def test_action_gate_keeps_the_cue_step_and_a_sliding_window_does_not():
+    """The trained default on one cue_recall episode, D far beyond what the budget holds as a
+    window: at the first recall step the gated cache still holds the cue step, the window not."""
+    loaded = load_model(None)
+    ids = action_token_ids(loaded.tokenizer, 256)
+    kept = {}
+    for eviction in ("action_gate", "sliding_window"):
+        task = make_task("cue_recall", 0, 60)
+        cfg = PolicyConfig(eviction=eviction, budget_bytes=384 * 1024)
+        policy = VLMPolicy(loaded.model, loaded.processor, cfg, ids, task.instruction)
+        while task.step_index < task.recall_start_step:
+            obs = task.observe()
+            task.apply(policy.step(Observation(obs.image, obs.joint_state)).first)
+        steps = [row[0] for row in policy.memory_map() if row[0] >= 0]
+        assert max(steps) == task.recall_start_step - 1
+        assert steps[0] > task.cue_step or eviction == "action_gate"  # the budget is tight for a window
+        kept[eviction] = task.cue_step in steps
+    assert kept == {"action_gate": True, "sliding_window": False}
