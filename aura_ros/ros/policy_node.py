@@ -32,31 +32,9 @@ from aura_ros.memory import MIB
 from aura_ros.ros import guards, qos
 from aura_ros.ros.control import ControlLoop, gate_config
 from aura_ros.ros.diagnostics import Health, diagnostics_msg
-from aura_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
+from aura_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb, prepare_for_model
 from aura_ros.ros.messages import COMMAND_TOPICS, command_msg, command_type, gate_msg, memory_msg
 from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, param_value
-
-# Frames are downscaled to this longest side before they reach the processor: every VLM
-# processor resizes to a few hundred pixels anyway, and an 8K frame would cost 100 MB of copies.
-MAX_MODEL_SIDE = 512
-# The processor reads an array whose short side is 1 or 3 pixels as channels-first: thin frames
-# are padded up to this short side.
-MIN_MODEL_SIDE = 8
-
-
-def model_frame(rgb: np.ndarray) -> np.ndarray:
-    import cv2
-
-    h, w = rgb.shape[:2]
-    if max(h, w) > MAX_MODEL_SIDE:
-        scale = MAX_MODEL_SIDE / max(h, w)
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    h, w = rgb.shape[:2]
-    if min(h, w) < MIN_MODEL_SIDE:
-        rgb = cv2.copyMakeBorder(rgb, 0, max(0, MIN_MODEL_SIDE - h), 0, max(0, MIN_MODEL_SIDE - w),
-                                 cv2.BORDER_REPLICATE)
-    return rgb
-
 
 class StartupError(RuntimeError):
     """Autostart could not configure the node (the reason was logged): the process exits."""
@@ -326,7 +304,7 @@ class PolicyNode(LifecycleNode):
         if self.loop is None:
             return
         try:
-            rgb = model_frame(image_to_rgb(msg, max_pixels=self.settings.max_pixels))
+            rgb = prepare_for_model(image_to_rgb(msg, max_pixels=self.settings.max_pixels))
         except ImageConversionError as exc:
             return self._drop("image", str(exc))
         self.loop.store.put_frame(rgb, time.monotonic())
@@ -336,7 +314,7 @@ class PolicyNode(LifecycleNode):
         if self.loop is None:
             return
         max_pixels = self.settings.max_pixels
-        self.loop.decode_later(lambda: model_frame(compressed_to_rgb(msg, max_pixels=max_pixels)), time.monotonic())
+        self.loop.decode_later(lambda: prepare_for_model(compressed_to_rgb(msg, max_pixels=max_pixels)), time.monotonic())
 
     def _on_joint_state(self, msg: JointState) -> None:
         if self.loop is None:
