@@ -128,3 +128,19 @@ def test_ros_messages_from_the_node_builders_are_forwarded(tmp_path):
     diag = json.loads(msgs[topics.DIAGNOSTICS][1])
     assert diag["status"][0]["level"] == 0 and diag["status"][0]["name"] == "aura_ros: aura_policy"
     assert any(kv["key"] == "step" and kv["value"] == "11" for kv in diag["status"][0]["values"])
+
+
+def test_aura_ros_foxglove_runs_the_sim_and_records(tmp_path, capsys):
+    from mcap.reader import make_reader
+
+    from aura_ros.tools.cli import main
+
+    path = tmp_path / "live.mcap"
+    assert main(["foxglove", "--steps", "3", "--port", "0", "--rate-hz", "50", "--budget-mb", "0.25",
+                 "--mcap", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Foxglove: open ws://127.0.0.1:" in out and "3 steps served" in out
+    with path.open("rb") as f:
+        seen = [ch.topic for _, ch, _ in make_reader(f).iter_messages()]
+    assert seen.count(topics.IMAGE) == seen.count(topics.MEMORY) == seen.count(topics.GATE_STATS) == 3
+    assert seen.count(topics.MEMORY_MAP) >= 1 and seen.count(topics.DIAGNOSTICS) >= 1
