@@ -1,0 +1,60 @@
+"""Every backend x every eviction policy honours the Policy seam (kvpress's registry-driven tests
+are the model: a new backend or policy is a registry line, and it is tested here at once)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aura_ros.core.config import PolicyConfig
+from aura_ros.core.protocol import Policy
+from aura_ros.core.registry import BACKENDS, make_policy
+from aura_ros.core.types import Action, Observation
+from aura_ros.memory import POLICIES, BudgetError
+
+BUDGET = 64 * 1024  # 128 tokens of the embedded default: a few steps, so every policy evicts
+PROTECTS_INSTRUCTION = {"action_gate"}
+
+
+def frame(i: int) -> np.ndarray:
+    return np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+
+
+def state(i: int) -> np.ndarray:
+    return np.array([np.sin(i / 3), 0.1, -0.2, float(i % 10 < 5)])
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("eviction", sorted(POLICIES))
+def test_policy_seam(backend, eviction, tmp_path):
+    policy = make_policy(None, PolicyConfig(budget_bytes=BUDGET, recent_steps=2, eviction=eviction),
+                         backend=backend, instruction="stack the cubes")
+    assert isinstance(policy, Policy)
+    first = None
+    for t in range(30):
+        a = policy.step(Observation(frame(t), state(t)))
+        assert isinstance(a, Action) and a.step == t and a.first.shape == (4,)
+        st = a.stats
+        first = first or st.allocated_bytes
+        assert st.allocated_bytes == first <= st.budget_bytes == BUDGET
+        assert st.used_bytes <= st.allocated_bytes
+        assert st.max_position < st.capacity_tokens + 64
+    assert st.evictions_total > 0  # the budget was exceeded many times over
+    mm = policy.memory_map()
+    assert [s for s, *_ in mm] == policy.stats().kept_steps and mm[-1][0] == 29
+    if eviction in PROTECTS_INSTRUCTION:
+        assert policy.stats().pinned_tokens > 0
+    # live changes between steps
+    policy.set_options(recent_steps=1)
+    assert policy.budget_error(1024) and "one step" in policy.budget_error(1024)
+    with pytest.raises(BudgetError):
+        policy.set_budget(1024)
+    policy.set_budget(2 * BUDGET)
+    assert policy.step(Observation(frame(30), state(30))).stats.allocated_bytes > first
+    # snapshots round-trip
+    path = policy.save_memory(tmp_path / "mem")
+    assert path
+    before = (policy.stats().kept_steps, policy.step_index)
+    policy.reset()
+    assert policy.stats().kept_steps == []
+    policy.load_memory(tmp_path / "mem")
+    assert (policy.stats().kept_steps, policy.step_index) == before
