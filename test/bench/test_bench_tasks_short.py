@@ -20,11 +20,19 @@ SUMMARY_COLUMNS = {"task", "policy", "distractors", "n", "successes", "success",
                    "write_rate", "allocated_bytes", "allocated_constant", "cue_kept", "note"}
 
 
+def _longest(d: int, episodes: int = 2) -> int:
+    from aura_ros.sim.tasks import make_task
+
+    return max(make_task("cue_recall", seed, d).total_steps for seed in range(episodes))
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_tasks")
+    cap = _longest(2)  # the unbounded cache runs the D = 2 episodes and not the D = 12 ones
+    assert cap < _longest(12)
     assert main(["bench", "tasks", "--tasks", "cue_recall", "--policies", "sliding_window,action_gate,unbounded",
-                 "--distractors", "2,12", "--episodes", "2", "--budget-tokens", "400", "--unbounded-cap", "12",
+                 "--distractors", "2,12", "--episodes", "2", "--budget-tokens", "400", "--unbounded-cap", str(cap),
                  "--no-progress", "--out", str(out)]) == 0
     return out
 
@@ -96,7 +104,7 @@ def test_unknown_policy_and_bad_episode_counts_are_refused(tmp_path):
 def test_runs_made_in_parallel_merge_into_one_set_of_outputs(short_run, tmp_path):
     other = tmp_path / "latent"
     assert main(["bench", "tasks", "--tasks", "latent_fact", "--policies", "sliding_window", "--distractors", "2",
-                 "--episodes", "1", "--budget-tokens", "400", "--unbounded-cap", "12", "--no-progress",
+                 "--episodes", "1", "--budget-tokens", "400", "--unbounded-cap", str(_longest(2)), "--no-progress",
                  "--out", str(other)]) == 0
     merged = tmp_path / "merged"
     assert main(["bench", "tasks", "--merge", f"{short_run},{other}", "--out", str(merged)]) == 0
@@ -106,3 +114,4 @@ def test_runs_made_in_parallel_merge_into_one_set_of_outputs(short_run, tmp_path
     episodes = list(csv.DictReader(open(merged / "tasks_episodes.csv")))
     assert len(episodes) == len(list(csv.DictReader(open(short_run / "tasks_episodes.csv")))) + 2
     assert (merged / "tasks_success.png").stat().st_size > 0
+
