@@ -19,6 +19,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from aura_ros.ros.params import POLICY_PARAMS
+
 POLICY_NODE_NAME = "aura_policy"
 SIM_NODE_NAME = "aura_sim"
 
@@ -56,8 +58,9 @@ def _policy_node(context: LaunchContext) -> list:
             value = float(budget)
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise RuntimeError(f"vram_budget_mb:={budget!r}: expected a positive number of MiB")
+        lo, hi = POLICY_PARAMS.by_name["memory.vram_budget_mb"].range
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise RuntimeError(f"vram_budget_mb:={budget!r}: expected a number of MiB in [{lo:g}, {hi:g}]")
         overrides["memory.vram_budget_mb"] = value
     params: list = [_existing_file("params_file", LaunchConfiguration("params_file").perform(context))]
     if overrides:

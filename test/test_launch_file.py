@@ -182,9 +182,10 @@ def test_sim_node_follows_use_sim(use_sim, started):
 @pytest.mark.parametrize("arguments, message", [
     # launch_ros alone would only warn about a missing params file and start the node without it.
     ({"params_file": "/nonexistent/policy.yaml"}, "params_file:='/nonexistent/policy.yaml': no such file"),
-    ({"vram_budget_mb": "lots"}, "vram_budget_mb:='lots': expected a positive number of MiB"),
-    ({"vram_budget_mb": "-1"}, "vram_budget_mb:='-1': expected a positive number of MiB"),
-    ({"vram_budget_mb": "nan"}, "vram_budget_mb:='nan': expected a positive number of MiB"),
+    ({"vram_budget_mb": "lots"}, "vram_budget_mb:='lots': expected a number of MiB in [0.001, 1e+06]"),
+    ({"vram_budget_mb": "-1"}, "vram_budget_mb:='-1': expected a number of MiB in [0.001, 1e+06]"),
+    ({"vram_budget_mb": "nan"}, "vram_budget_mb:='nan': expected a number of MiB in [0.001, 1e+06]"),
+    ({"vram_budget_mb": "0.0001"}, "vram_budget_mb:='0.0001': expected a number of MiB in [0.001, 1e+06]"),
     ({"fastdds_profile": "/nonexistent/fastdds.xml"}, "fastdds_profile:='/nonexistent/fastdds.xml': no such file"),
 ])
 def test_bad_arguments_stop_the_launch_before_any_process(arguments, message, params_file, tmp_path, caplog):
