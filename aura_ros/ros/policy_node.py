@@ -32,9 +32,15 @@ from aura_ros.memory import MIB
 from aura_ros.ros import guards, qos
 from aura_ros.ros.control import ControlLoop, gate_config
 from aura_ros.ros.diagnostics import Health, diagnostics_msg
-from aura_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb, prepare_for_model
+from aura_ros.ros.image_conversion import (ImageConversionError, compressed_to_rgb, image_to_rgb, prepare_for_model,
+                                           rgb_to_image_msg)
 from aura_ros.ros.messages import COMMAND_TOPICS, command_msg, command_type, gate_msg, memory_msg
 from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, param_value
+
+# ~/memory_map (a picture of what the cache holds) is published this often, and on each
+# ~/get_memory_map call.
+MEMORY_MAP_PERIOD_S = 1.0
+
 
 class StartupError(RuntimeError):
     """Autostart could not configure the node (the reason was logged): the process exits."""
@@ -55,6 +61,8 @@ class PolicyNode(LifecycleNode):
         self._cmd_pub = None
         self._memory_pub = None
         self._gate_pub = None
+        self._map_pub = None
+        self._map_timer = None
         self._own_subscriptions: list = []
         self._own_services: list = []
         self._snapshot_timer = None
@@ -91,6 +99,7 @@ class PolicyNode(LifecycleNode):
                                                         qos.COMMANDS)
         self._memory_pub = self.create_lifecycle_publisher(self._msg("MemoryBudget"), "~/memory", qos.STATS)
         self._gate_pub = self.create_lifecycle_publisher(self._msg("GateStats"), "~/gate_stats", qos.STATS)
+        self._map_pub = self.create_lifecycle_publisher(Image, "~/memory_map", qos.STATS)
         self.loop = ControlLoop(self.policy, s, self.health, self, POLICY_PARAMS.apply,
                                 on_budget_changed=self._budget_changed)
         self._own_subscriptions = [
@@ -117,6 +126,7 @@ class PolicyNode(LifecycleNode):
         if s.snapshot_path and s.load_on_start:
             self.loop.run(self._load_snapshot_at_start)
         self._restart_snapshot_timer()
+        self._map_timer = self.create_timer(MEMORY_MAP_PERIOD_S, lambda: self.loop.submit(self._publish_memory_map))
         self._transition("inactive")
         self.get_logger().info(
             f"policy ready: {s.model_path or 'embedded default model'}, budget {s.budget_mb:.3f} MiB "
@@ -156,6 +166,9 @@ class PolicyNode(LifecycleNode):
     def _release(self, snapshot: bool) -> None:
         """Undo on_configure (and on_activate) in mirror order; safe to call twice."""
         self._destroy_control_timer()
+        if self._map_timer is not None:
+            self.destroy_timer(self._map_timer)
+            self._map_timer = None
         if self._snapshot_timer is not None:
             self.destroy_timer(self._snapshot_timer)
             self._snapshot_timer = None
@@ -174,10 +187,10 @@ class PolicyNode(LifecycleNode):
                     self.health.count("snapshots_failed")
                     self.get_logger().error(f"final snapshot not written: {exc}")
             self.loop = None
-        for pub in (self._gate_pub, self._memory_pub, self._cmd_pub):
+        for pub in (self._map_pub, self._gate_pub, self._memory_pub, self._cmd_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        self._cmd_pub = self._memory_pub = self._gate_pub = None
+        self._cmd_pub = self._memory_pub = self._gate_pub = self._map_pub = None
         self.policy = None
         gc.collect()
 
@@ -424,9 +437,19 @@ class PolicyNode(LifecycleNode):
     def _srv_load_memory(self, request, response):
         return self._srv_snapshot(response, self._load_snapshot, "load")
 
+    def _publish_memory_map(self) -> None:
+        """Worker thread: render what the cache holds now and publish it on ~/memory_map."""
+        if self._map_pub is None or self.policy is None or self.loop is None or self.loop.stopping:
+            return
+        from aura_ros.tools.memory_map import policy_memory_map
+
+        self._map_pub.publish(rgb_to_image_msg(policy_memory_map(self.policy), "rgb8", frame_id="memory_map",
+                                               stamp=self.get_clock().now().to_msg()))
+
     def _srv_memory_map(self, request, response):
         if self.loop is None:
             return response
+        self.loop.submit(self._publish_memory_map)  # the picture too, on demand
         summary, pinned, step = self.loop.run(lambda: (self.policy.memory_map(), self.policy.stats().pinned_tokens,
                                                        self.policy.step_index))
         response.step = step

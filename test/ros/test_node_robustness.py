@@ -90,6 +90,8 @@ class Operator:
         self.gates: list[GateStats] = []
         self.mems: list[MemoryBudget] = []
         self.cmds: list[JointTrajectory] = []
+        self.maps: list[Image] = []
+        n.create_subscription(Image, "/aura_policy/memory_map", self.maps.append, qos.STATS)
         self.diag: list[tuple[float, DiagnosticStatus]] = []
         n.create_subscription(GateStats, "/aura_policy/gate_stats", self.gates.append, qos.STATS)
         n.create_subscription(MemoryBudget, "/aura_policy/memory", self.mems.append, qos.STATS)
@@ -191,6 +193,14 @@ def test_terminal_session_inputs_services_and_two_sigints(started, operator, tmp
     pinned = op.memory_map().pinned_tokens
     assert op.set_param("instruction", "stop").successful
     assert op.spin_until(lambda: op.memory_map().pinned_tokens < pinned, 20), node.output()
+
+    # ~/memory_map: a picture of the cache about once a second, and on demand.
+    assert op.spin_until(lambda: len(op.maps) >= 2, 10), node.output()
+    m = op.maps[-1]
+    assert (m.encoding, m.width, m.height) == ("rgb8", 640, 160) and len(m.data) == 640 * 160 * 3
+    n = len(op.maps)
+    op.memory_map()
+    assert op.spin_until(lambda: len(op.maps) > n, 0.9)
 
     # A budget larger than the machine's free memory is refused with the reason.
     huge = op.set_param("memory.vram_budget_mb", 1_000_000.0)
