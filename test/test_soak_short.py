@@ -15,3 +15,5 @@ def test_soak_short(tmp_path):
     assert 0 < rep["max_used_bytes"] <= rep["allocated_bytes"] <= rep["budget_bytes"] == int(0.25 * 2**20)
     assert 0 < rep["max_position"] <= rep["capacity_tokens"]
     assert rep["diagnostic_keys_max"] < 40  # the counters' storage stays bounded
+    last = max(rep["checkpoints"], key=int)  # latency and RSS recorded at the end of the run
+    assert int(last) >= 299 and rep["checkpoints"][last]["p50_ms"] > 0

@@ -9,12 +9,15 @@ node's counters' storage) stays bounded. Exits non-zero on the first broken inva
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aura_ros.tools.demo import INSTRUCTION, start_process, stop_process
+from aura_ros.tools.harness import private_domain, start_process, stop_process
+
+INSTRUCTION = "pick up the red block and put it in the bin"
+# p50/p99 of the steps in a window this long before each checkpoint (1k, 10k, 100k, ... and the end)
+LATENCY_WINDOW = 500
 
 
 @dataclass
@@ -31,7 +34,11 @@ class SoakReport:
     writes_total: int = 0
     evictions_total: int = 0
     diagnostic_keys_max: int = 0
+    p50_ratio_last_over_1k: float = 0.0
+    p99_ratio_last_over_1k: float = 0.0
+    rss_growth_1k_to_last: float = 0.0
     p50_latency_ms: float = 0.0
+    checkpoints: dict = field(default_factory=dict)  # step -> {p50_ms, p99_ms, rss_bytes, allocated_bytes}
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -41,6 +48,12 @@ class SoakReport:
 
 def run_soak(steps: int = 2000, hours: float | None = None, budget_mb: float = 0.5, rate_hz: float = 50.0,
              warmup_steps: int = 200, rss_growth: float = 0.05, out: Path = Path("out/soak"), progress=print) -> SoakReport:
+    with private_domain() as env:
+        return _run_soak(env, steps, hours, budget_mb, rate_hz, warmup_steps, rss_growth, out, progress)
+
+
+def _run_soak(env: dict, steps: int, hours: float | None, budget_mb: float, rate_hz: float, warmup_steps: int,
+              rss_growth: float, out: Path, progress) -> SoakReport:
     import numpy as np
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -48,16 +61,21 @@ def run_soak(steps: int = 2000, hours: float | None = None, budget_mb: float = 0
 
     from aura_ros.msg import GateStats, MemoryBudget
     from aura_ros.ros import qos
-    from aura_ros.ros.env import apply_local_ros_env
 
     out.mkdir(parents=True, exist_ok=True)
-    env = apply_local_ros_env(domain_id=random.randint(120, 200))
     sim = start_process("aura_ros.ros.sim_node", {"rate_hz": rate_hz}, env, out / "sim_node.log")
     node = start_process("aura_ros.ros.policy_node", {"control.rate_hz": rate_hz, "memory.vram_budget_mb": budget_mb,
                                                       "instruction": f"'{INSTRUCTION}'"}, env, out / "policy_node.log")
     rep = SoakReport()
     latencies: list[float] = []
     last_step = [-1]
+    rss: dict[int, int] = {}
+
+    def checkpoint(step: int) -> None:
+        window = np.asarray(latencies[-LATENCY_WINDOW:])
+        rep.checkpoints[step] = {"p50_ms": float(np.percentile(window, 50)), "p99_ms": float(np.percentile(window, 99)),
+                                 "rss_bytes": rss.get(step, rep.rss_last), "allocated_bytes": rep.allocated_bytes}
+        rss.clear()
 
     def violate(text: str) -> None:
         rep.violations.append(text)
@@ -70,6 +88,7 @@ def run_soak(steps: int = 2000, hours: float | None = None, budget_mb: float = 0
         if not m.used_bytes <= m.allocated_bytes <= m.budget_bytes:
             violate(f"step {m.step}: used {m.used_bytes} / allocated {m.allocated_bytes} / budget {m.budget_bytes}")
         rep.max_used_bytes = max(rep.max_used_bytes, m.used_bytes)
+        rss[m.step] = m.process_rss_bytes
         if m.step == warmup_steps or (rep.rss_after_warmup == 0 and m.step > warmup_steps):
             rep.rss_after_warmup = m.process_rss_bytes
         rep.rss_last = m.process_rss_bytes
@@ -84,8 +103,10 @@ def run_soak(steps: int = 2000, hours: float | None = None, budget_mb: float = 0
             violate(f"step {g.step}: max position {g.max_position} > capacity {rep.capacity_tokens}")
         rep.writes_total, rep.evictions_total = g.writes_total, g.evictions_total
         latencies.append(g.step_latency_ms)
-        if len(latencies) > 10000:
-            del latencies[:5000]
+        if len(latencies) > 10 * LATENCY_WINDOW:
+            del latencies[: 5 * LATENCY_WINDOW]
+        if g.step >= 1000 and _is_checkpoint(g.step):
+            checkpoint(g.step)
 
     def on_diag(d: DiagnosticArray) -> None:
         for s in d.status:
@@ -120,7 +141,23 @@ def run_soak(steps: int = 2000, hours: float | None = None, budget_mb: float = 0
         stop_process(sim)
     rep.seconds = time.monotonic() - t0
     rep.p50_latency_ms = float(np.median(latencies)) if latencies else 0.0
+    if latencies and last_step[0] not in rep.checkpoints:
+        checkpoint(last_step[0])
+    first = rep.checkpoints.get(1000)
+    last = rep.checkpoints.get(last_step[0])
+    if first and last and first is not last:
+        rep.p50_ratio_last_over_1k = last["p50_ms"] / first["p50_ms"]
+        rep.p99_ratio_last_over_1k = last["p99_ms"] / first["p99_ms"]
+        rep.rss_growth_1k_to_last = last["rss_bytes"] / first["rss_bytes"] - 1.0
     if rep.steps > warmup_steps and rep.rss_growth > rss_growth:
         violate(f"RSS grew {rep.rss_growth:.1%} after warm-up (limit {rss_growth:.0%})")
     (out / "soak.json").write_text(json.dumps({**asdict(rep), "rss_growth": rep.rss_growth}, indent=1))
     return rep
+
+
+def _is_checkpoint(step: int) -> bool:
+    """1k, 2k, 5k, 10k, 20k, 50k, 100k, ..."""
+    k = step
+    while k >= 10 and k % 10 == 0:
+        k //= 10
+    return k in (1, 2, 5) and step % 1000 == 0
