@@ -473,6 +473,8 @@ def test_paths_that_differ_after_a_dot_are_different_snapshots(tmp_path):
     assert load(fresh(), tmp_path / "arm.left", FP) == {"arm": "left"}
     assert load(fresh(), tmp_path / "arm.right", FP) == {"arm": "right"}
     assert snapshot.exists(tmp_path / "arm.left") and not snapshot.exists(tmp_path / "arm.middle")
+    meta_file, tensors = snapshot.files(tmp_path / "arm.right")
+    assert meta_file.name == "arm.right.json" and tensors.name.startswith("arm.right.") and tensors.is_file()
 
 
 # ------------------------------------------------------------------ the policy's part of a snapshot

@@ -101,6 +101,19 @@ def exists(base: str | os.PathLike) -> bool:
         return False
 
 
+def files(base: str | os.PathLike) -> tuple[Path, Path]:
+    """The metadata file and the tensor file it names now (for tools and tests; not validated
+    beyond the digest's form). SnapshotError when there is no readable metadata."""
+    meta_file = meta_path(base)
+    try:
+        sha = json.loads(_read_regular(meta_file, MAX_META_BYTES, "metadata"))["tensors"]["sha256"]
+    except (ValueError, RecursionError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise SnapshotError(f"corrupt snapshot metadata {meta_file}: {str(exc):.200}") from None
+    if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+        raise SnapshotError(f"corrupt snapshot metadata {meta_file}: no tensor digest")
+    return meta_file, tensor_path(base, sha)
+
+
 def _generation_pattern(stem: Path) -> re.Pattern:
     return re.compile(re.escape(stem.name) + r"\.[0-9a-f]{16}" + re.escape(TENSOR_SUFFIX))
 
