@@ -68,6 +68,3 @@ def command_msg(action_type: str, names: tuple[str, ...], positions: np.ndarray,
 def command_type(action_type: str):
     return {"joint_trajectory": JointTrajectory, "float64_multi_array": Float64MultiArray,
             "twist": TwistStamped}[action_type]
-
-
-COMMAND_TOPICS = {"joint_trajectory": "joint_trajectory", "float64_multi_array": "commands", "twist": "cmd_vel"}

@@ -28,13 +28,14 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
+from aura_ros.core import topics
 from aura_ros.memory import MIB
 from aura_ros.ros import guards, qos
 from aura_ros.ros.control import ControlLoop, gate_config
 from aura_ros.ros.diagnostics import Health, diagnostics_msg
 from aura_ros.ros.image_conversion import (ImageConversionError, compressed_to_rgb, image_to_rgb, prepare_for_model,
                                            rgb_to_image_msg)
-from aura_ros.ros.messages import COMMAND_TOPICS, command_msg, command_type, gate_msg, memory_msg
+from aura_ros.ros.messages import command_msg, command_type, gate_msg, memory_msg
 from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, param_value
 
 # ~/memory_map (a picture of what the cache holds) is published this often, and on each
@@ -70,7 +71,7 @@ class PolicyNode(LifecycleNode):
         self._control_timer = None
         # For the node's whole life: diagnostics (also while unconfigured or inactive).
         self._services_group = MutuallyExclusiveCallbackGroup()
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
         self._diag_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -95,22 +96,22 @@ class PolicyNode(LifecycleNode):
             self.policy = self._load_policy(s)
         except Exception as exc:  # a missing model, a bad folder, a budget too small: report, do not crash
             return self._fail_configure(f"could not load the policy: {exc}")
-        self._cmd_pub = self.create_lifecycle_publisher(command_type(s.action_type), COMMAND_TOPICS[s.action_type],
+        self._cmd_pub = self.create_lifecycle_publisher(command_type(s.action_type), topics.REL_COMMANDS[s.action_type],
                                                         qos.COMMANDS)
-        self._memory_pub = self.create_lifecycle_publisher(self._msg("MemoryBudget"), "~/memory", qos.STATS)
-        self._gate_pub = self.create_lifecycle_publisher(self._msg("GateStats"), "~/gate_stats", qos.STATS)
-        self._map_pub = self.create_lifecycle_publisher(Image, "~/memory_map", qos.STATS)
+        self._memory_pub = self.create_lifecycle_publisher(self._msg("MemoryBudget"), topics.REL_MEMORY, qos.STATS)
+        self._gate_pub = self.create_lifecycle_publisher(self._msg("GateStats"), topics.REL_GATE_STATS, qos.STATS)
+        self._map_pub = self.create_lifecycle_publisher(Image, topics.REL_MEMORY_MAP, qos.STATS)
         self.loop = ControlLoop(self.policy, s, self.health, self, POLICY_PARAMS.apply,
                                 on_budget_changed=self._budget_changed)
         self._own_subscriptions = [
-            self.create_subscription(Image, "image", self._on_image, qos.SENSOR),
-            self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos.SENSOR),
-            self.create_subscription(JointState, "joint_states", self._on_joint_state, qos.SENSOR),
+            self.create_subscription(Image, topics.REL_IMAGE, self._on_image, qos.SENSOR),
+            self.create_subscription(CompressedImage, topics.REL_IMAGE_COMPRESSED, self._on_compressed, qos.SENSOR),
+            self.create_subscription(JointState, topics.REL_JOINT_STATES, self._on_joint_state, qos.SENSOR),
             # A volatile publisher (`ros2 topic pub`) is incompatible with the latched reader by
             # design and reaches the volatile one: no warning for that expected mismatch.
-            self.create_subscription(String, "instruction", self._on_instruction, qos.INSTRUCTION,
+            self.create_subscription(String, topics.REL_INSTRUCTION, self._on_instruction, qos.INSTRUCTION,
                                      event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None)),
-            self.create_subscription(String, "instruction", self._on_instruction, qos.INSTRUCTION_VOLATILE),
+            self.create_subscription(String, topics.REL_INSTRUCTION, self._on_instruction, qos.INSTRUCTION_VOLATILE),
         ]
         g = self._services_group
         self._own_services = [
@@ -210,7 +211,7 @@ class PolicyNode(LifecycleNode):
         import torch
 
         from aura_ros.core.config import PolicyConfig
-        from aura_ros.core.registry import make_policy
+        from aura_ros.core.registry import backend_for, make_policy
 
         if s.torch_threads > 0:
             # Measured: with 2 threads on a 2-core machine that also runs DDS and the sim, one busy
@@ -221,7 +222,11 @@ class PolicyNode(LifecycleNode):
             discrete_joints=tuple(s.discrete_joints), n_bins=s.n_bins, chunk=s.chunk,
             budget_bytes=int(s.budget_mb * MIB), recent_steps=s.recent_steps, eviction=s.eviction,
             gate=gate_config(s), clear_memory_on_instruction=s.clear_on_instruction)
-        return make_policy(s.model_path or None, config, instruction=s.instruction[: s.instruction_max_chars],
+        instruction = s.instruction[: s.instruction_max_chars]
+        if backend_for(s.model_path or None, s.backend) == "llama_cpp":
+            return make_policy(s.model_path or None, config, backend="llama_cpp", instruction=instruction,
+                               kv_type=s.kv_type, mmproj=s.mmproj or None, n_threads=max(s.torch_threads, 1))
+        return make_policy(s.model_path or None, config, backend=s.backend, instruction=instruction,
                            dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
 
     # ------------------------------------------------------------------ Outputs (for the control loop)

@@ -1,7 +1,7 @@
 """Foxglove without ROS: a live WebSocket server on localhost and an MCAP recorder (foxglove-sdk).
 
 The laptop route has no foxglove_bridge; this serves the same topic names and field paths as the
-node does on a robot (``aura_ros.tools.topics``), so config/foxglove_layout.json works for both,
+node does on a robot (``aura_ros.core.topics``), so config/foxglove_layout.json works for both,
 and for the replay and demo MCAPs:
 
 - ``/image`` and ``/aura_policy/memory_map``: foxglove.RawImage (rgb8),
@@ -33,7 +33,7 @@ import numpy as np
 from foxglove.channels import CompressedImageChannel, RawImageChannel
 from foxglove.messages import CompressedImage, RawImage, Timestamp
 
-from aura_ros.tools import topics
+from aura_ros.core import topics
 from aura_ros.tools.msgdefs import json_schema, stats_fields
 
 SUBPROTOCOL = "foxglove.sdk.v1"

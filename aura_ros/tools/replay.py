@@ -35,7 +35,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from tqdm import tqdm
 
-from aura_ros.tools import topics
+from aura_ros.core import topics
 from aura_ros.tools.msgdefs import MSG_NAMES, msg_text
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"

@@ -1,7 +1,7 @@
 """config/foxglove_layout.json references only topics and fields that exist.
 
 Checked against msg/*.msg (the fields MemoryBudget and GateStats carry), the topic names the node,
-replay, the demo MCAP and the live server share (aura_ros.tools.topics), and against what the live
+replay, the demo MCAP and the live server share (aura_ros.core.topics), and against what the live
 server really advertises.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aura_ros.tools import topics
+from aura_ros.core import topics
 from aura_ros.tools.msgdefs import msg_fields
 
 LAYOUT = Path(__file__).resolve().parents[2] / "config" / "foxglove_layout.json"

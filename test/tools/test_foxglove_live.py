@@ -9,7 +9,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from aura_ros.memory.stats import StepStats
-from aura_ros.tools import topics
+from aura_ros.core import topics
 from aura_ros.tools.foxglove_live import SUBPROTOCOL, LiveView
 from aura_ros.tools.memory_map import render_memory_map
 from aura_ros.tools.msgdefs import msg_fields

@@ -11,7 +11,7 @@ from rosbags.highlevel import AnyReader
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.registry import make_policy
 from aura_ros.core.types import Observation
-from aura_ros.tools import topics
+from aura_ros.core import topics
 from aura_ros.tools.cli import main
 from aura_ros.tools.replay import BagError, comparison_table, compare, make_typestore, read_topics, replay
 
