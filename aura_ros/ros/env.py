@@ -138,10 +138,12 @@ def claim_free_domain(candidates: Iterable[int] | None = None, exclude: Iterable
     """Find a ROS domain on this host with no other participant and hold it; see the note above.
 
     ``candidates`` (default 1..101) are tried in a random order (seeded by ``seed``, default the
-    pid), ``batch`` at a time; ``exclude`` are never taken (pass the live system's domain id).
-    Each round costs about ``wait_s`` seconds. Raises NoFreeDomain when no candidate was free.
+    pid), ``batch`` at a time; ``exclude`` are never taken, nor 0 (everyone's default) nor this
+    process's ROS_DOMAIN_ID (on a robot, the shell's is the live system's). Each round costs
+    about ``wait_s`` seconds. Raises NoFreeDomain when no candidate was free.
     """
-    excluded = {int(d) for d in exclude}
+    inherited = os.environ.get("ROS_DOMAIN_ID", "").strip()
+    excluded = {0, *(int(d) for d in exclude), *([int(inherited)] if inherited.isdigit() else [])}
     pool = [d for d in (TEST_DOMAINS if candidates is None else candidates) if d not in excluded]
     random.Random(os.getpid() if seed is None else seed).shuffle(pool)
     env = local_ros_env(domain_id=0)  # localhost discovery, log dir, profile; the probe sets its own ids

@@ -82,12 +82,16 @@ def test_a_claimed_domain_is_taken_for_a_second_run_and_free_after_release(free_
         assert again.domain_id == first_choice
 
 
-def test_excluded_domains_are_never_candidates(free_pair):
+def test_excluded_domains_are_never_candidates(free_pair, monkeypatch):
     a, b = free_pair
     with claim_free_domain(candidates=[a, b], exclude=[a], seed=0) as claim:
         assert claim.domain_id == b
     with pytest.raises(NoFreeDomain):
         claim_free_domain(candidates=[a], exclude=[a])
+    # The shell's domain (on a robot: the live system's, even while it is down) and 0 never.
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(a))
+    with pytest.raises(NoFreeDomain):
+        claim_free_domain(candidates=[a, 0])
 
 
 def test_this_session_holds_its_domain_localhost_only():
