@@ -22,6 +22,9 @@ from launch_ros.actions import Node
 from aura_ros.ros.params import POLICY_PARAMS
 
 POLICY_NODE_NAME = "aura_policy"
+# emulate_tty makes the nodes colour their output, and launch writes that output to its log files
+# as is: no colour codes, so the logs stay readable in an editor and greppable.
+NO_COLOUR = {"RCUTILS_COLORIZED_OUTPUT": "0"}
 SIM_NODE_NAME = "aura_sim"
 
 
@@ -67,7 +70,7 @@ def _policy_node(context: LaunchContext) -> list:
         params.append(overrides)
     return [Node(package="aura_ros", executable="policy_node", name=POLICY_NODE_NAME,
                  namespace=LaunchConfiguration("namespace"), parameters=params, output="screen",
-                 emulate_tty=True)]
+                 emulate_tty=True, additional_env=NO_COLOUR)]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -88,6 +91,6 @@ def generate_launch_description() -> LaunchDescription:
         OpaqueFunction(function=_fastdds_profile),
         OpaqueFunction(function=_policy_node),
         Node(package="aura_ros", executable="sim_node", name=SIM_NODE_NAME,
-             namespace=LaunchConfiguration("namespace"), output="screen",
+             namespace=LaunchConfiguration("namespace"), output="screen", additional_env=NO_COLOUR,
              condition=IfCondition(LaunchConfiguration("use_sim"))),
     ])

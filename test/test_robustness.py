@@ -19,6 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from aura_ros.backends.transformers import snapshot
 from aura_ros.msg import GateStats, MemoryBudget
 from aura_ros.ros import qos
 from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
@@ -240,9 +241,10 @@ def test_snapshot_survives_restart_and_corrupt_one_is_refused(run_python, driver
         assert list(mm.kept_steps) == kept_before and mm.step == last_step, second.output()
         assert "memory resumed" in second.output()
     # a corrupt snapshot is refused with a clear error, and the node starts fresh
-    blob = bytearray(snap.with_suffix(".safetensors").read_bytes())
+    _, tensors = snapshot.files(snap)
+    blob = bytearray(tensors.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
-    snap.with_suffix(".safetensors").write_bytes(bytes(blob))
+    tensors.write_bytes(bytes(blob))
     with run_python.spawn(RUN_MODULE, NODE, *ros_args({**params, "memory.snapshot_on_shutdown": False}),
                           name="third") as third:
         assert spin_until(driver.node, lambda: (driver.good(), len(driver.gates) >= 3)[1], 60), third.output()

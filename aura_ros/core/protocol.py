@@ -46,8 +46,9 @@ class Policy(Protocol):
     def save_memory(self, path) -> str:
         """Write the episode's memory atomically; returns the path written."""
 
-    def load_memory(self, path) -> None:
-        """Resume from a snapshot; SnapshotError leaves the memory as it was."""
+    def load_memory(self, path) -> dict:
+        """Resume from a snapshot; SnapshotError leaves the memory as it was. Returns what the
+        snapshot carried besides the memory (its instruction, counters), for the caller to use."""
 
 
 class EpisodeCache(Protocol):
