@@ -146,3 +146,30 @@ def make_episode(seed: int, steps: int = 120, events: int = 8, controls: int = 4
             action = np.array([0.5, 0.0, action[2]])  # the turn is over: straight on again
     questions.insert(0, _mc(rng, "instruction", "Instruction: pick up the", target, things, -1))
     return Episode(instruction, lines, np.stack(actions), questions, event_steps, control_steps, variant)
+
+
+@dataclass(frozen=True)
+class GateRates:
+    """What a gate wrote over generated episodes, against what an ideal gate would write."""
+
+    variant: str
+    jitter: float
+    steps: int
+    write_rate: float  # writes / steps
+    event_rate: float  # event steps / steps
+    events_written: float  # fraction of event steps written
+    other_writes: float  # writes on steps that are not events, / steps
+
+
+def gate_rates(make_gate, variant: str, episodes: int = 60, steps: int = 100, events: int = 6,
+               jitter: float = 0.05, seed: int = 0) -> GateRates:
+    """Feed each episode's actions through a fresh ``make_gate()`` (no model needed)."""
+    n = writes = n_events = events_hit = 0
+    for e in range(episodes):
+        ep = make_episode(seed + e, steps=steps, events=events, variant=variant, jitter=jitter)
+        gate = make_gate()
+        written = [t for t, a in enumerate(ep.actions) if gate.update(a).written]
+        n, writes, n_events = n + steps, writes + len(written), n_events + len(ep.event_steps)
+        events_hit += len(set(written) & set(ep.event_steps))
+    return GateRates(variant, jitter, n, writes / n, n_events / n, events_hit / max(n_events, 1),
+                     (writes - events_hit) / n)

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aura_ros.bench.episodes import HIGH, LOW, VARIANTS, Episode, make_episode
+from aura_ros.bench.episodes import HIGH, LOW, VARIANTS, Episode, gate_rates, make_episode
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.policy import cache_kwarg
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.memory import ActionGate, Kind, KVLayout, make_policy
+from aura_ros.memory import ActionGate, GateConfig, Kind, KVLayout, make_policy
 from aura_ros.backends.transformers.attention import register as register_attention
 from aura_ros.backends.transformers.unbounded import UnboundedCache
 
@@ -67,8 +67,9 @@ class RunSummary:
 class Reader:
     """Feeds an episode through one cache and answers its questions."""
 
-    def __init__(self, model, tokenizer, recent_steps: int = 4):
+    def __init__(self, model, tokenizer, recent_steps: int = 4, gate_config: GateConfig | None = None):
         self.model, self.tok, self.recent_steps = model, tokenizer, recent_steps
+        self.gate_config = gate_config or GateConfig()
         self.layout = KVLayout.from_config(model.config, next(model.parameters()).dtype)
         self.rotator = RopeRotator.from_model(model)
 
@@ -92,7 +93,7 @@ class Reader:
             self.model.set_attn_implementation(register_attention() if pol.uses_attention else "sdpa")
             cache = GatedKVCache(self.model.config, self.layout.bytes_for(budget_tokens), self.rotator, policy=pol,
                                  recent_steps=self.recent_steps, dtype=self.model.dtype)
-        gate = ActionGate(LOW, HIGH, discrete=np.array([False, False, True]))
+        gate = ActionGate(LOW, HIGH, discrete=np.array([False, False, True]), config=self.gate_config)
         self.forward(cache, self.ids(ep.instruction))
         cache.commit(Kind.PINNED, -1)
         written = []
@@ -139,10 +140,11 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
 
 def run_recall(model, tokenizer, episodes: int = 4, steps: int = 240, budgets=(0.05, 0.10, 0.25),
                policies=POLICIES, seed: int = 0, recent_steps: int = 4, progress=print,
-               variants=("steady",), events: int = 8, controls: int = 4, jitter: float = 0.05):
+               variants=("steady",), events: int = 8, controls: int = 4, jitter: float = 0.05,
+               gate_config: GateConfig | None = None):
     """Every (variant, episode, budget, policy). The oracle runs whenever the gate does: it is the
     gate's reference."""
-    reader = Reader(model, tokenizer, recent_steps)
+    reader = Reader(model, tokenizer, recent_steps, gate_config)
     policies = tuple(policies)
     if "action_gate" in policies and "oracle" not in policies:
         policies += ("oracle",)
@@ -244,11 +246,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/bench_recall")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--gate", default="", help="GateConfig overrides, e.g. noise_z=5,return_window=1")
+    parser.add_argument("--gate-only", action="store_true",
+                        help="no model: the gate's write rate against the true event rate over --episodes episodes "
+                             "per variant, at jitter 0.05, 0.1 and 0.2")
+
+
+def parse_gate(text: str) -> GateConfig:
+    fields = {f.name: f.type for f in GateConfig.__dataclass_fields__.values()}
+    kw = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--gate: unknown GateConfig field {key!r}; fields: {', '.join(fields)}")
+        kw[key] = int(value) if fields[key] in (int, "int") else float(value)
+    return GateConfig(**kw)
+
+
+def gate_only_table(config: GateConfig, variants, episodes: int, steps: int, events: int, seed: int = 0) -> str:
+    """Markdown: per variant and jitter, the write rate against the true event rate (no model)."""
+    lines = ["| variant | jitter | steps | write rate | true event rate | ratio | events written | other writes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for variant in variants:
+        for jitter in ((0.0,) if variant == "steady" else (0.05, 0.1, 0.2)):
+            r = gate_rates(lambda: ActionGate(LOW, HIGH, np.array([False, False, True]), config), variant,
+                           episodes=episodes, steps=steps, events=events, jitter=jitter, seed=seed)
+            lines.append(f"| {variant} | {jitter:.2f} | {r.steps} | {r.write_rate:.3f} | {r.event_rate:.3f} | "
+                         f"{r.write_rate / r.event_rate:.2f} | {r.events_written:.2f} | {r.other_writes:.3f} |")
+    return "\n".join(lines)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     from aura_ros.backends.transformers.smollm import load_smollm2_decoder
 
+    config = parse_gate(args.gate)
+    if args.gate_only:
+        print(gate_only_table(config, args.variants.split(","), args.episodes, args.steps, args.events, args.seed))
+        return 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_smollm2_decoder()
@@ -256,7 +290,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                                budgets=tuple(float(b) for b in args.budgets.split(",")),
                                policies=tuple(args.policies.split(",")), seed=args.seed,
                                variants=tuple(args.variants.split(",")), events=args.events,
-                               controls=args.controls, jitter=args.jitter)
+                               controls=args.controls, jitter=args.jitter, gate_config=config)
     rows = summarise(results)
     write_outputs(Path(args.out), results, runs, rows)
     print((Path(args.out) / "recall_table.md").read_text())

@@ -106,6 +106,17 @@ def plan_eviction(table: SegmentTable, policy: EvictionPolicy, *, capacity: int,
     members, view = group_view(table, current_step, attention if policy.uses_attention else None)
     never = view.sink | (view.pinned & policy.protect_pinned)
     recent = (~view.pinned & ~view.sink) & (view.step > current_step - recent_steps)
+    if policy.protect_recent and policy.recent_share < 1.0:
+        # Under a tight budget the window would crowd out all long-term memory: it keeps at most
+        # this share of what the protected tokens leave (newest first; the newest step always).
+        allowed = policy.recent_share * (capacity - int(view.tokens[never].sum()))
+        used = 0
+        for g in np.argsort(-view.step, kind="stable"):
+            if recent[g]:
+                if used and used + int(view.tokens[g]) > allowed:
+                    recent[g] = False
+                else:
+                    used += int(view.tokens[g])
     scores = policy.scorer.score(view)
     # First pass: the policy's order among groups that are neither protected nor recent.
     # Second pass: if that is not enough, the recent window gives way, oldest first

@@ -57,6 +57,33 @@ class Written:
 
 
 @dataclass(frozen=True)
+class RunEnds:
+    """Thins runs of consecutive long-term steps: 1 for a long-term step that stands alone or
+    starts or ends a run (steps at most ``max_gap`` apart), 0 inside a run and for transient steps.
+
+    A run of writes is one manoeuvre seen step by step (a drift, a long turn): its first and last
+    steps say where it began and ended, the inside repeats them, so under pressure the inside
+    goes before a distinct event elsewhere does.
+    """
+
+    max_gap: int = 1
+    uses_attention = False
+
+    def score(self, view: GroupView) -> np.ndarray:
+        out = np.zeros(len(view), dtype=np.float64)
+        idx = np.nonzero(view.written & ~view.pinned & ~view.sink)[0]
+        if not idx.size:
+            return out
+        idx = idx[np.argsort(view.step[idx], kind="stable")]
+        steps = view.step[idx]
+        gaps = np.diff(steps)
+        joined_before = np.concatenate(([False], gaps <= self.max_gap))
+        joined_after = np.concatenate((gaps <= self.max_gap, [False]))
+        out[idx] = (~(joined_before & joined_after)).astype(np.float64)
+        return out
+
+
+@dataclass(frozen=True)
 class AccumulatedAttention:
     """H2O's heavy hitters: mean attention per token received so far, scaled to [0, 1]."""
 
@@ -93,6 +120,8 @@ class EvictionPolicy:
     protect_pinned: pinned segments (instruction) are never evicted.
     sink_tokens: the first N tokens of the sequence are split into a protected sink segment.
     protect_recent: the last ``recent_steps`` steps are kept while anything else can go.
+    recent_share: the window is protected only up to this share of the tokens the pinned (and
+        sink) tokens leave, newest steps first; 1.0 = the whole window, always.
     """
 
     name: str
@@ -100,6 +129,7 @@ class EvictionPolicy:
     protect_pinned: bool = True
     sink_tokens: int = 0
     protect_recent: bool = True
+    recent_share: float = 1.0
 
     @property
     def uses_attention(self) -> bool:
@@ -111,19 +141,29 @@ class UtilityWeights:
     """Weights of the action-gated utility (the node's gate.* / memory.* parameters)."""
 
     written: float = 10.0  # dominates: transient steps go before any long-term step
-    gate: float = 1.0
+    gate: float = 1.0  # graded by how surprising the step was: the strongest events stay longest
+    run_ends: float = 0.3  # the inside of a run of writes goes first, unless it is much stronger
     attention: float = 0.0  # > 0 turns on the (eager) attention hook
-    recency: float = 0.5
-    recency_tau: float = 100.0
+    # A slow fade, so an endless episode's memory still turns over, but too weak to outrank
+    # strength within a few hundred steps (at 0.5 / 100 steps it decided among saturated gates
+    # and the oldest events went first, issue 16).
+    recency: float = 0.2
+    recency_tau: float = 500.0
+    # The recent window may hold at most this share of the unpinned budget while long-term steps
+    # wait: at 5-10% of an episode's tokens a 4-step window alone filled the budget and no event
+    # survived (issue 16).
+    recent_share: float = 0.5
 
 
 def action_gated(weights: UtilityWeights | None = None) -> EvictionPolicy:
     """aura_ros's policy: instruction pinned, recent window kept, transient steps first, then the
-    long-term steps of lowest utility (gate value, attention still received, age)."""
+    long-term steps of lowest utility (inside of a run of writes, gate value, attention still
+    received, age)."""
     w = weights or UtilityWeights()
-    scorer = Weighted(((w.written, Written()), (w.gate, GateValue()),
+    scorer = Weighted(((w.written, Written()), (w.gate, GateValue()), (w.run_ends, RunEnds()),
                        (w.attention, AccumulatedAttention()), (w.recency, Recency(w.recency_tau))))
-    return EvictionPolicy("action_gate", scorer, protect_pinned=True, protect_recent=True)
+    return EvictionPolicy("action_gate", scorer, protect_pinned=True, protect_recent=True,
+                          recent_share=w.recent_share)
 
 
 def sliding_window() -> EvictionPolicy:

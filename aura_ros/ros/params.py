@@ -141,17 +141,35 @@ POLICY_PARAMS = ParamTable((
     Spec("memory.load_on_start", "load_on_start", True,
          "Resume from the snapshot at start if one exists (refused ones are logged and counted)"),
     Spec("gate.threshold", "gate_threshold", 0.5, "Gate value at or above which a step is written to long-term "
-         "memory", live=True, range=(0.0, 1.0)),
-    Spec("gate.w_delta", "gate_w_delta", 1.0, "Weight of the normalised action change", live=True,
-         range=(0.0, 10.0)),
+         "memory (gate = strength / (1 + strength); 0.5 = one unit of change)", live=True, range=(0.0, 1.0)),
+    Spec("gate.w_delta", "gate_w_delta", 1.0, "Weight of the action's departure from its recent baseline, in units "
+         "of max(noise_z x the joint's running noise scale, delta_scale)", live=True, range=(0.0, 10.0)),
     Spec("gate.w_discrete", "gate_w_discrete", 1.0, "Weight of a discrete change (gripper flip, event)",
          live=True, range=(0.0, 10.0)),
-    Spec("gate.w_surprise", "gate_w_surprise", 0.5, "Weight of the distance from the running mean of recent "
-         "actions", live=True, range=(0.0, 10.0)),
+    Spec("gate.w_surprise", "gate_w_surprise", 1.0, "Weight of the baseline's drift since the last write (a slow "
+         "drift eventually writes)", live=True, range=(0.0, 10.0)),
     Spec("gate.delta_scale", "gate_delta_scale", 0.1,
-         "Action change (fraction of joint range) that saturates the delta term", live=True, range=(0.001, 1.0)),
+         "Smallest action change (fraction of joint range) that counts as one unit: the noise floor",
+         live=True, range=(0.001, 1.0)),
     Spec("gate.surprise_scale", "gate_surprise_scale", 0.2,
-         "Distance (fraction of joint range) that saturates the surprise term", live=True, range=(0.001, 1.0)),
+         "Smallest baseline drift (fraction of joint range) that counts as one unit", live=True, range=(0.001, 1.0)),
+    Spec("gate.surprise_window", "gate_surprise_window", 10,
+         "Steps of the action baseline's running mean (after a write the drift is measured from its level then)",
+         live=True, range=(1, 10000)),
+    Spec("gate.noise_z", "gate_noise_z", 4.0, "A unit of change is this many running noise scales of the joint "
+         "(jitter stays below it, a real change does not)", live=True, range=(0.5, 100.0)),
+    Spec("gate.noise_window", "gate_noise_window", 20, "Steps of each joint's running noise scale", live=True,
+         range=(1, 10000)),
+    Spec("gate.warmup_steps", "gate_warmup_steps", 5, "Quiet steps before the noise estimate is trusted (until "
+         "then a unit is at least twice delta_scale)", live=True, range=(0, 10000)),
+    Spec("gate.return_window", "gate_return_window", 1, "Steps after a write in which a return to the pre-event "
+         "baseline joins that event (a momentary action is written once; 0 = off)", live=True, range=(0, 1000)),
+    Spec("gate.w_novelty", "gate_w_novelty", 0.0, "Weight of the observation embedding's novelty (0 = off; needs a "
+         "backend that supplies embeddings)", live=True, range=(0.0, 10.0)),
+    Spec("gate.novelty_window", "gate_novelty_window", 10, "Steps of the observation embedding's running mean and "
+         "scale", live=True, range=(1, 10000)),
+    Spec("gate.novelty_floor", "gate_novelty_floor", 0.05, "Smallest embedding distance unit, relative to the "
+         "running mean's norm", live=True, range=(0.0001, 10.0)),
     Spec("control.rate_hz", "rate_hz", 10.0, "Control rate; ticks that find the worker busy are skipped and counted",
          live=True, range=(0.1, 1000.0)),
     Spec("control.dry_run", "dry_run", False, "Compute and report, publish no command", live=True),
