@@ -51,9 +51,13 @@ class Driver:
 
     def joint_msg(self, positions=(0.0, 0.1, 0.2, 0.0), names=JOINTS, stamp=None) -> JointState:
         m = JointState(name=list(names), position=[float(p) for p in positions])
-        self.stamp = self.stamp + 0.05 if stamp is None else stamp
-        m.header.stamp.sec = int(self.stamp)
-        m.header.stamp.nanosec = int((self.stamp % 1) * 1e9)
+        # An explicit stamp is one odd message; the driver's own clock goes on forward, as a
+        # driver's does.
+        if stamp is None:
+            self.stamp += 0.05
+        t = self.stamp if stamp is None else stamp
+        m.header.stamp.sec = int(t)
+        m.header.stamp.nanosec = int((t % 1) * 1e9)
         return m
 
     def send(self, publisher, msg) -> None:
