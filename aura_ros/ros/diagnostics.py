@@ -14,6 +14,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from aura_ros.memory.stats import StepStats
 
+# The budget is too large for the control rate when the median step of the last report period
+# takes more than this share of the period (what is left is the margin for the executor, DDS and
+# the rest of the robot's software on the same cores).
+LOAD_WARN_FRACTION = 0.8
+
 # A model error older than this no longer holds the status at ERROR once steps succeed again.
 ERROR_HOLD_S = 5.0
 
@@ -31,6 +36,8 @@ class Health:
         self.last_stats: StepStats | None = None
         self._window: Counter[str] = Counter()  # counts since the last report
         self._evicted_written_seen = 0
+        self._latencies: list[float] = []  # step latencies since the last report
+        self._period_s = 0.0
         self.values: dict[str, str] = {}  # extra key-values (e.g. the last decode time)
         self.lifecycle = "unconfigured"
 
@@ -55,6 +62,8 @@ class Health:
         with self._lock:
             self.last_stats = stats
             self.counters["steps"] += 1
+            self._latencies.append(stats.step_latency_ms)
+            self._period_s = period_s
             if since_tick_s > period_s:
                 self.counters["missed_deadlines"] += 1
                 self._window["missed_deadlines"] += 1
@@ -68,6 +77,7 @@ class Health:
         """(level, message, values) for the period since the last report."""
         with self._lock:
             window, self._window = self._window, Counter()
+            latencies, self._latencies = self._latencies, []
             values = {k: str(v) for k, v in sorted(self.counters.items())}
             values.update(self.values)
             values["lifecycle"] = self.lifecycle
@@ -88,6 +98,13 @@ class Health:
                 warnings.append(f"stale input: {', '.join(self.stale)} (holding)")
             if window["long_term_evictions"]:
                 warnings.append(f"budget pressure: {window['long_term_evictions']} long-term steps evicted")
+            if latencies and self._period_s > 0:
+                median = sorted(latencies)[len(latencies) // 2]
+                values["step_ms_median"] = f"{median:.1f}"
+                if median > LOAD_WARN_FRACTION * self._period_s * 1e3:
+                    warnings.append(f"budget too large for the rate: a step takes {median:.0f} ms of a "
+                                    f"{self._period_s * 1e3:.0f} ms period; lower memory.vram_budget_mb or "
+                                    "control.rate_hz")
             if window["missed_deadlines"] or window["skipped_ticks"]:
                 warnings.append(f"missed control deadlines: {window['missed_deadlines']} late steps, "
                                 f"{window['skipped_ticks']} skipped ticks")
