@@ -62,6 +62,7 @@ def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rat
     from rclpy.node import Node
     from std_msgs.msg import String
 
+    from aura_ros.core import topics
     from aura_ros.msg import GateStats, MemoryBudget
     from aura_ros.ros import qos
     from aura_ros.sim.tasks import make_task
@@ -74,7 +75,7 @@ def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rat
     image_timeout_s = max(0.25, 3.0 / rate_hz)
     sim = start_process("aura_ros.ros.sim_node", {
         "rate_hz": rate_hz, "task": task, "task_distractors": distractors, "seed": seed,
-        "task_reset_service": "/aura_policy/reset_memory", "task_pause_s": round(image_timeout_s + 0.3, 3)},
+        "task_reset_service": f"/{topics.NODE_NAME}/reset_memory", "task_pause_s": round(image_timeout_s + 0.3, 3)},
         env, logs / "sim_node.log")
     node = start_process("aura_ros.ros.policy_node", {
         "control.rate_hz": rate_hz, "memory.vram_budget_mb": budget_mb, "memory.eviction": "action_gate",
@@ -95,8 +96,8 @@ def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rat
                           "used_bytes": m.used_bytes if m else -1, "allocated_bytes": m.allocated_bytes if m else -1,
                           "budget_bytes": m.budget_bytes if m else -1, "rss_bytes": m.process_rss_bytes if m else -1}
 
-    listener.create_subscription(MemoryBudget, "/aura_policy/memory", on_memory, qos.STATS)
-    listener.create_subscription(GateStats, "/aura_policy/gate_stats", on_gate, qos.STATS)
+    listener.create_subscription(MemoryBudget, topics.MEMORY, on_memory, qos.STATS)
+    listener.create_subscription(GateStats, topics.GATE_STATS, on_gate, qos.STATS)
     listener.create_subscription(String, "/task/result", lambda m: results.append(json.loads(m.data)), qos.STATS)
     sim_counters: dict[str, str] = {}
 
@@ -105,7 +106,7 @@ def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rat
             if status.hardware_id == "aura_sim":
                 sim_counters.update({kv.key: kv.value for kv in status.values})
 
-    listener.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DIAGNOSTICS)
+    listener.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diagnostics, qos.DIAGNOSTICS)
     t0 = time.monotonic()
     last_print, last_count, last_t, last_progress = 0.0, 0, t0, t0
     try:
