@@ -31,7 +31,7 @@ from aura_ros.bench.episodes import HIGH, LOW, VARIANTS, Episode, gate_rates, ma
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.policy import cache_kwarg
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.memory import ActionGate, GateConfig, Kind, KVLayout, make_policy
+from aura_ros.memory import ActionGate, GateConfig, Kind, KVLayout, UtilityWeights, make_policy
 from aura_ros.backends.transformers.attention import register as register_attention
 from aura_ros.backends.transformers.unbounded import UnboundedCache
 
@@ -67,9 +67,11 @@ class RunSummary:
 class Reader:
     """Feeds an episode through one cache and answers its questions."""
 
-    def __init__(self, model, tokenizer, recent_steps: int = 4, gate_config: GateConfig | None = None):
+    def __init__(self, model, tokenizer, recent_steps: int = 4, gate_config: GateConfig | None = None,
+                 utility: UtilityWeights | None = None):
         self.model, self.tok, self.recent_steps = model, tokenizer, recent_steps
         self.gate_config = gate_config or GateConfig()
+        self.utility = utility or UtilityWeights()
         self.layout = KVLayout.from_config(model.config, next(model.parameters()).dtype)
         self.rotator = RopeRotator.from_model(model)
 
@@ -89,7 +91,8 @@ class Reader:
         if policy == "full":
             cache = UnboundedCache(self.model.config)
         else:
-            pol = make_policy("action_gate" if policy == "oracle" else policy)
+            gated = policy in ("action_gate", "oracle")
+            pol = make_policy("action_gate", weights=self.utility) if gated else make_policy(policy)
             self.model.set_attn_implementation(register_attention() if pol.uses_attention else "sdpa")
             cache = GatedKVCache(self.model.config, self.layout.bytes_for(budget_tokens), self.rotator, policy=pol,
                                  recent_steps=self.recent_steps, dtype=self.model.dtype)
@@ -141,10 +144,10 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
 def run_recall(model, tokenizer, episodes: int = 4, steps: int = 240, budgets=(0.05, 0.10, 0.25),
                policies=POLICIES, seed: int = 0, recent_steps: int = 4, progress=print,
                variants=("steady",), events: int = 8, controls: int = 4, jitter: float = 0.05,
-               gate_config: GateConfig | None = None):
+               gate_config: GateConfig | None = None, utility: UtilityWeights | None = None):
     """Every (variant, episode, budget, policy). The oracle runs whenever the gate does: it is the
     gate's reference."""
-    reader = Reader(model, tokenizer, recent_steps, gate_config)
+    reader = Reader(model, tokenizer, recent_steps, gate_config, utility)
     policies = tuple(policies)
     if "action_gate" in policies and "oracle" not in policies:
         policies += ("oracle",)
@@ -247,6 +250,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/bench_recall")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--gate", default="", help="GateConfig overrides, e.g. noise_z=5,return_window=1")
+    parser.add_argument("--recent-share", type=float, default=UtilityWeights.recent_share,
+                        help="action gate and oracle: the recent window's largest share of the unpinned budget")
     parser.add_argument("--gate-only", action="store_true",
                         help="no model: the gate's write rate against the true event rate over --episodes episodes "
                              "per variant, at jitter 0.05, 0.1 and 0.2")
@@ -290,7 +295,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                                budgets=tuple(float(b) for b in args.budgets.split(",")),
                                policies=tuple(args.policies.split(",")), seed=args.seed,
                                variants=tuple(args.variants.split(",")), events=args.events,
-                               controls=args.controls, jitter=args.jitter, gate_config=config)
+                               controls=args.controls, jitter=args.jitter, gate_config=config,
+                               utility=UtilityWeights(recent_share=args.recent_share))
     rows = summarise(results)
     write_outputs(Path(args.out), results, runs, rows)
     print((Path(args.out) / "recall_table.md").read_text())
