@@ -13,13 +13,13 @@ import math
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from aura_ros.ros.params import POLICY_PARAMS
+from launch import LaunchContext, LaunchDescription
 
 POLICY_NODE_NAME = "aura_policy"
 # emulate_tty makes the nodes colour their output, and launch writes that output to its log files

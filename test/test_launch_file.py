@@ -24,14 +24,14 @@ launch_ros = pytest.importorskip("launch_ros")
 launch = pytest.importorskip("launch")
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory  # noqa: E402
-from launch import LaunchContext, LaunchDescription, LaunchService  # noqa: E402
-from launch.actions import (DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction,  # noqa: E402
-                            SetEnvironmentVariable)
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction, SetEnvironmentVariable  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from launch.substitutions import LocalSubstitution  # noqa: E402
 from launch.utilities import perform_substitutions  # noqa: E402
 from launch_ros.actions import Node  # noqa: E402
 from launch_ros.substitutions import ExecutableInPackage  # noqa: E402
+
+from launch import LaunchContext, LaunchDescription, LaunchService  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "policy.launch.py"
 ARGUMENTS = {"params_file", "namespace", "model", "vram_budget_mb", "use_sim", "fastdds_profile"}

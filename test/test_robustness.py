@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +17,13 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
+from test_policy_node import NODE, RUN_MODULE, call, ros_args, spin_until
 
 from aura_ros.backends.transformers import snapshot
 from aura_ros.msg import GateStats, MemoryBudget
 from aura_ros.ros import qos
 from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
 from aura_ros.srv import GetMemoryMap
-from test_policy_node import NODE, RUN_MODULE, call, ros_args, spin_until
 
 JOINTS = ["shoulder", "elbow", "wrist", "gripper"]
 

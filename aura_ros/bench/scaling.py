@@ -59,7 +59,7 @@ def _fill(policy, rng: np.random.Generator, step_tokens: int) -> None:
     step = policy.step_index
     while cache.free_tokens > 2 * step_tokens:
         cache.reserve(step_tokens)
-        for li, layer in enumerate(cache.layers):
+        for layer in cache.layers:
             k = torch.randn(1, layer.kv_heads, step_tokens, layer.k_dim, dtype=layer.dtype, device=layer.device)
             layer.update(k, torch.randn(1, layer.kv_heads, step_tokens, layer.v_dim, dtype=layer.dtype,
                                         device=layer.device))
@@ -145,7 +145,8 @@ def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.02, min
         w.writeheader()
         for r in rows:
             w.writerow({**asdict(r), "overhead": r.mean_ms / ref[r.budget_mb] - 1 if r.budget_mb in ref else ""})
-    lines = ["| budget MiB | capacity tokens | policy | steps | mean ms | p50 ms | p99 ms | overhead vs physical limit |",
+    lines = ["| budget MiB | capacity tokens | policy | steps | mean ms | p50 ms | p99 ms "
+             "| overhead vs physical limit |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         over = f"{(r.mean_ms / ref[r.budget_mb] - 1) * 100:+.1f} %" if r.budget_mb in ref else ""

@@ -44,7 +44,7 @@ class KVLayout:
         return int(tokens) * self.bytes_per_token
 
     @classmethod
-    def from_config(cls, config, dtype=4) -> "KVLayout":
+    def from_config(cls, config, dtype=4) -> KVLayout:
         """``dtype``: a torch dtype (its itemsize is read) or a size in bytes."""
         text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
         n_layers = int(text.num_hidden_layers)

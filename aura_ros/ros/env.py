@@ -121,7 +121,7 @@ class DomainClaim:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
 
-    def __enter__(self) -> "DomainClaim":
+    def __enter__(self) -> DomainClaim:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -152,7 +152,8 @@ def claim_free_domain(candidates: Iterable[int] | None = None, exclude: Iterable
             break
         chunk, pool = pool[:batch], pool[batch:]
         proc = subprocess.Popen([sys.executable, "-m", "aura_ros.ros.env", "--claim", str(wait_s),
-                                 *map(str, chunk)], env=env, cwd=_PKG.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 *map(str, chunk)], env=env, cwd=_PKG.parent, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         line = _read_line(proc, timeout=wait_s + 60)
         if line.startswith("claimed "):
@@ -237,7 +238,7 @@ def _main(argv: list[str]) -> int:
     seen: dict[int, list[str]] = {d: [] for d in ids}
     end = time.monotonic() + wait_s
     while True:  # a domain where anyone was seen at any moment of the wait is busy
-        for d, (ctx, node) in joined.items():
+        for d, (_ctx, node) in joined.items():
             seen[d] = sorted(set(seen[d]) | set(_others(node)))
         if time.monotonic() >= end or all(seen.values()):
             break

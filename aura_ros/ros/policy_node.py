@@ -19,9 +19,9 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions, uninstall_signal_handlers
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -33,8 +33,13 @@ from aura_ros.memory import MIB
 from aura_ros.ros import guards, qos
 from aura_ros.ros.control import ControlLoop, gate_config
 from aura_ros.ros.diagnostics import Health, diagnostics_msg
-from aura_ros.ros.image_conversion import (ImageConversionError, compressed_to_rgb, image_to_rgb, prepare_for_model,
-                                           rgb_to_image_msg)
+from aura_ros.ros.image_conversion import (
+    ImageConversionError,
+    compressed_to_rgb,
+    image_to_rgb,
+    prepare_for_model,
+    rgb_to_image_msg,
+)
 from aura_ros.ros.messages import command_msg, command_type, gate_msg, memory_msg
 from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, param_value
 
@@ -332,7 +337,8 @@ class PolicyNode(LifecycleNode):
         if self.loop is None:
             return
         max_pixels = self.settings.max_pixels
-        self.loop.decode_later(lambda: prepare_for_model(compressed_to_rgb(msg, max_pixels=max_pixels)), time.monotonic())
+        self.loop.decode_later(lambda: prepare_for_model(compressed_to_rgb(msg, max_pixels=max_pixels)),
+                               time.monotonic())
 
     def _on_joint_state(self, msg: JointState) -> None:
         if self.loop is None:

@@ -7,8 +7,7 @@ least, and writers of our own data offer the most that their readers need.
 """
 from __future__ import annotations
 
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 # Camera frames and joint states: best effort, keep last 5, volatile (rclpy's sensor-data
 # profile). A late frame is worth less than the next one, so nothing is resent; and a

@@ -461,7 +461,8 @@ def compare(bag: Path, variants: list[tuple[str, object]], out_dir: Path | None,
 def comparison_table(results: list[ReplayResult]) -> str:
     """A markdown table: writes, evictions, long-term steps kept, p50 step time, command error."""
     has_cmd = any(r.command_error is not None for r in results)
-    head = "| run | steps | writes | evictions | long-term kept | p50 step ms |" + (" cmd MAE vs recorded |" if has_cmd else "")
+    head = ("| run | steps | writes | evictions | long-term kept | p50 step ms |"
+            + (" cmd MAE vs recorded |" if has_cmd else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         row = (f"| {r.name} | {r.steps} | {r.writes_total} | {r.evictions_total} | {r.long_term_steps_kept} | "

@@ -47,7 +47,8 @@ class SoakReport:
 
 
 def run_soak(steps: int = 2000, hours: float | None = None, budget_mb: float = 0.5, rate_hz: float = 50.0,
-             warmup_steps: int = 200, rss_growth: float = 0.05, out: Path = Path("out/soak"), progress=print) -> SoakReport:
+             warmup_steps: int = 200, rss_growth: float = 0.05, out: Path = Path("out/soak"),
+             progress=print) -> SoakReport:
     with private_domain() as env:
         return _run_soak(env, steps, hours, budget_mb, rate_hz, warmup_steps, rss_growth, out, progress)
 
@@ -82,7 +83,8 @@ def _run_soak(env: dict, steps: int, hours: float | None, budget_mb: float, rate
 
     def on_memory(m: MemoryBudget) -> None:
         if rep.allocated_bytes < 0:
-            rep.allocated_bytes, rep.budget_bytes, rep.capacity_tokens = m.allocated_bytes, m.budget_bytes, m.capacity_tokens
+            rep.allocated_bytes, rep.budget_bytes = m.allocated_bytes, m.budget_bytes
+            rep.capacity_tokens = m.capacity_tokens
         if m.allocated_bytes != rep.allocated_bytes:
             violate(f"step {m.step}: allocated {m.allocated_bytes} != {rep.allocated_bytes}")
         if not m.used_bytes <= m.allocated_bytes <= m.budget_bytes:

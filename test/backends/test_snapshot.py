@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
+from cache_models import BUILDERS
 
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.memory import Kind, KVLayout
 from aura_ros.backends.transformers.snapshot import SnapshotError, load, model_fingerprint, save
-from cache_models import BUILDERS
+from aura_ros.memory import Kind, KVLayout
 
 
 def fresh(model, tokens=60):

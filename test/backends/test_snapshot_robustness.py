@@ -529,7 +529,7 @@ POLICY_CRAFTS = {
 
 def _nested(state: dict, kind: type, change) -> None:
     """Change the first value of type ``kind`` inside a nested dict of the gate state (not ``prev``)."""
-    for key, value in state.items():
+    for value in state.values():
         if isinstance(value, dict):
             for k, v in value.items():
                 if type(v) is kind:

@@ -14,6 +14,7 @@ import uuid
 
 import numpy as np
 import rclpy
+from helpers.ros_proc import PythonRunner
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image
@@ -26,7 +27,6 @@ from aura_ros.ros.env import local_ros_env
 from aura_ros.ros.image_conversion import image_to_rgb
 from aura_ros.sim.scene import JOINT_NAMES
 from aura_ros.sim.tasks import make_task
-from helpers.ros_proc import PythonRunner
 
 TIMEOUT_S = 20.0
 DISTRACTORS = 3
@@ -98,11 +98,11 @@ def test_task_mode_runs_episodes_in_lockstep_with_the_commands(tmp_path):
                     command(action)
                     if not task.done:
                         wait_frame(task.observe().image)
-                assert spin_until(lambda: len(results) > episode), sim.output()
+                assert spin_until(lambda e=episode: len(results) > e), sim.output()
                 r = results[episode]
                 assert r["success"] is True and r["seed"] == 5 + episode and r["episode"] == episode
                 assert r["steps"] == task.total_steps and r["cue_step"] == task.cue_step
-                assert spin_until(lambda: len(resets) > episode), "the reset service was not called"
+                assert spin_until(lambda e=episode: len(resets) > e), "the reset service was not called"
     finally:
         executor.shutdown()
         node.destroy_node()

@@ -82,7 +82,8 @@ def joint_msg(pos: np.ndarray, names: tuple[str, ...], t_ns: int):
     return T["sensor_msgs/msg/JointState"](header=_header(t_ns, "base"),
                                            name=[names[i] for i in order] + ["head_pan"],
                                            position=np.array([pos[i] for i in order] + [0.5]),
-                                           velocity=np.array([], dtype=np.float64), effort=np.array([], dtype=np.float64))
+                                           velocity=np.array([], dtype=np.float64),
+                                           effort=np.array([], dtype=np.float64))
 
 
 def trajectory_msg(pos: np.ndarray, names: tuple[str, ...], t_ns: int):

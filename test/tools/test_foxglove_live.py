@@ -8,8 +8,8 @@ import struct
 import numpy as np
 from websockets.asyncio.client import connect
 
-from aura_ros.memory.stats import StepStats
 from aura_ros.core import topics
+from aura_ros.memory.stats import StepStats
 from aura_ros.tools.foxglove_live import SUBPROTOCOL, LiveView
 from aura_ros.tools.memory_map import render_memory_map
 from aura_ros.tools.msgdefs import msg_fields
@@ -76,7 +76,8 @@ def test_mcap_recording_has_every_channel(tmp_path):
     with LiveView(port=None, mcap_path=path) as view:
         assert view.url is None
         for i in range(3):
-            view.log_step(FRAME, STATS, memory_map_image=MAP if i == 0 else None, diagnostics=(b"\x01", "warn", {"a": "b"}),
+            view.log_step(FRAME, STATS, memory_map_image=MAP if i == 0 else None,
+                          diagnostics=(b"\x01", "warn", {"a": "b"}),
                           t_ns=10**18 + i)
     with path.open("rb") as f:
         msgs = [(ch.topic, schema.name, m.log_time, m.data) for schema, ch, m in make_reader(f).iter_messages()]

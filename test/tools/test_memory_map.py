@@ -6,8 +6,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from aura_ros.tools.memory_map import (AXIS_HEIGHT, FREE_COLOR, KIND_COLORS, KIND_STRIP, layout_columns,
-                                       policy_memory_map, render_memory_map, step_kind)
+from aura_ros.tools.memory_map import (
+    AXIS_HEIGHT,
+    FREE_COLOR,
+    KIND_COLORS,
+    KIND_STRIP,
+    layout_columns,
+    policy_memory_map,
+    render_memory_map,
+    step_kind,
+)
 
 W, H = 400, 120
 STRIP_ROW = H - AXIS_HEIGHT - KIND_STRIP // 2  # a row of the kind strip: no gate line, no separator

@@ -6,8 +6,8 @@ from pathlib import Path
 import yaml
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
-from aura_ros.ros import qos
 from aura_ros.core import topics
+from aura_ros.ros import qos
 
 OVERRIDES = Path(__file__).resolve().parents[2] / "config" / "record_qos.yaml"
 PROFILE_OF = {topics.IMAGE: qos.SENSOR, topics.IMAGE_COMPRESSED: qos.SENSOR, topics.JOINT_STATES: qos.SENSOR,

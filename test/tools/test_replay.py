@@ -8,12 +8,12 @@ import pytest
 from bag_helpers import make_recording, write_bag
 from rosbags.highlevel import AnyReader
 
+from aura_ros.core import topics
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.registry import make_policy
 from aura_ros.core.types import Observation
-from aura_ros.core import topics
 from aura_ros.tools.cli import main
-from aura_ros.tools.replay import BagError, comparison_table, compare, make_typestore, read_topics, replay
+from aura_ros.tools.replay import BagError, compare, comparison_table, make_typestore, read_topics, replay
 
 BUDGET = 128 * 1024  # small: evictions within a few steps
 INSTRUCTION = "pick up the red block"

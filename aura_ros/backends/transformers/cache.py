@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from aura_ros.memory.budget import BudgetError, KVLayout, budget_error
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.memory.scorers import EvictionPolicy, action_gated
+from aura_ros.memory.budget import BudgetError, KVLayout, budget_error
 from aura_ros.memory.planner import plan_eviction, plan_moves
+from aura_ros.memory.scorers import EvictionPolicy, action_gated
 from aura_ros.memory.segments import Kind, Segment, SegmentTable
 from aura_ros.memory.stats import MemoryStats
 
@@ -39,7 +39,7 @@ from aura_ros.memory.stats import MemoryStats
 _current = threading.local()
 
 
-def current_cache() -> "GatedKVCache | None":
+def current_cache() -> GatedKVCache | None:
     return getattr(_current, "cache", None)
 
 

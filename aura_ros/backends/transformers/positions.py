@@ -18,7 +18,8 @@ def rope_positions(start: int, n: int, device=None) -> torch.Tensor:
 
 
 def mrope_positions(input_ids: torch.Tensor, start: int, image_token_id: int | None = None,
-                    image_grid_thw: torch.Tensor | None = None, spatial_merge_size: int = 1) -> tuple[torch.Tensor, int]:
+                    image_grid_thw: torch.Tensor | None = None,
+                    spatial_merge_size: int = 1) -> tuple[torch.Tensor, int]:
     """3-D positions [3, 1, n] for a chunk of one sequence, and the span it advances.
 
     input_ids: [1, n]; image_grid_thw: [num_images, 3] (t, h, w in patches, before merging).

@@ -51,7 +51,7 @@ class RopeRotator:
         keys[..., :rot] = (part * cos + rotate_half(part) * sin).to(keys.dtype)
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> "RopeRotator":
+    def from_model(cls, model: nn.Module) -> RopeRotator:
         """Find the text model's rotary embedding and read its inverse frequencies per layer."""
         config = model.config.get_text_config(decoder=True)
         n_layers = int(config.num_hidden_layers)

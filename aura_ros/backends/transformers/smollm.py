@@ -24,8 +24,13 @@ from pathlib import Path
 
 import torch
 
-from aura_ros.backends.transformers.loading import (build_atomically, default_model_dir, ensure_action_tokens, load_model,
-                                     quiet_progress)
+from aura_ros.backends.transformers.loading import (
+    build_atomically,
+    default_model_dir,
+    ensure_action_tokens,
+    load_model,
+    quiet_progress,
+)
 
 log = logging.getLogger(__name__)
 

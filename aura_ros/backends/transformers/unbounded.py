@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from transformers import DynamicCache
 
-from aura_ros.memory.stats import MemoryStats
 from aura_ros.memory.segments import Kind, Segment, SegmentTable
+from aura_ros.memory.stats import MemoryStats
 
 
 class UnboundedCache(DynamicCache):
