@@ -37,13 +37,11 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -53,8 +51,10 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from aura_ros.core import topics
 from aura_ros.ros import qos
 from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
+from aura_ros.ros.params import ParamTable, Spec
 from aura_ros.sim.scene import JOINT_NAMES, SimScene
 
 # A command-type warning is logged at most this often; every drop is still counted.
@@ -62,48 +62,30 @@ WARN_THROTTLE_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
 
 
-@dataclass(frozen=True)
-class _Param:
-    default: object
-    description: str
-    range: tuple[float, float] | None = None
-    read_only: bool = False
-
-
-PARAMS: dict[str, _Param] = {
-    "rate_hz": _Param(10.0, "Publish rate of image and joint_states; the scene advances 1/rate_hz per tick",
-                      (0.1, 1000.0)),
-    "width": _Param(96, "Image width in pixels", (16, 7680), read_only=True),
-    "height": _Param(96, "Image height in pixels", (16, 4320), read_only=True),
-    "publish_compressed": _Param(False, "Also publish image/compressed (JPEG)"),
-    "jpeg_quality": _Param(90, "JPEG quality of image/compressed", (1, 100)),
-    "seed": _Param(0, "Seed of the scene layout and of the periodic scripted events", (0, 2**31 - 1),
-                   read_only=True),
-    "event_period_steps": _Param(50, "A scripted event (object appears, changes colour, gripper closes/opens, "
-                                     "object vanishes) every this many steps; 0 disables them", (0, 1_000_000),
-                                 read_only=True),
-    "cmd_vel_timeout_s": _Param(0.5, "The base stops when no cmd_vel arrived for this long", (0.01, 60.0)),
-    "frame_id": _Param("aura_sim_camera", "frame_id of the image headers", read_only=True),
-    "task": _Param("", "A memory task (cue_recall, latent_fact) run in lockstep with the commands, episode after "
-                       "episode; '' = the free scene", read_only=True),
-    "task_distractors": _Param(200, "Distractor steps D of each task episode", (0, 10_000_000), read_only=True),
-    "task_reset_service": _Param("", "std_srvs/Trigger called between task episodes (the policy's reset_memory); "
-                                     "'' = none", read_only=True),
-    "task_pause_s": _Param(1.5, "Pause between task episodes; longer than the policy's image timeout, so it holds",
-                           (0.0, 60.0), read_only=True),
-}
+SIM_PARAMS = ParamTable((
+    Spec("rate_hz", "rate_hz", 10.0, "Publish rate of image and joint_states; the scene advances 1/rate_hz per tick",
+         live=True, range=(0.1, 1000.0)),
+    Spec("width", "width", 96, "Image width in pixels", range=(16, 7680)),
+    Spec("height", "height", 96, "Image height in pixels", range=(16, 4320)),
+    Spec("publish_compressed", "publish_compressed", False, "Also publish image/compressed (JPEG)", live=True),
+    Spec("jpeg_quality", "jpeg_quality", 90, "JPEG quality of image/compressed", live=True, range=(1, 100)),
+    Spec("seed", "seed", 0, "Seed of the scene layout and of the periodic scripted events", range=(0, 2**31 - 1)),
+    Spec("event_period_steps", "event_period_steps", 50,
+         "A scripted event (object appears, changes colour, gripper closes/opens, object vanishes) every this many "
+         "steps; 0 disables them", range=(0, 1_000_000)),
+    Spec("cmd_vel_timeout_s", "cmd_vel_timeout_s", 0.5, "The base stops when no cmd_vel arrived for this long",
+         live=True, range=(0.01, 60.0)),
+    Spec("frame_id", "frame_id", "aura_sim_camera", "frame_id of the image headers"),
+    Spec("task", "task", "", "A memory task (cue_recall, latent_fact) run in lockstep with the commands, episode "
+         "after episode; '' = the free scene"),
+    Spec("task_distractors", "task_distractors", 200, "Distractor steps D of each task episode",
+         range=(0, 10_000_000)),
+    Spec("task_reset_service", "task_reset_service", "",
+         "std_srvs/Trigger called between task episodes (the policy's reset_memory); '' = none"),
+    Spec("task_pause_s", "task_pause_s", 1.5,
+         "Pause between task episodes; longer than the policy's image timeout, so it holds", range=(0.0, 60.0)),
+), "SimSettings")
 RESET_TIMEOUT_S = 5.0  # a reset service that does not answer: go on, warn
-
-
-def _descriptor(name: str, spec: _Param) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=name, description=spec.description, read_only=spec.read_only)
-    if spec.range is not None:
-        lo, hi = spec.range
-        if isinstance(spec.default, float):
-            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
-        else:
-            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
-    return d
 
 
 class SimSourceNode(Node):
@@ -111,18 +93,17 @@ class SimSourceNode(Node):
 
     def __init__(self, node_name: str = "aura_sim", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        for name, spec in PARAMS.items():
-            self.declare_parameter(name, spec.default, _descriptor(name, spec))
-        p = {name: self.get_parameter(name).value for name in PARAMS}
-        self._rate_hz = float(p["rate_hz"])
-        self._publish_compressed = bool(p["publish_compressed"])
-        self._jpeg_quality = int(p["jpeg_quality"])
-        self._cmd_vel_timeout_s = float(p["cmd_vel_timeout_s"])
-        self._frame_id = str(p["frame_id"])
-        self._seed = int(p["seed"])
-        self._task_name = str(p["task"])
-        self._task_distractors = int(p["task_distractors"])
-        self._task_pause_s = float(p["task_pause_s"])
+        SIM_PARAMS.declare(self)
+        p = SIM_PARAMS.read(self)
+        self._rate_hz = float(p.rate_hz)
+        self._publish_compressed = bool(p.publish_compressed)
+        self._jpeg_quality = int(p.jpeg_quality)
+        self._cmd_vel_timeout_s = float(p.cmd_vel_timeout_s)
+        self._frame_id = str(p.frame_id)
+        self._seed = int(p.seed)
+        self._task_name = str(p.task)
+        self._task_distractors = int(p.task_distractors)
+        self._task_pause_s = float(p.task_pause_s)
         self.task = None  # the running MemoryTask in task mode
         self.task_results: list[dict] = []
         if self._task_name:
@@ -133,8 +114,8 @@ class SimSourceNode(Node):
                                          ["task"])
             self._start_episode(0)
         else:
-            self.scene = SimScene(width=int(p["width"]), height=int(p["height"]), seed=self._seed,
-                                  event_period_steps=int(p["event_period_steps"]))
+            self.scene = SimScene(width=int(p.width), height=int(p.height), seed=self._seed,
+                                  event_period_steps=int(p.event_period_steps))
 
         self.counters: Counter[str] = Counter()
         self.last_drop = ""
@@ -144,14 +125,16 @@ class SimSourceNode(Node):
         self._twist: tuple[float, float] | None = None
         self._twist_time = -math.inf
 
-        self._image_pub = self.create_publisher(Image, "image", qos.SENSOR)
+        self._image_pub = self.create_publisher(Image, topics.REL_IMAGE, qos.SENSOR)
         self._compressed_pub = None
         self._set_compressed(self._publish_compressed)
-        self._joint_pub = self.create_publisher(JointState, "joint_states", qos.SENSOR)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS)
-        self.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, qos.COMMANDS)
-        self.create_subscription(Float64MultiArray, "commands", self._on_commands, qos.COMMANDS)
-        self.create_subscription(TwistStamped, "cmd_vel", self._on_cmd_vel, qos.COMMANDS)
+        self._joint_pub = self.create_publisher(JointState, topics.REL_JOINT_STATES, qos.SENSOR)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
+        self.create_subscription(JointTrajectory, topics.REL_COMMANDS["joint_trajectory"], self._on_trajectory,
+                                 qos.COMMANDS)
+        self.create_subscription(Float64MultiArray, topics.REL_COMMANDS["float64_multi_array"], self._on_commands,
+                                 qos.COMMANDS)
+        self.create_subscription(TwistStamped, topics.REL_COMMANDS["twist"], self._on_cmd_vel, qos.COMMANDS)
         self._timer = self.create_timer(1.0 / self._rate_hz, self._tick)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         # Task mode: the outcome of each episode, the episode's instruction, the reset between episodes.
@@ -160,8 +143,8 @@ class SimSourceNode(Node):
             self._result_pub = self.create_publisher(String, "task/result", qos.STATS)
             self._instruction_pub = self.create_publisher(String, "instruction", qos.INSTRUCTION)
             self._instruction_pub.publish(String(data=self.task.instruction))
-            if p["task_reset_service"]:
-                self._reset_client = self.create_client(Trigger, str(p["task_reset_service"]))
+            if p.task_reset_service:
+                self._reset_client = self.create_client(Trigger, str(p.task_reset_service))
         # Ranges and read-only are enforced by rclpy itself; this applies the live ones.
         self.add_post_set_parameters_callback(self._apply_parameters)
         if self.task is not None:
@@ -195,7 +178,7 @@ class SimSourceNode(Node):
         # publisher at all rather than a silent one.
         self._publish_compressed = enabled
         if enabled and self._compressed_pub is None:
-            self._compressed_pub = self.create_publisher(CompressedImage, "image/compressed", qos.SENSOR)
+            self._compressed_pub = self.create_publisher(CompressedImage, topics.REL_IMAGE_COMPRESSED, qos.SENSOR)
         elif not enabled and self._compressed_pub is not None:
             self.destroy_publisher(self._compressed_pub)
             self._compressed_pub = None
