@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-JOINT_NAMES: tuple[str, ...] = ("shoulder", "elbow", "wrist", "gripper")
-# The policy's default action limits (config/policy.yaml action.low/high), so a command inside
-# the policy's range is reachable and nothing outside it is. Gripper: 0 = open .. 1 = closed.
-JOINT_LOWER = np.array([-3.14, -2.5, -3.14, 0.0])
-JOINT_UPPER = np.array([3.14, 2.5, 3.14, 1.0])
+from aura_ros.core import arm
+
+# The default arm (core/arm.py), so a command inside the policy's default range is reachable and
+# nothing outside it is. Gripper: 0 = open .. 1 = closed.
+JOINT_NAMES: tuple[str, ...] = arm.JOINT_NAMES
+JOINT_LOWER = np.array(arm.LOW)
+JOINT_UPPER = np.array(arm.HIGH)
 # rad/s (gripper: stroke per second): a step change of command becomes a visible motion over a
 # few ticks instead of a teleport, as on a real arm's position controller.
 MAX_JOINT_VELOCITY = np.array([1.5, 1.5, 2.0, 2.0])
