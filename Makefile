@@ -12,7 +12,7 @@ export ROS_LOG_DIR ?= $(CURDIR)/build/ros_log
 export FASTRTPS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds.xml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench-memory bench-recall clean
+.PHONY: setup demo test llama bench-memory bench-recall clean
 setup:
 	@bash scripts/setup.sh
 
@@ -21,6 +21,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Opt-in: the llama.cpp backend (GGUF models, model.backend llama_cpp). llama-cpp-python has no
+# binary wheel for this platform, so the first install compiles llama.cpp: measured 30 minutes
+# wall (12 CPU-minutes) on a 2-core machine shared with other jobs, a few minutes on an idle
+# multi-core one. pip caches the built wheel; later installs take seconds.
+llama: setup
+	$(PY) -m pip install "llama-cpp-python==0.3.36"
 
 bench-memory: setup
 	$(PY) -m aura_ros.tools.cli bench memory $(BENCH_ARGS)

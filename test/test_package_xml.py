@@ -73,7 +73,12 @@ DEPENDENCIES: dict[str, tuple[str, str | None]] = {
     # No rosdep keys exist for these two: only laptop-only code may use them, as pip extras.
     "gguf": ("python3-gguf", "gguf"),
     "accelerate": ("python3-accelerate", "accelerate"),
+    # The opt-in llama.cpp backend (compiles llama.cpp on install): no rosdep key; the pip extra `llama`.
+    "llama_cpp": ("python3-llama-cpp-python", "llama-cpp-python"),
 }
+# Opt-in backends: an import only inside such a folder may come from the named pip extra instead of
+# install_requires (the backend is loaded lazily, only when chosen; `make llama` installs it).
+OPTIONAL_BACKENDS = {Path(PACKAGE) / "backends" / "llama_cpp": "llama"}
 
 
 def shipped_files() -> list[Path]:
@@ -213,6 +218,9 @@ def test_python_imports_are_in_setup_cfg(imports, setup_cfg):
         if pip in install_requires:
             continue
         if is_laptop_only(sites) and pip in optional_extras(extras):
+            continue
+        if any(all(Path(site.rsplit(":", 1)[0]).is_relative_to(folder) for site in sites)
+               and pip in extras.get(extra, set()) for folder, extra in OPTIONAL_BACKENDS.items()):
             continue
         where = "an extras_require group (or install_requires)" if is_laptop_only(sites) else "install_requires"
         missing.append(f"{pip} in {where} (import {name!r} at {', '.join(sites)})")

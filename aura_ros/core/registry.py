@@ -10,6 +10,7 @@ from aura_ros.core.protocol import Policy
 # name -> "module:callable(model, config, instruction=..., **kwargs) -> Policy"
 BACKENDS: dict[str, str] = {
     "transformers": "aura_ros.backends.transformers.policy:VLMPolicy.from_pretrained",
+    "llama_cpp": "aura_ros.backends.llama_cpp.policy:LlamaCppPolicy.from_pretrained",
 }
 
 

@@ -17,6 +17,8 @@ from aura_ros.memory.scorers import POLICIES
 ACTION_TYPES = ("joint_trajectory", "float64_multi_array", "twist")
 EVICTION_POLICIES = tuple(POLICIES)
 DTYPES = ("float32", "bfloat16", "float16")
+MODEL_BACKENDS = ("auto", "transformers", "llama_cpp")
+KV_TYPES = ("f16", "q8_0", "q4_0")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,12 @@ class ParamTable:
 
 POLICY_PARAMS = ParamTable((
     Spec("model.path", "model_path", "", "Local folder or hub id of a transformers VLM; empty: the embedded default"),
+    Spec("model.backend", "backend", "auto", "Backend that runs the model (auto: a .gguf model.path selects "
+         "llama_cpp, anything else transformers)", choices=MODEL_BACKENDS),
+    Spec("model.mmproj", "mmproj", "", "llama_cpp: projector GGUF for images through libmtmd; empty: text "
+         "observations (the joint state), frames ignored"),
+    Spec("model.kv_type", "kv_type", "f16", "llama_cpp: KV cache type (q8_0/q4_0 hold ~2x/~3.5x the tokens of "
+         "a budget)", choices=KV_TYPES),
     Spec("model.dtype", "dtype", "float32", "Model and KV dtype", choices=DTYPES),
     Spec("model.device", "device", "cpu", "torch device: cpu, cuda or cuda:N"),
     Spec("model.torch_threads", "torch_threads", 1,

@@ -12,6 +12,9 @@ from aura_ros.core.types import Action, Observation
 from aura_ros.memory import POLICIES, BudgetError
 
 BUDGET = 64 * 1024  # 128 tokens of the embedded default: a few steps, so every policy evicts
+# llama_cpp's embedded default (SmolLM2-135M Q4_1, f16 KV: 23,040 bytes a token) at 512 tokens,
+# about 15 of its text steps: every policy evicts; llama.cpp contexts come in 256-token units.
+BUDGETS = {"llama_cpp": 512 * 23040}
 PROTECTS_INSTRUCTION = {"action_gate"}
 
 
@@ -26,8 +29,17 @@ def state(i: int) -> np.ndarray:
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 @pytest.mark.parametrize("eviction", sorted(POLICIES))
 def test_policy_seam(backend, eviction, tmp_path):
-    policy = make_policy(None, PolicyConfig(budget_bytes=BUDGET, recent_steps=2, eviction=eviction),
-                         backend=backend, instruction="stack the cubes")
+    budget = BUDGETS.get(backend, BUDGET)
+    config = PolicyConfig(budget_bytes=budget, recent_steps=2, eviction=eviction)
+    if backend == "llama_cpp":
+        from helpers.llama_backend import require_llama_cpp
+
+        require_llama_cpp()
+        if eviction == "h2o":  # llama.cpp exposes no attention weights: refused by name, not faked
+            with pytest.raises(ValueError, match="attention"):
+                make_policy(None, config, backend=backend, instruction="stack the cubes")
+            return
+    policy = make_policy(None, config, backend=backend, instruction="stack the cubes")
     assert isinstance(policy, Policy)
     first = None
     for t in range(30):
@@ -35,7 +47,7 @@ def test_policy_seam(backend, eviction, tmp_path):
         assert isinstance(a, Action) and a.step == t and a.first.shape == (4,)
         st = a.stats
         first = first or st.allocated_bytes
-        assert st.allocated_bytes == first <= st.budget_bytes == BUDGET
+        assert st.allocated_bytes == first <= st.budget_bytes == budget
         assert st.used_bytes <= st.allocated_bytes
         assert st.max_position < st.capacity_tokens + 64
     assert st.evictions_total > 0  # the budget was exceeded many times over
@@ -48,7 +60,7 @@ def test_policy_seam(backend, eviction, tmp_path):
     assert policy.budget_error(1024) and "one step" in policy.budget_error(1024)
     with pytest.raises(BudgetError):
         policy.set_budget(1024)
-    policy.set_budget(2 * BUDGET)
+    policy.set_budget(2 * budget)
     assert policy.step(Observation(frame(30), state(30))).stats.allocated_bytes > first
     # snapshots round-trip
     path = policy.save_memory(tmp_path / "mem")
