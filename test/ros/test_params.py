@@ -47,3 +47,36 @@ def test_the_readme_table_is_the_table():
     assert table in README.read_text(), "README's parameter table is out of date: paste POLICY_PARAMS.markdown()"
     for spec in POLICY_PARAMS.specs:
         assert f"`{spec.name}`" in table
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# What the shipped params file sets on purpose (the launch file's example task); everything else
+# in it must be the table's default, so the two cannot drift apart.
+YAML_SETS = {"instruction"}
+
+
+def test_policy_yaml_names_only_declared_parameters_at_their_defaults():
+    import yaml
+
+    config = Path(__file__).resolve().parents[2] / "config" / "policy.yaml"
+    values = _flatten(yaml.safe_load(config.read_text())["/**"]["ros__parameters"])
+    for name, value in values.items():
+        assert name in POLICY_PARAMS.by_name, f"policy.yaml sets {name}, which the node does not declare"
+        if name in YAML_SETS:
+            continue
+        default = POLICY_PARAMS.by_name[name].default
+        if isinstance(default, float):
+            assert float(value) == pytest.approx(default), name
+        elif isinstance(default, list):
+            assert list(value) == default, name
+        else:
+            assert value == default, name
