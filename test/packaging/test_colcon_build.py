@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = Path(sys.prefix)  # the venv: the underlay ROS prefix
 BUILD_TIMEOUT_S = 300  # ~11-16 s measured on 2 cores; generous for a loaded CI machine
 

@@ -33,7 +33,7 @@ from launch_ros.substitutions import ExecutableInPackage  # noqa: E402
 
 from launch import LaunchContext, LaunchDescription, LaunchService  # noqa: E402
 
-LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "policy.launch.py"
+LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "policy.launch.py"
 ARGUMENTS = {"params_file", "namespace", "model", "vram_budget_mb", "use_sim", "fastdds_profile"}
 
 try:

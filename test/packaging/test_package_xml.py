@@ -30,7 +30,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from setuptools.config.setupcfg import read_configuration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "aura_ros"
 # Modules that run only on the laptop route (see the rules above), relative to the repo root.
 LAPTOP_ONLY = (Path(PACKAGE) / "bench", Path(PACKAGE) / "tools" / "demo.py")
@@ -188,7 +188,7 @@ def test_every_import_has_a_known_dependency(imports):
     assert not unknown, (
         "new third-party import(s) with no dependency mapping: "
         + "; ".join(f"{name!r} at {', '.join(sites)}" for name, sites in sorted(unknown.items()))
-        + ". Add each to DEPENDENCIES in test/test_package_xml.py as (rosdep key, pip name or None), then "
+        + ". Add each to DEPENDENCIES in test/packaging/test_package_xml.py as (rosdep key, pip name or None), then "
           "declare it in package.xml (<exec_depend>) and, for pip packages, setup.cfg install_requires "
           "(or an extras_require group for imports only in LAPTOP_ONLY modules) and PY_DEPS in scripts/setup.sh.")
 
