@@ -1,0 +1,87 @@
+"""The policy node on the SmolLM2 GGUF (llama.cpp backend, chosen by the .gguf path), over real DDS.
+
+The node and the sim run in their own processes; this process observes ~/memory and ~/gate_stats
+and calls the snapshot services: the KV bytes stay those of the context, and a snapshot written
+by the node is read back by it.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import rclpy
+from helpers.llama_backend import require_llama_cpp
+from rclpy.node import Node
+from std_srvs.srv import Trigger
+
+require_llama_cpp()
+
+from aura_ros.backends.llama_cpp.policy import default_gguf  # noqa: E402
+from aura_ros.msg import GateStats, MemoryBudget  # noqa: E402
+from aura_ros.ros import qos  # noqa: E402
+
+NODE = "aura_ros.ros.policy_node"
+SIM = "aura_ros.ros.sim_node"
+RUN_MODULE = "import runpy, sys; sys.argv = ['x'] + sys.argv[1:]; runpy.run_module(sys.argv[1], run_name='__main__')"
+TOKENS = 512
+BYTES_PER_TOKEN = 23040  # SmolLM2-135M: 30 layers x 3 KV heads x (64 + 64) x 2 bytes (f16)
+
+
+def ros_args(params: dict) -> list[str]:
+    out = ["--ros-args"]
+    for k, v in params.items():
+        out += ["-p", f"{k}:={v}"]
+    return out
+
+
+@pytest.fixture
+def observer():
+    rclpy.init()
+    node = Node(f"observer_{time.monotonic_ns()}")
+    yield node
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def spin_until(node: Node, predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.05)
+        if predicate():
+            return True
+    return False
+
+
+def trigger(node: Node, name: str, timeout: float = 30.0) -> Trigger.Response:
+    client = node.create_client(Trigger, name)
+    assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+    future = client.call_async(Trigger.Request())
+    assert spin_until(node, future.done, timeout), f"no answer from {name}"
+    return future.result()
+
+
+def test_node_runs_the_gguf_model_and_round_trips_a_snapshot(run_python, observer, tmp_path):
+    snap = tmp_path / "llama.snap"
+    params = {"model.path": str(default_gguf()), "memory.vram_budget_mb": TOKENS * BYTES_PER_TOKEN / 2**20,
+              "control.rate_hz": 10.0, "memory.snapshot_path": str(snap), "memory.snapshot_on_shutdown": False,
+              "memory.load_on_start": False, "instruction": "stack the red cube on the blue one"}
+    mems: list[MemoryBudget] = []
+    gates: list[GateStats] = []
+    observer.create_subscription(MemoryBudget, "/aura_policy/memory", mems.append, qos.STATS)
+    observer.create_subscription(GateStats, "/aura_policy/gate_stats", gates.append, qos.STATS)
+    with run_python.spawn(RUN_MODULE, SIM, *ros_args({"rate_hz": 10.0}), name="sim"), \
+            run_python.spawn(RUN_MODULE, NODE, *ros_args(params), name="policy") as policy:
+        # ~35 tokens a step: past the 512-token context after ~15 steps.
+        ok = spin_until(observer, lambda: len(gates) >= 25 and gates[-1].evictions_total > 0 and mems, 120)
+        assert ok, f"{len(gates)} gate stats; node output:\n{policy.output()}"
+        assert all(g.max_position < TOKENS for g in gates)
+        assert {m.allocated_bytes for m in mems} == {TOKENS * BYTES_PER_TOKEN}
+        assert all(m.capacity_tokens == TOKENS and m.used_tokens <= TOKENS and m.pinned_tokens > 0 for m in mems)
+        saved = trigger(observer, "/aura_policy/save_memory")
+        assert saved.success, saved.message
+        assert snap.is_file()
+        loaded = trigger(observer, "/aura_policy/load_memory")
+        assert loaded.success, f"{loaded.message}\n{policy.output()}"
+        n = len(mems)
+        assert spin_until(observer, lambda: len(mems) > n + 3, 30), policy.output()
+        assert mems[-1].allocated_bytes == TOKENS * BYTES_PER_TOKEN
