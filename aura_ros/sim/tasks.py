@@ -48,12 +48,12 @@ IMAGE_SIZE = 64
 N_BINS = 3
 RECALL_STEPS = 2  # over the bin (closed), then open
 WARMUP_STEPS = 5  # steady steps before the cue can come
-BIN_SIZE = 0.16
+BIN_SIZE = 0.2
 LIGHT_SIZE = BIN_SIZE
 LIGHT_COLOR = "blue"
 GO_COLOR = "cyan"
-GO_POSITION = (-0.45, -0.45)  # base frame: behind the base, to the right
-GO_SIZE = 0.2
+GO_POSITION = (-0.42, -0.42)  # base frame: behind the base, to the right
+GO_SIZE = 0.34
 DISTRACTOR_COLORS = tuple(c for c in COLORS if c not in (LIGHT_COLOR, GO_COLOR, "purple"))
 MAX_DISTRACTORS = 3
 

@@ -43,9 +43,9 @@ TRAIN_INFO_FILE = "aura_ros_train.json"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 160  # optimizer steps
+    steps: int = 200  # optimizer steps
     batch_size: int = 8
-    lr: float = 3e-3
+    lr: float = 4e-3
     min_lr_fraction: float = 0.05  # cosine decay down to lr * this
     warmup_steps: int = 20
     weight_decay: float = 0.0
@@ -57,6 +57,12 @@ class TrainConfig:
     full_context_max_steps: int = 28
     novelty_keep_prob: float = 0.5  # contexts that also keep the frames that changed most
     novelty_top_k: int = 2
+    # Loss weight of the action tokens of a decision step (the expert's action differs from the
+    # step before): a handful of steps an episode carry the task, the steady rest would drown them.
+    decision_weight: float = 4.0
+    # The recent window of a context is drawn from 0..recent_steps: short contexts are cheap and
+    # teach what each frame shows; the full window is what the runtime holds.
+    random_window: bool = True
     threads: int = 2  # torch CPU threads (0: leave torch's default)
     log_every: int = 10
 
@@ -158,13 +164,14 @@ def _positions(loaded, chunks: list[torch.Tensor], grids: list[torch.Tensor | No
 
 
 def build_batch(loaded, encoder: _Encoder, samples: list[tuple[int, list[int]]], records: list,
-                pad_id: int) -> dict:
+                pad_id: int, decision_weight: float = 1.0) -> dict:
     """Pad a batch of contexts: input ids, positions, mask, pixel inputs, label positions and bins."""
     seqs, positions, pixel, grids_all, labels = [], [], [], [], []
     for e, steps in samples:
         rec = records[e]
         chunks, grids = [encoder.pinned(rec.instruction)], [None]
-        label_pos, label_bins, offset = [], [], int(chunks[0].shape[0])
+        label_pos, label_bins, label_w, offset = [], [], [], int(chunks[0].shape[0])
+        acts = np.asarray(rec.actions)
         for s in steps:
             obs, bins = encoder.step(e, s, rec)
             ids = obs["input_ids"][0]
@@ -179,11 +186,13 @@ def build_batch(loaded, encoder: _Encoder, samples: list[tuple[int, list[int]]],
             # <act> predicts the first action token, and so on).
             label_pos += list(range(offset - 1, offset - 1 + len(bins)))
             label_bins += bins.tolist()
+            decision = s == 0 or not np.array_equal(acts[s], acts[s - 1])
+            label_w += [decision_weight if decision else 1.0] * len(bins)
             offset += len(bins)
         pos, _ = _positions(loaded, chunks, grids)
         seqs.append(torch.cat(chunks))
         positions.append(pos)
-        labels.append((label_pos, label_bins))
+        labels.append((label_pos, label_bins, label_w))
     L = max(int(s.shape[0]) for s in seqs)
     B = len(seqs)
     input_ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -198,11 +207,12 @@ def build_batch(loaded, encoder: _Encoder, samples: list[tuple[int, list[int]]],
             position_ids[:, i, :n] = p
         else:
             position_ids[i, :n] = p
-    rows = torch.tensor([i for i, (lp, _) in enumerate(labels) for _ in lp])
-    cols = torch.tensor([c for lp, _ in labels for c in lp])
-    targets = torch.tensor([b for _, lb in labels for b in lb])
+    rows = torch.tensor([i for i, (lp, _, _) in enumerate(labels) for _ in lp])
+    cols = torch.tensor([c for lp, _, _ in labels for c in lp])
+    targets = torch.tensor([b for _, lb, _ in labels for b in lb])
+    weights = torch.tensor([w for _, _, lw in labels for w in lw], dtype=torch.float32)
     batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
-             "pixel_values": torch.cat(pixel, dim=0), "rows": rows, "cols": cols, "targets": targets}
+             "pixel_values": torch.cat(pixel, dim=0), "rows": rows, "cols": cols, "targets": targets, "weights": weights}
     if grids_all:
         batch["image_grid_thw"] = torch.cat(grids_all, dim=0)
     return batch
@@ -224,7 +234,10 @@ def action_logits(model, batch: dict, action_ids: torch.Tensor) -> torch.Tensor:
 def action_loss(model, batch: dict, action_ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the expert's action bins, over the action tokens' logits only (the
     runtime decodes under that mask)."""
-    return torch.nn.functional.cross_entropy(action_logits(model, batch, action_ids).float(), batch["targets"])
+    ce = torch.nn.functional.cross_entropy(action_logits(model, batch, action_ids).float(), batch["targets"],
+                                           reduction="none")
+    w = batch.get("weights")
+    return ce.mean() if w is None else (ce * w).sum() / w.sum()
 
 
 # ---------------------------------------------------------------------- sampling
@@ -260,7 +273,8 @@ class ContextSampler:
         if t + 1 <= cfg.full_context_max_steps and rng.random() < cfg.full_context_prob:
             return e, list(range(t + 1))
         extra = self.novel[e] if rng.random() < cfg.novelty_keep_prob else ()
-        return e, gated_context(t, self.written[e], cfg.recent_steps, extra)
+        window = int(rng.integers(cfg.recent_steps + 1)) if cfg.random_window else cfg.recent_steps
+        return e, gated_context(t, self.written[e], window, extra)
 
 
 # ---------------------------------------------------------------------- the loop
@@ -315,7 +329,7 @@ def train(episodes: Iterable, out_dir: str | Path, model: str | Path | None = No
     bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         samples = [sampler.sample(rng) for _ in range(cfg.batch_size)]
-        batch = build_batch(loaded, encoder, samples, records, pad_id)
+        batch = build_batch(loaded, encoder, samples, records, pad_id, cfg.decision_weight)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = action_loss(net, batch, action_ids)
