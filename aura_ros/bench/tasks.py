@@ -241,7 +241,8 @@ def plot(rows: list[SummaryRow], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r.task for r in rows))
-    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.2 * max(1, len(tasks)), 4.6), squeeze=False)
+    ds = [r.distractors for r in rows] or [1]
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.2 * max(1, len(tasks)) + 1.8, 4.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for pol in (EXPERT,) + POLICIES:
             pts = sorted((r for r in rows if r.task == task and r.policy == pol and r.n), key=lambda r: r.distractors)
@@ -251,15 +252,16 @@ def plot(rows: list[SummaryRow], path: Path) -> None:
             style = dict(ls="--", color="black", lw=1) if pol == EXPERT else dict(marker="o", ms=4)
             line, = ax.plot(x, [r.success for r in pts], label=pol, **style)
             if pol != EXPERT:
-                ax.fill_between(x, [r.ci_low for r in pts], [r.ci_high for r in pts], color=line.get_color(), alpha=0.12)
+                ax.fill_between(x, [r.ci_low for r in pts], [r.ci_high for r in pts], color=line.get_color(), alpha=0.07)
         chance = next((r.chance for r in rows if r.task == task and not math.isnan(r.chance)), None)
         if chance is not None:
             ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
         ax.set_xscale("log")
+        ax.set_xlim(min(ds) / 1.3, max(ds) * 1.3)
         ax.set_ylim(-0.03, 1.03)
         ax.set(xlabel="distractor steps D", ylabel="success (95% Wilson band)", title=task)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

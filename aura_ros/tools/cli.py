@@ -37,17 +37,8 @@ def _bench_memory(args) -> int:
 
 def _bench_recall(args) -> int:
     from aura_ros.bench import recall
-    from aura_ros.backends.transformers.smollm import load_smollm2_decoder
 
-    _threads(args.threads)
-    model, tokenizer = load_smollm2_decoder()
-    results, runs = recall.run_recall(model, tokenizer, episodes=args.episodes, steps=args.steps,
-                                      budgets=tuple(float(b) for b in args.budgets.split(",")),
-                                      policies=tuple(args.policies.split(",")), seed=args.seed)
-    rows = recall.summarise(results)
-    recall.write_outputs(Path(args.out), results, runs, rows)
-    print((Path(args.out) / "recall_table.md").read_text())
-    return 0
+    return recall.run_from_args(args)
 
 
 def _bench_tasks(args) -> int:
@@ -58,7 +49,7 @@ def _bench_tasks(args) -> int:
         print((Path(args.out) / "tasks_table.md").read_text())
         return 0
     _threads(args.threads)
-    summary = tasks.run(tasks=tuple(args.tasks.split(",")), policies=tuple(args.policies.split(",")),
+    summary = tasks.run(tasks=tuple(args.tasks.split(",")), policies=tuple(p for p in args.policies.split(",") if p),
                         distractors=tuple(int(d) for d in args.distractors.split(",")), episodes=args.episodes,
                         budget_tokens=args.budget_tokens, budget_mb=args.budget_mb, unbounded_cap=args.unbounded_cap,
                         recent_steps=args.recent_steps, novelty_weight=args.novelty_weight, model=args.model,
@@ -186,13 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     mem.set_defaults(func=_bench_memory)
 
     rec = bench.add_parser("recall", help="memory quality with real SmolLM2-135M weights")
-    rec.add_argument("--episodes", type=int, default=2)
-    rec.add_argument("--steps", type=int, default=240, help="steps per episode")
-    rec.add_argument("--budgets", default="0.05,0.10,0.25", help="budgets as fractions of the episode's tokens")
-    rec.add_argument("--policies", default="full,sliding_window,streaming_llm,h2o,action_gate")
-    rec.add_argument("--seed", type=int, default=0)
-    rec.add_argument("--out", default="out/bench_recall")
-    rec.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    from aura_ros.bench.recall import add_arguments as recall_arguments
+
+    recall_arguments(rec)
     rec.set_defaults(func=_bench_recall)
 
     tb = bench.add_parser("tasks", help="closed-loop success on the memory tasks, per memory policy")
