@@ -289,7 +289,8 @@ class ControlLoop:
 
 
 def gate_config(s) -> GateConfig:
-    """GateConfig from the node's gate.* settings."""
-    return GateConfig(threshold=s.gate_threshold, w_delta=s.gate_w_delta, w_discrete=s.gate_w_discrete,
-                      w_surprise=s.gate_w_surprise, delta_scale=s.gate_delta_scale,
-                      surprise_scale=s.gate_surprise_scale)
+    """GateConfig from the node's gate.* settings (each gate.X parameter is GateConfig.X)."""
+    from aura_ros.ros.params import POLICY_PARAMS
+
+    return GateConfig(**{spec.name[len("gate."):]: getattr(s, spec.field) for spec in POLICY_PARAMS.specs
+                         if spec.name.startswith("gate.")})
