@@ -144,7 +144,8 @@ def write_outputs(rows: list[Checkpoint], out: Path, meta: dict) -> dict:
         w.writerows(asdict(r) for r in rows)
     r = ratios(rows, meta["steps"])
     (out / "memory_summary.json").write_text(json.dumps({"meta": meta, "ratios": r}, indent=1))
-    lines = ["| policy | step | allocated MiB | used MiB | max position | RSS MiB | p50 ms | p99 ms | writes | evictions |",
+    lines = ["| policy | step | allocated MiB | used MiB | max position | RSS MiB | p50 ms | p99 ms | writes "
+             "| evictions |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
         lines.append(f"| {c.policy} | {c.step} | {c.allocated_bytes / 2**20:.3f} | {c.used_bytes / 2**20:.3f} | "

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aura_ros.bench.episodes import HIGH, LOW, VARIANTS, Episode, gate_rates, make_episode
+from aura_ros.backends.transformers.attention import register as register_attention
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.policy import cache_kwarg
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.memory import ActionGate, GateConfig, Kind, KVLayout, UtilityWeights, make_policy
-from aura_ros.backends.transformers.attention import register as register_attention
 from aura_ros.backends.transformers.unbounded import UnboundedCache
+from aura_ros.bench.episodes import HIGH, LOW, VARIANTS, Episode, gate_rates, make_episode
+from aura_ros.memory import ActionGate, GateConfig, Kind, KVLayout, UtilityWeights, make_policy
 
 POLICIES = ("full", "sliding_window", "streaming_llm", "h2o", "action_gate", "oracle")
 
@@ -224,12 +224,14 @@ def write_outputs(out: Path, results, runs, rows) -> None:
             for policy in POLICIES:
                 if (variant, policy, frac, "event") not in by:
                     continue
-                g = lambda k, f: by.get((variant, policy, frac, k), {}).get(f, float("nan"))  # noqa: E731
+                g = lambda k, f, v=variant, p=policy, fr=frac: (  # noqa: E731
+                    by.get((v, p, fr, k), {}).get(f, float("nan")))
                 rs = rates.get((variant, policy, frac), [])
-                m = lambda f: float(np.mean([getattr(r, f) for r in rs])) if rs else float("nan")  # noqa: E731
+                m = lambda f, rs=rs: float(np.mean([getattr(r, f) for r in rs])) if rs else float("nan")  # noqa: E731
                 lines.append(f"| {variant} | {'full' if frac == 1.0 else f'{frac:.0%}'} | {policy} | "
                              f"{g('instruction', 'accuracy'):.2f} | {g('event', 'accuracy'):.2f} | "
-                             f"{g('control', 'accuracy'):.2f} | {g('event', 'kl'):.3f} | {g('event', 'fact_kept'):.2f} | "
+                             f"{g('control', 'accuracy'):.2f} | {g('event', 'kl'):.3f} | "
+                             f"{g('event', 'fact_kept'):.2f} | "
                              f"{m('write_rate'):.3f} | {m('event_rate'):.3f} | {m('events_written'):.2f} |")
     (out / "recall_table.md").write_text("\n".join(lines) + "\n")
 

@@ -215,18 +215,21 @@ def markdown(rows: list[SummaryRow], meta: dict) -> str:
         chance = next((r.chance for r in rows if r.task == task and not math.isnan(r.chance)), float("nan"))
         parts.append(f"chance {_fmt(chance)},")
         if unb and unb.n:
-            parts.append(f"trained policy with the unbounded cache {unb.success:.2f} [{unb.ci_low:.2f}, {unb.ci_high:.2f}]")
+            parts.append(f"trained policy with the unbounded cache {unb.success:.2f} "
+                         f"[{unb.ci_low:.2f}, {unb.ci_high:.2f}]")
         else:
             parts.append("trained policy with the unbounded cache: not run")
         lines.append("- " + " ".join(parts))
     lines += ["", f"Budget {meta['budget_tokens']} tokens ({meta['budget_bytes'] / 2**20:.3f} MiB) for every bounded "
                   f"policy; unbounded only on episodes of at most {meta['unbounded_cap_steps']} steps; "
                   f"{meta['recent_steps']} recent steps; 95% Wilson intervals.", "",
-              "| task | policy | D | n | success | 95% CI | write rate | KV allocated MiB | cue kept at recall | note |",
+              "| task | policy | D | n | success | 95% CI | write rate | KV allocated MiB | cue kept at recall "
+              "| note |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         alloc = "-" if not r.n or r.policy == EXPERT else (
-            f"{r.allocated_bytes / 2**20:.3f}" + ("" if r.allocated_constant or r.policy == "unbounded" else " (varies)")
+            f"{r.allocated_bytes / 2**20:.3f}"
+            + ("" if r.allocated_constant or r.policy == "unbounded" else " (varies)")
             + (" (grows)" if r.policy == "unbounded" else ""))
         ci = f"[{r.ci_low:.2f}, {r.ci_high:.2f}]" if r.n else "-"
         lines.append(f"| {r.task} | {r.policy} | {r.distractors} | {r.n} | {_fmt(r.success)} | {ci} | "
@@ -252,7 +255,8 @@ def plot(rows: list[SummaryRow], path: Path) -> None:
             style = dict(ls="--", color="black", lw=1) if pol == EXPERT else dict(marker="o", ms=4)
             line, = ax.plot(x, [r.success for r in pts], label=pol, **style)
             if pol != EXPERT:
-                ax.fill_between(x, [r.ci_low for r in pts], [r.ci_high for r in pts], color=line.get_color(), alpha=0.07)
+                ax.fill_between(x, [r.ci_low for r in pts], [r.ci_high for r in pts], color=line.get_color(),
+                                alpha=0.07)
         chance = next((r.chance for r in rows if r.task == task and not math.isnan(r.chance)), None)
         if chance is not None:
             ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
@@ -294,7 +298,8 @@ def _per_d(episodes: str | int, distractors: list[int]) -> dict[int, int]:
     if len(parts) == 1:
         parts = parts * len(distractors)
     if len(parts) != len(distractors) or any(p < 1 for p in parts):
-        raise ValueError(f"--episodes needs one N >= 1 or one per distractor length ({len(distractors)}), got {episodes!r}")
+        raise ValueError(f"--episodes needs one N >= 1 or one per distractor length ({len(distractors)}), "
+                         f"got {episodes!r}")
     return dict(zip(distractors, parts))
 
 
@@ -365,7 +370,8 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
     meta = {"tasks": list(tasks), "policies": list(policies), "distractors": distractors,
             "episodes_per_d": {str(d): n for d, n in n_at.items()}, "budget_tokens": int(budget_tokens),
             "budget_bytes": int(budget_bytes), "bytes_per_token": bpt, "unbounded_cap_steps": unbounded_cap,
-            "recent_steps": recent_steps, "novelty_weight": novelty_weight if "action_gate_novelty" in runnable else None,
+            "recent_steps": recent_steps,
+            "novelty_weight": novelty_weight if "action_gate_novelty" in runnable else None,
             "model": model or "embedded default", "seed": seed, "seconds": time.time() - t0,
             "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
                        f"torch {torch.__version__}, {torch.get_num_threads()} threads"}

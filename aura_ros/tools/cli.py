@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--unbounded-steps", type=int, default=400,
                       help="steps of the unbounded-cache comparison (it slows down as it grows)")
     demo.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
-    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads of the in-process runs (0: torch's default)")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="torch CPU threads of the in-process runs (0: torch's default)")
     demo.add_argument("--out", default="out/demo", help="folder for the plot and the CSV")
     demo.set_defaults(func=_demo)
 
@@ -199,14 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--no-expert", action="store_true", help="skip the scripted expert's reference rows")
     tb.add_argument("--no-progress", action="store_true", help="no progress bar")
     tb.add_argument("--merge", default=None,
-                    help="no run: merge the outputs of earlier runs (folders, comma-separated; e.g. one per task) into --out")
+                    help="no run: merge the outputs of earlier runs (folders, comma-separated; e.g. one per task) "
+                         "into --out")
     tb.add_argument("--out", default="out/bench_tasks")
     tb.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     tb.set_defaults(func=_bench_tasks)
 
     rp = sub.add_parser("replay", help="run the policy over a recorded rosbag2 (MCAP or sqlite3), write an MCAP")
     rp.add_argument("bag", help="rosbag2 folder, or a .mcap / .db3 file")
-    rp.add_argument("--out", default=None, help="output bag (a folder per run when comparing; default out/replay/<bag>)")
+    rp.add_argument("--out", default=None,
+                    help="output bag (a folder per run when comparing; default out/replay/<bag>)")
     rp.add_argument("--budget-mb", default="1.0", help="KV budget(s) in MiB, comma-separated to compare")
     rp.add_argument("--eviction", default="action_gate",
                     help="eviction polic(ies), comma-separated to compare: action_gate, sliding_window, streaming_llm, "

@@ -125,9 +125,11 @@ def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rat
                 hz = (len(rows) - last_count) / (now - last_t)
                 r = rows[max(rows)]
                 ok = sum(x["success"] for x in results)
-                print(f"\repisode {min(len(results) + 1, episodes):>2}/{episodes} | successes {ok:>2}/{len(results):<2} | "
+                print(f"\repisode {min(len(results) + 1, episodes):>2}/{episodes} | "
+                      f"successes {ok:>2}/{len(results):<2} | "
                       f"step {r['step']:>6} | {hz:5.1f} Hz | KV {r['used_bytes'] / 2**20:6.3f}/"
-                      f"{r['budget_bytes'] / 2**20:.3f} MiB | writes {r['writes']:>4} | evictions {r['evictions']:>5} | "
+                      f"{r['budget_bytes'] / 2**20:.3f} MiB | writes {r['writes']:>4} | "
+                      f"evictions {r['evictions']:>5} | "
                       f"{r['latency_ms']:5.1f} ms/step", end="", flush=True)
                 last_print, last_count, last_t = now, len(rows), now
     finally:
@@ -152,7 +154,8 @@ def _in_process(task: str, episodes: int, distractors: int, budget_bytes: int, s
             r = run_episode(task, pol, distractors, i, seed + i, config)
             out.append(r)
             done = [x for x in out if x.policy == pol]
-            print(f"\rin process, {pol:>14}: episode {i + 1:>2}/{episodes} | successes {sum(x.success for x in done):>2} | "
+            print(f"\rin process, {pol:>14}: episode {i + 1:>2}/{episodes} | "
+                  f"successes {sum(x.success for x in done):>2} | "
                   f"cue kept at recall {sum(x.cue_kept == 1 for x in done):>2}", end="", flush=True)
         print()
     return out
@@ -218,7 +221,8 @@ def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: 
     labels = [b[0] for b in bars]
     rates = [b[1] / b[2] if b[2] else 0.0 for b in bars]
     ci = [wilson(b[1], b[2]) if b[2] else (0.0, 0.0) for b in bars]
-    err = np.clip(np.array([[r - lo for r, (lo, _) in zip(rates, ci)], [hi - r for r, (_, hi) in zip(rates, ci)]]), 0, None)
+    err = np.clip(np.array([[r - lo for r, (lo, _) in zip(rates, ci)],
+                            [hi - r for r, (_, hi) in zip(rates, ci)]]), 0, None)
     colors = ["tab:orange", "tab:orange", "tab:blue"]
     ax3.bar(range(len(bars)), rates, yerr=err, capsize=5, color=colors, alpha=0.85)
     for i, b in enumerate(bars):
@@ -285,23 +289,29 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
              f"KV budget {budget_mb:g} MiB, chance {chance:.2f}"]
     for label, k, m in bars:
         lo, hi = wilson(k, m) if m else (float("nan"), float("nan"))
-        lines.append(f"  success, {label:<27} {k:>2}/{m:<2} = {k / max(m, 1):.2f}  95% CI [{lo:.2f}, {hi:.2f}]")
+        lines.append(f"  success, {label:<27} {k:>2}/{m:<2} = {k / max(m, 1):.2f}  "
+                     f"95% CI [{lo:.2f}, {hi:.2f}]")
     for pol in ("action_gate", "sliding_window"):
         rs = [r for r in local if r.policy == pol]
-        lines.append(f"  cue step still in the cache when recall starts, {pol}: {sum(r.cue_kept == 1 for r in rs)}/{len(rs)}")
+        lines.append(f"  cue step still in the cache when recall starts, {pol}: "
+                     f"{sum(r.cue_kept == 1 for r in rs)}/{len(rs)}")
     if gated:
-        lines.append(f"  over DDS: {len(gated)} steps, KV allocated {sorted(g_alloc)[0] / 2**20:.3f} MiB at every step "
+        lines.append(f"  over DDS: {len(gated)} steps, KV allocated {sorted(g_alloc)[0] / 2**20:.3f} MiB "
+                     f"at every step "
                      f"({'constant' if len(g_alloc) == 1 else 'CHANGED'}), writes {writes} "
                      f"({writes / max(len(gated), 1):.3f} of steps), evictions {gated[-1]['evictions']}, "
                      f"p50 {np.median([r['latency_ms'] for r in gated]):.1f} ms/step")
     task_steps = sum(r["steps"] for r in dds_results)
-    lines.append(f"  lockstep over DDS: {len(gated)} policy steps for {task_steps} task steps (the extra ones: steps on an "
+    lines.append(f"  lockstep over DDS: {len(gated)} policy steps for {task_steps} task steps "
+                 f"(the extra ones: steps on an "
                  f"episode's last frame before the node held); commands dropped by the sim: "
                  f"{sim_counters.get('commands_older_than_observation', '0')} older than their observation, "
                  f"{sim_counters.get('commands_between_episodes', '0')} between episodes (its last diagnostics)")
     if unbounded:
-        lines.append(f"  unbounded run: {len(unbounded)} steps, KV grew {unbounded[0]['allocated_bytes'] / 2**20:.2f} -> "
-                     f"{unbounded[-1]['allocated_bytes'] / 2**20:.2f} MiB; around step {n}: gated {g_late:.1f} ms/step, "
+        lines.append(f"  unbounded run: {len(unbounded)} steps, "
+                     f"KV grew {unbounded[0]['allocated_bytes'] / 2**20:.2f} -> "
+                     f"{unbounded[-1]['allocated_bytes'] / 2**20:.2f} MiB; "
+                     f"around step {n}: gated {g_late:.1f} ms/step, "
                      f"unbounded {u_late:.1f} ms/step")
     lines.append(f"  {time.time() - t0:.0f} s in total. plot: {out / 'demo.png'}   data: {out / 'demo.csv'}, "
                  f"{out / 'demo_episodes.csv'}   node logs: {out / 'logs'}")
@@ -311,7 +321,8 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
                "success": {label: {"successes": k, "episodes": m} for label, k, m in bars},
                "cue_kept_at_recall": {pol: sum(r.cue_kept == 1 for r in local if r.policy == pol)
                                       for pol in ("action_gate", "sliding_window")},
-               "gated_steps": len(gated), "task_steps_over_dds": task_steps, "sim_counters": sim_counters, "gated_allocated_bytes": sorted(g_alloc),
+               "gated_steps": len(gated), "task_steps_over_dds": task_steps, "sim_counters": sim_counters,
+               "gated_allocated_bytes": sorted(g_alloc),
                "gated_writes": writes, "gated_evictions": gated[-1]["evictions"] if gated else 0,
                "unbounded_steps": len(unbounded),
                "unbounded_allocated_bytes": [unbounded[0]["allocated_bytes"], unbounded[-1]["allocated_bytes"]]

@@ -6,14 +6,13 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from cache_models import BUILDERS, positions
 from transformers import DynamicCache
 
+from aura_ros.backends.transformers.attention import register as register_attention
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.memory import (ActionGate, BudgetError, GateConfig, Kind, KVLayout, h2o, sliding_window,
-                             streaming_llm)
-from aura_ros.backends.transformers.attention import register as register_attention
-from cache_models import BUILDERS, positions
+from aura_ros.memory import ActionGate, BudgetError, GateConfig, Kind, KVLayout, h2o, sliding_window, streaming_llm
 
 ARCHS = list(BUILDERS)
 
@@ -51,7 +50,8 @@ def test_no_eviction_equals_dynamic_cache(model):
         with torch.no_grad():
             ours = model(input_ids=ids, past_key_values=cache, position_ids=pos).logits
             ref = model(input_ids=ids, past_key_values=dyn, position_ids=pos).logits
-        cache.commit(Kind.PINNED if step == 0 else Kind.OBSERVATION, step, pos_span=int(pos.max()) + 1 - cache.table.next_position)
+        cache.commit(Kind.PINNED if step == 0 else Kind.OBSERVATION, step,
+                     pos_span=int(pos.max()) + 1 - cache.table.next_position)
         worst = max(worst, (ours - ref).abs().max().item())
     assert worst <= 1e-5
     assert cache.evictions_total == 0

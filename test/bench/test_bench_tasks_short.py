@@ -62,7 +62,8 @@ def test_expert_succeeds_and_budget_is_allocated_once(short_run):
     assert all(r["success"] == "True" for r in episodes if r["policy"] == EXPERT)
     budget = json.loads((short_run / "tasks_summary.json").read_text())["meta"]["budget_bytes"]
     for pol in ("sliding_window", "action_gate"):
-        alloc = {int(r[k]) for r in episodes if r["policy"] == pol for k in ("allocated_bytes_min", "allocated_bytes_max")}
+        alloc = {int(r[k]) for r in episodes if r["policy"] == pol
+                 for k in ("allocated_bytes_min", "allocated_bytes_max")}
         assert len(alloc) == 1 and alloc.pop() <= budget, pol  # one allocation, at the budget, for every episode
     summary = list(csv.DictReader(open(short_run / "tasks_success.csv")))
     for r in summary:

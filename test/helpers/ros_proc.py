@@ -48,7 +48,7 @@ class SpawnedProcess:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise ProcessFailed(f"{self.name} did not exit within {timeout:.0f} s; output:\n{self.output()}")
+            raise ProcessFailed(f"{self.name} did not exit within {timeout:.0f} s; output:\n{self.output()}") from None
 
     def interrupt(self, timeout: float = STOP_GRACE_S) -> int:
         """Send SIGINT (what Ctrl-C does: rclpy shuts down cleanly) and wait for the exit code."""
