@@ -17,12 +17,22 @@ from PIL import Image
 from transformers import AutoProcessor, LlamaConfig, LlamaForCausalLM
 
 from aura_ros.backends.transformers import loading, smollm
-from aura_ros.backends.transformers.loading import (DEFAULT_ARCH, action_token_ids, build_atomically, default_model_dir,
-                                     ensure_action_tokens, ensure_default_model, load_model)
-from aura_ros.backends.transformers.processors import (Qwen2VLImageOnlyProcessor, SmolVLMImageOnlyProcessor,
-                                        is_multimodal_processor, load_processor)
-from aura_ros.backends.transformers.tiny_models import (build_tiny_vlm, model_inputs, observation_prompt, read_info,
-                                         train_tokenizer)
+from aura_ros.backends.transformers.loading import DEFAULT_ARCH, ensure_default_model, load_model
+from aura_ros.backends.transformers.processors import (
+    Qwen2VLImageOnlyProcessor,
+    SmolVLMImageOnlyProcessor,
+    is_multimodal_processor,
+    load_processor,
+)
+from aura_ros.backends.transformers.store import build_atomically, default_model_dir
+from aura_ros.backends.transformers.tiny_models import (
+    build_tiny_vlm,
+    model_inputs,
+    observation_prompt,
+    read_info,
+    train_tokenizer,
+)
+from aura_ros.backends.transformers.vocab import action_token_ids, ensure_action_tokens
 
 
 @pytest.fixture(autouse=True, scope="module")

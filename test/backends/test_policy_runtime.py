@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aura_ros.core.types import Observation
-from aura_ros.memory import Kind
-from aura_ros.backends.transformers.loading import action_token_ids, load_model
+from aura_ros.backends.transformers.loading import load_model
 from aura_ros.backends.transformers.policy import PolicyConfig, VLMPolicy
 from aura_ros.backends.transformers.tiny_models import build_tiny_vlm
+from aura_ros.backends.transformers.vocab import action_token_ids
+from aura_ros.core.types import Observation
+from aura_ros.memory import Kind
 
 LOW = (-3.14, -2.5, -3.14, 0.0)
 HIGH = (3.14, 2.5, 3.14, 1.0)

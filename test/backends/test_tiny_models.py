@@ -15,10 +15,20 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from aura_ros.backends.transformers.loading import MARKER_TOKENS, action_token_ids, load_model
-from aura_ros.backends.transformers.tiny_models import (ARCHS, DEFAULT_IMAGE_TOKENS, GEMMA3_SLIDING_WINDOW, build_tiny_vlm,
-                                         measure_step, model_inputs, observation_prompt, position_inputs,
-                                         read_info, train_tokenizer)
+from aura_ros.backends.transformers.loading import load_model
+from aura_ros.backends.transformers.tiny_models import (
+    ARCHS,
+    DEFAULT_IMAGE_TOKENS,
+    GEMMA3_SLIDING_WINDOW,
+    build_tiny_vlm,
+    model_inputs,
+    observation_prompt,
+    position_inputs,
+    read_info,
+    train_tokenizer,
+)
+from aura_ros.backends.transformers.vocab import MARKER_TOKENS, action_token_ids
+from aura_ros.bench.step_time import measure_step
 
 # PaliGemma is a prefix-LM: with no suffix its whole prompt attends bidirectionally, so a chunk
 # appended to a cache cannot equal the same tokens run in one pass (by design, not a cache bug).

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from aura_ros.backends.transformers.loading import action_token_ids, load_model, trained_default_available
+from aura_ros.backends.transformers.loading import load_model, trained_default_available
 from aura_ros.backends.transformers.policy import VLMPolicy
 from aura_ros.backends.transformers.train import (
     TRAIN_INFO_FILE,
@@ -18,6 +18,7 @@ from aura_ros.backends.transformers.train import (
     gated_context,
     written_steps,
 )
+from aura_ros.backends.transformers.vocab import action_token_ids
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.types import Observation
 from aura_ros.sim.tasks import EpisodeRecord, expert_episode, make_task

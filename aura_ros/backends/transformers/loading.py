@@ -1,6 +1,6 @@
 """Model and processor loading for the policy, and the embedded default model.
 
-    loaded = load_model(None)                   # the embedded default: the trained tiny policy (copied once into the cache)
+    loaded = load_model(None)                   # the embedded default: the trained tiny policy (cached once)
     loaded = load_model("/models/my-vla")       # a local folder (safetensors)
     loaded = load_model("org/name")             # a hub id: from the HF cache, downloaded only when online
     ids = action_token_ids(loaded.tokenizer, 256)
@@ -23,21 +23,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aura_ros.backends.transformers import tiny_models
+from aura_ros.backends.transformers.store import build_atomically, default_model_dir, quiet_progress
+
 log = logging.getLogger(__name__)
 
-ACTION_TOKEN_FORMAT = "<act_{}>"
-MARKER_TOKENS = ("<obs>", "<state>", "<act>", "</act>")
-CACHE_ENV = "AURA_ROS_CACHE"
 # The embedded default: the tiny arch with the fastest control step on a 2-core CPU among the
 # real VLMs (measured, see test/test_tiny_models.py and the report in docs): LLaVA's Llama decoder
 # with a SigLIP tower, 16 image tokens a frame, plain 1-D RoPE.
@@ -47,121 +43,8 @@ DEFAULT_ARCH = "llava"
 # aura_ros_train.json holds the recipe. Random-weight builds of every arch stay for the tests.
 TRAINED_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "models" / "default_policy"
 TRAINED_DEFAULT_COMMAND = "aura-ros train --out aura_ros/models/default_policy"
-# A build directory left by a crashed process is removed after this long (a live build takes seconds).
-_STALE_BUILD_S = 3600.0
-
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-
-
-@contextmanager
-def quiet_progress() -> Iterator[None]:
-    """No transformers progress bars inside (loading/saving a tiny model would print two per call
-    into a node's log); the previous setting is restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-# --------------------------------------------------------------------------- action tokens
-def action_token_names(n_bins: int = 256) -> list[str]:
-    """"<act_0>".."<act_{n_bins-1}>": the special token of each action bin."""
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    return [ACTION_TOKEN_FORMAT.format(i) for i in range(n_bins)]
-
-
-def action_token_ids(tokenizer, n_bins: int = 256) -> list[int]:
-    """The ids of "<act_0>".."<act_{n_bins-1}>" in ``tokenizer``, bin order.
-
-    Raises ValueError if any is missing or is not exactly one token (then bins could not be
-    decoded one id at a time): use ``ensure_action_tokens`` to add them to a model.
-    """
-    names = action_token_names(n_bins)
-    vocab = tokenizer.get_vocab()
-    missing = [n for n in names if n not in vocab]
-    if missing:
-        raise ValueError(
-            f"the tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) lacks {len(missing)} of the "
-            f"{n_bins} action tokens (first missing: {missing[0]!r}). Models built by aura_ros have them; for "
-            "another model call aura_ros.backends.transformers.loading.ensure_action_tokens(model, tokenizer, n_bins) and "
-            "save the result (the new embedding rows are untrained until the policy is fine-tuned).")
-    ids = [vocab[n] for n in names]
-    # One encode of all names: each must come out as its own single id (not split into bytes).
-    encoded = tokenizer("".join(names), add_special_tokens=False)["input_ids"]
-    if list(encoded) != ids:
-        raise ValueError("the action tokens are in the vocabulary but do not encode to one id each; they must be "
-                         "added as special tokens (ensure_action_tokens does that)")
-    if len(set(ids)) != n_bins:
-        raise ValueError("two action bins share one token id")
-    return ids
-
-
-def ensure_action_tokens(model, tokenizer, n_bins: int = 256) -> list[int]:
-    """Add the action tokens and markers to ``tokenizer`` (special, one id each) and grow ``model``'s
-    embeddings to match. Returns the action ids. A no-op for a model that has them already.
-
-    The new rows start at the mean of the existing embeddings (transformers' mean resizing): the
-    model then emits them no more often than an average token until it is fine-tuned.
-    """
-    vocab = tokenizer.get_vocab()
-    new = [t for t in list(MARKER_TOKENS) + action_token_names(n_bins) if t not in vocab]
-    if new:
-        tokenizer.add_special_tokens({"extra_special_tokens": new}, replace_extra_special_tokens=False)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    return action_token_ids(tokenizer, n_bins)
-
-
-# --------------------------------------------------------------------------- cache folder
-def default_model_dir() -> Path:
-    """Where built models live: $AURA_ROS_CACHE, else ~/.cache/aura_ros."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "aura_ros"
-
-
-def build_atomically(target: Path, build: Callable[[Path], Any]) -> Path:
-    """Run ``build(tmp_dir)`` and move the result to ``target`` in one rename.
-
-    A reader therefore sees either no folder or a complete one, never a half-written model, even
-    if the build crashes or two processes build at once (the second rename loses and its copy is
-    discarded). Returns ``target``.
-    """
-    target = Path(target)
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            log.info("%s was built by another process meanwhile; using that one", target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _remove_stale_builds(target: Path) -> None:
-    now = time.time()
-    for d in target.parent.glob(f".{target.name}.build-*"):
-        try:
-            if now - d.stat().st_mtime > _STALE_BUILD_S:
-                shutil.rmtree(d, ignore_errors=True)
-        except OSError:
-            pass  # removed by another process meanwhile
 
 
 def trained_default_available() -> bool:
@@ -178,7 +61,6 @@ def ensure_default_model(arch: str = DEFAULT_ARCH, seed: int = 0, n_action_bins:
     tiny model of that arch with random weights, built from its config; its folder name carries
     the arch, seed, bins and builder version, so a change of any of them builds a new model.
     """
-    from aura_ros.backends.transformers import tiny_models
 
     root = Path(cache_dir) if cache_dir is not None else default_model_dir()
     if trained and arch == DEFAULT_ARCH and seed == 0 and n_action_bins == 256 and trained_default_available():
@@ -277,8 +159,13 @@ def load_model(model: str | Path | None = None, dtype: str | torch.dtype = "floa
     Weights must be safetensors; ``trust_remote_code`` stays off unless asked for.
     ``attn_implementation``: "sdpa" (default) or "eager" (or any transformers registered name).
     """
-    from transformers import (MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, AutoConfig, AutoModelForCausalLM,
-                              AutoModelForImageTextToText, AutoTokenizer)
+    from transformers import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoTokenizer,
+    )
     from transformers.utils.hub import cached_file
 
     from aura_ros.backends.transformers.processors import load_processor

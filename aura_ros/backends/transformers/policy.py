@@ -21,14 +21,15 @@ import numpy as np
 import torch
 
 from aura_ros.backends.transformers.cache import GatedKVCache
+from aura_ros.backends.transformers.positions import mrope_positions, rope_positions
 from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.backends.transformers.unbounded import UnboundedCache
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.types import Action, Observation
-from aura_ros.memory.budget import budget_error
 from aura_ros.memory import ActionGate, BudgetError, GateConfig, GateDecision, Kind, action_gated, make_policy
+from aura_ros.memory.budget import budget_error
 from aura_ros.memory.stats import MemoryStats, StepStats
-from aura_ros.backends.transformers.positions import mrope_positions, rope_positions
+
 
 def constrained_argmax(logits: torch.Tensor, allowed_ids: torch.Tensor) -> int:
     """Index into ``allowed_ids`` of the highest logit among them (a logits mask)."""
@@ -172,9 +173,10 @@ class VLMPolicy:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, model: str | None, config: PolicyConfig | None = None, instruction: str = "",
-                        **load_kwargs) -> "VLMPolicy":
+                        **load_kwargs) -> VLMPolicy:
         """Load ``model`` (a local folder or hub id; None: the embedded default) and wrap it."""
-        from aura_ros.backends.transformers.loading import action_token_ids, load_model
+        from aura_ros.backends.transformers.loading import load_model
+        from aura_ros.backends.transformers.vocab import action_token_ids
 
         config = config or PolicyConfig()
         loaded = load_model(model, **load_kwargs)

@@ -24,13 +24,9 @@ from pathlib import Path
 
 import torch
 
-from aura_ros.backends.transformers.loading import (
-    build_atomically,
-    default_model_dir,
-    ensure_action_tokens,
-    load_model,
-    quiet_progress,
-)
+from aura_ros.backends.transformers.loading import load_model
+from aura_ros.backends.transformers.store import build_atomically, default_model_dir, quiet_progress
+from aura_ros.backends.transformers.vocab import ensure_action_tokens
 
 log = logging.getLogger(__name__)
 

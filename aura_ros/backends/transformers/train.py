@@ -212,7 +212,8 @@ def build_batch(loaded, encoder: _Encoder, samples: list[tuple[int, list[int]]],
     targets = torch.tensor([b for _, lb, _ in labels for b in lb])
     weights = torch.tensor([w for _, _, lw in labels for w in lw], dtype=torch.float32)
     batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
-             "pixel_values": torch.cat(pixel, dim=0), "rows": rows, "cols": cols, "targets": targets, "weights": weights}
+             "pixel_values": torch.cat(pixel, dim=0), "rows": rows, "cols": cols, "targets": targets,
+             "weights": weights}
     if grids_all:
         batch["image_grid_thw"] = torch.cat(grids_all, dim=0)
     return batch
@@ -286,7 +287,9 @@ def train(episodes: Iterable, out_dir: str | Path, model: str | Path | None = No
     instruction, images, states, actions, events) and save it to ``out_dir``."""
     from tqdm.auto import tqdm
 
-    from aura_ros.backends.transformers.loading import action_token_ids, load_model, quiet_progress
+    from aura_ros.backends.transformers.loading import load_model
+    from aura_ros.backends.transformers.store import quiet_progress
+    from aura_ros.backends.transformers.vocab import action_token_ids
 
     cfg = config or TrainConfig()
     pcfg = policy_config or PolicyConfig()
@@ -357,7 +360,7 @@ def train(episodes: Iterable, out_dir: str | Path, model: str | Path | None = No
     (out / TRAIN_INFO_FILE).write_text(json.dumps({
         "train_config": asdict(cfg), "episodes": len(records), "seconds": round(seconds, 1),
         "losses": [round(x, 5) for x in losses], "threads": torch.get_num_threads(),
-        "source_model": "embedded default architecture (random init, seed %d)" % init_seed if model is None
+        "source_model": f"embedded default architecture (random init, seed {init_seed})" if model is None
         else str(model)}, indent=2) + "\n")
     if model is None:
         import shutil
