@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers.ros_proc import PythonRunner
 
 from aura_ros.ros.env import apply_local_ros_env, claim_free_domain, local_ros_env
-from helpers.ros_proc import PythonRunner
 
 
 def _claim_test_domain():

@@ -9,8 +9,16 @@
 """
 from aura_ros.memory.budget import MIB, BudgetError, KVLayout
 from aura_ros.memory.gate import ActionGate, GateConfig, GateDecision
-from aura_ros.memory.scorers import (POLICIES, EvictionPolicy, UtilityWeights, action_gated, h2o, make_policy,
-                                     sliding_window, streaming_llm)
+from aura_ros.memory.scorers import (
+                                     POLICIES,
+                                     EvictionPolicy,
+                                     UtilityWeights,
+                                     action_gated,
+                                     h2o,
+                                     make_policy,
+                                     sliding_window,
+                                     streaming_llm,
+)
 from aura_ros.memory.segments import Kind, Segment, SegmentTable
 from aura_ros.memory.stats import MemoryStats, StepStats
 

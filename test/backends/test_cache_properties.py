@@ -11,8 +11,7 @@ from transformers import LlamaConfig
 
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.memory import (ActionGate, BudgetError, Kind, KVLayout, action_gated, h2o, sliding_window,
-                             streaming_llm)
+from aura_ros.memory import ActionGate, BudgetError, Kind, KVLayout, action_gated, h2o, sliding_window, streaming_llm
 
 CONFIG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2)

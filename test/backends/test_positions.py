@@ -4,9 +4,9 @@ from __future__ import annotations
 import inspect
 
 import torch
+from cache_models import qwen2_vl
 
 from aura_ros.backends.transformers.positions import mrope_positions, rope_positions
-from cache_models import qwen2_vl
 
 
 def test_rope_positions():

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from cache_models import BUILDERS
 
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.memory import ActionGate, Kind, KVLayout, Segment, SegmentTable, action_gated
-from aura_ros.memory.planner import plan_eviction, plan_moves
+from aura_ros.memory.planner import group_view, plan_eviction, plan_moves
 from aura_ros.memory.scorers import RunEnds, UtilityWeights
-from aura_ros.memory.planner import group_view
-from cache_models import BUILDERS
 
 LOW, HIGH = np.array([0.0, -1.0, 0.0]), np.array([1.0, 1.0, 1.0])
 PINNED, STEP, RECENT = 10, 4, 4

@@ -14,9 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, Image
 
-from aura_ros.ros.image_conversion import (DEFAULT_MAX_PIXELS, SUPPORTED_ENCODINGS, ImageConversionError,
-                                           compressed_to_rgb, depth_to_gray, image_to_rgb, rgb_to_compressed_msg,
-                                           rgb_to_image_msg)
+from aura_ros.ros.image_conversion import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_ENCODINGS,
+    ImageConversionError,
+    compressed_to_rgb,
+    depth_to_gray,
+    image_to_rgb,
+    rgb_to_compressed_msg,
+    rgb_to_image_msg,
+)
 
 PAD = 0xEE  # padding bytes: a conversion that reads them shows this value in the output
 

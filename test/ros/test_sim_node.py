@@ -17,6 +17,7 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TwistStamped
+from helpers.ros_proc import PythonRunner, SpawnedProcess
 from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -29,7 +30,6 @@ from aura_ros.ros import qos
 from aura_ros.ros.env import local_ros_env
 from aura_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb
 from aura_ros.sim.scene import MAX_JOINT_VELOCITY
-from helpers.ros_proc import PythonRunner, SpawnedProcess
 
 # Discovery on localhost takes up to ~3 s (ENVIRONMENT.md); every wait is bounded well above that.
 TIMEOUT_S = 20.0

@@ -7,8 +7,19 @@ import math
 import numpy as np
 import pytest
 
-from aura_ros.sim.scene import (COLORS, GRASP_RADIUS, INITIAL_POSITIONS, JOINT_LOWER, JOINT_NAMES, JOINT_UPPER,
-                                MAX_ANGULAR_SPEED, MAX_JOINT_VELOCITY, MAX_LINEAR_SPEED, ScriptedEvent, SimScene)
+from aura_ros.sim.scene import (
+    COLORS,
+    GRASP_RADIUS,
+    INITIAL_POSITIONS,
+    JOINT_LOWER,
+    JOINT_NAMES,
+    JOINT_UPPER,
+    MAX_ANGULAR_SPEED,
+    MAX_JOINT_VELOCITY,
+    MAX_LINEAR_SPEED,
+    ScriptedEvent,
+    SimScene,
+)
 
 
 def color_pixels(frame: np.ndarray, color: str, tol: int = 30) -> int:

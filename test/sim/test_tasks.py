@@ -7,7 +7,7 @@ import pytest
 from aura_ros.core import arm
 from aura_ros.core.actions import ActionSpace
 from aura_ros.memory.gate import ActionGate
-from aura_ros.sim.tasks import (N_BINS, TASKS, EpisodeRecord, TaskStep, expert_episode, make_task, over_bin)
+from aura_ros.sim.tasks import N_BINS, TASKS, EpisodeRecord, TaskStep, expert_episode, make_task, over_bin
 
 SPACE = ActionSpace(arm.JOINT_NAMES, np.array(arm.LOW), np.array(arm.HIGH))
 
