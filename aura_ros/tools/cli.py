@@ -66,7 +66,8 @@ def _demo(args) -> int:
 
     return run_demo(episodes=args.episodes, distractors=args.distractors, budget_mb=args.budget_mb,
                     rate_hz=args.rate_hz, out=Path(args.out), unbounded_steps=args.unbounded_steps, task=args.task,
-                    seed=args.seed, threads=args.threads)
+                    seed=args.seed, threads=args.threads,
+                    foxglove_port=None if args.foxglove_port < 0 else args.foxglove_port)
 
 
 def _soak(args) -> int:
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     demo.add_argument("--threads", type=int, default=1,
                       help="torch CPU threads of the in-process runs (0: torch's default)")
+    demo.add_argument("--foxglove-port", type=int, default=8765,
+                      help="Foxglove WebSocket on 127.0.0.1 (0: a free port, -1: off); the run is recorded to "
+                           "out/demo/demo.mcap either way")
     demo.add_argument("--out", default="out/demo", help="folder for the plot and the CSV")
     demo.set_defaults(func=_demo)
 

@@ -18,54 +18,40 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from aura_ros.tools.harness import private_domain, start_process, stop_process
+
 DEFAULT_TASK = "cue_recall"
 
 
-def start_process(module: str, params: dict, env: dict, log: Path) -> subprocess.Popen:
-    """Run ``python -m module --ros-args -p k:=v ...`` in its own session, output to ``log``."""
-    args = [sys.executable, "-m", module, "--ros-args"]
-    for k, v in params.items():
-        args += ["-p", f"{k}:={v}"]
-    return subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rate_hz: float, seed: int,
-               out: Path) -> tuple[list[dict], list[dict], dict[str, str]]:
-    """The live run over DDS: per-step rows from the node's topics, per-episode results and the sim's
-    counters (its last /diagnostics: steps, commands dropped as older than their observation, ...)."""
-    from aura_ros.ros.env import apply_local_ros_env
+               out: Path, foxglove_port: int | None = 0) -> tuple[list[dict], list[dict], dict[str, str], object]:
+    """The live run over DDS: per-step rows from the node's topics, per-episode results, the sim's
+    counters (its last /diagnostics: steps, commands dropped as older than their observation, ...)
+    and the last memory-map image. Everything the node publishes is also served live to Foxglove
+    (``foxglove_port``; None: off) and recorded to out/demo.mcap."""
+    with private_domain() as env:
+        return _gated_run_in(env, task, episodes, distractors, budget_mb, rate_hz, seed, out, foxglove_port)
 
-    env = apply_local_ros_env(domain_id=random.randint(120, 200))
+
+def _gated_run_in(env: dict, task: str, episodes: int, distractors: int, budget_mb: float, rate_hz: float,
+                  seed: int, out: Path, foxglove_port: int | None):
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
+    from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
     from aura_ros.core import topics
     from aura_ros.msg import GateStats, MemoryBudget
     from aura_ros.ros import qos
+    from aura_ros.ros.image_conversion import image_to_rgb
     from aura_ros.sim.tasks import make_task
+    from aura_ros.tools.foxglove_live import LiveView
 
     instruction = make_task(task, seed, distractors).instruction
     logs = out / "logs"
@@ -80,16 +66,27 @@ def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rat
     node = start_process("aura_ros.ros.policy_node", {
         "control.rate_hz": rate_hz, "memory.vram_budget_mb": budget_mb, "memory.eviction": "action_gate",
         "timeouts.image_s": image_timeout_s, "instruction": f"'{instruction}'"}, env, logs / "policy_node.log")
+    view = LiveView(port=foxglove_port, mcap_path=out / "demo.mcap")
+    if view.url:
+        print(f"Foxglove: open {view.url} (Open connection -> Foxglove WebSocket), then import "
+              f"config/foxglove_layout.json; recording {out / 'demo.mcap'}", flush=True)
     rclpy.init()
     listener = Node("aura_demo_monitor")
+    last_map: list = []
+
+    def on_map(msg: Image) -> None:
+        view.log_message(topics.MEMORY_MAP, msg)
+        last_map[:] = [msg]
     rows: dict[int, dict] = {}
     memory: dict[int, MemoryBudget] = {}
     results: list[dict] = []
 
     def on_memory(msg: MemoryBudget) -> None:
+        view.log_message(topics.MEMORY, msg)
         memory[msg.step] = msg
 
     def on_gate(msg: GateStats) -> None:
+        view.log_message(topics.GATE_STATS, msg)
         m = memory.pop(msg.step, None)
         rows[msg.step] = {"step": msg.step, "latency_ms": msg.step_latency_ms, "writes": msg.writes_total,
                           "evictions": msg.evictions_total, "gate": msg.gate_value, "written": msg.written,
@@ -102,11 +99,14 @@ def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rat
     sim_counters: dict[str, str] = {}
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
+        view.log_message(topics.DIAGNOSTICS, msg)
         for status in msg.status:
             if status.hardware_id == "aura_sim":
                 sim_counters.update({kv.key: kv.value for kv in status.values})
 
     listener.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diagnostics, qos.DIAGNOSTICS)
+    listener.create_subscription(Image, topics.IMAGE, lambda m: view.log_message(topics.IMAGE, m), qos.SENSOR)
+    listener.create_subscription(Image, topics.MEMORY_MAP, on_map, qos.STATS)
     t0 = time.monotonic()
     last_print, last_count, last_t, last_progress = 0.0, 0, t0, t0
     try:
@@ -134,13 +134,15 @@ def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rat
                 last_print, last_count, last_t = now, len(rows), now
     finally:
         print()
+        view.close()
         listener.destroy_node()
         rclpy.try_shutdown()
         stop_process(node)
         stop_process(sim)
     ok = sum(x["success"] for x in results[:episodes])
     print(f"over DDS: {ok}/{min(len(results), episodes)} episodes succeeded")
-    return [rows[k] for k in sorted(rows)], results[:episodes], sim_counters
+    memory_map = image_to_rgb(last_map[0]) if last_map else None
+    return [rows[k] for k in sorted(rows)], results[:episodes], sim_counters, memory_map
 
 
 def _in_process(task: str, episodes: int, distractors: int, budget_bytes: int, seed: int) -> list:
@@ -194,7 +196,8 @@ def _success_bars(dds: list[dict], local: list) -> list[tuple[str, int, int]]:
     return bars
 
 
-def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: str, path: Path) -> None:
+def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: str, path: Path,
+          memory_map: np.ndarray | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,7 +205,15 @@ def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: 
 
     from aura_ros.bench.tasks import wilson
 
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.6))
+    fig = plt.figure(figsize=(17, 7.2 if memory_map is not None else 4.6))
+    rows = 2 if memory_map is not None else 1
+    grid = fig.add_gridspec(rows, 3, height_ratios=[4.6, 2.6][:rows])
+    ax1, ax2, ax3 = (fig.add_subplot(grid[0, i]) for i in range(3))
+    if memory_map is not None:
+        ax4 = fig.add_subplot(grid[1, :])
+        ax4.imshow(memory_map, interpolation="nearest", aspect="auto")
+        ax4.set_axis_off()
+        ax4.set_title("what the cache holds at the end of the run over DDS (~/memory_map)")
     gated = [r for r in gated if r["allocated_bytes"] >= 0]
     for rows, label in ((unbounded, "unbounded DynamicCache"), (gated, "aura_ros action-gated cache")):
         if not rows:
@@ -239,7 +250,7 @@ def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: 
 
 def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, rate_hz: float = 10.0,
              out: Path = Path("out/demo"), unbounded_steps: int = 400, task: str = DEFAULT_TASK, seed: int = 0,
-             threads: int = 1) -> int:
+             threads: int = 1, foxglove_port: int | None = 0) -> int:
     import torch
 
     from aura_ros.bench.tasks import wilson
@@ -256,7 +267,8 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
     print(f"sim + policy node over ROS 2 (localhost only), {episodes} episodes at {rate_hz:g} Hz, "
           f"action-gated KV cache at {budget_mb:g} MiB")
     t0 = time.time()
-    gated, dds_results, sim_counters = _gated_run(task, episodes, distractors, budget_mb, rate_hz, seed, out)
+    gated, dds_results, sim_counters, memory_map = _gated_run(task, episodes, distractors, budget_mb, rate_hz, seed,
+                                                              out, foxglove_port)
     print(f"the same {episodes} episodes in process at the same budget: action gate, then sliding window")
     local = _in_process(task, episodes, distractors, int(budget_mb * 2**20), seed)
     print(f"unbounded comparison: the same task with a DynamicCache, {unbounded_steps} steps")
@@ -277,7 +289,8 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
             w.writerow([f"{r.policy}_in_process", r.episode, r.seed, r.success, r.steps, r.cue_kept,
                         f"{r.write_rate:.4f}"])
     bars = _success_bars(dds_results, local)
-    _plot(gated, unbounded, bars, chance, f"{task}, D = {distractors}, KV budget {budget_mb:g} MiB", out / "demo.png")
+    _plot(gated, unbounded, bars, chance, f"{task}, D = {distractors}, KV budget {budget_mb:g} MiB", out / "demo.png",
+          memory_map)
 
     g_alloc = {r["allocated_bytes"] for r in gated if r["allocated_bytes"] >= 0}
     n = min(len(unbounded), len(gated))

@@ -20,7 +20,7 @@ def test_demo_short_run(tmp_path, monkeypatch):
             monkeypatch.delenv(key, raising=False)
     out = tmp_path / "demo"
     assert main(["demo", "--episodes", "2", "--distractors", "4", "--unbounded-steps", "20", "--rate-hz", "10",
-                 "--out", str(out)]) == 0
+                 "--foxglove-port", "0", "--out", str(out)]) == 0
     for name in ("demo.png", "demo.csv", "demo_episodes.csv", "demo_summary.json", "demo_summary.txt"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "demo_summary.json").read_text())
@@ -34,5 +34,14 @@ def test_demo_short_run(tmp_path, monkeypatch):
     assert {r["run"] for r in episodes} == {"action_gate_dds", "action_gate_in_process", "sliding_window_in_process"}
     assert [r["seed"] for r in episodes if r["run"] == "action_gate_dds"] == ["0", "1"]
     assert summary["task_steps_over_dds"] > 2 * 4  # both episodes ran through their distractors over DDS
+    # the run over DDS is in an MCAP that Foxglove opens: the node's topics, the memory map among them
+    from mcap.reader import make_reader
+
+    with open(out / "demo.mcap", "rb") as f:
+        counts: dict[str, int] = {}
+        for _, channel, _ in make_reader(f).iter_messages():
+            counts[channel.topic] = counts.get(channel.topic, 0) + 1
+    topics = {"/aura_policy/memory", "/aura_policy/gate_stats", "/aura_policy/memory_map", "/image"}
+    assert topics <= set(counts), counts
     text = (out / "demo_summary.txt").read_text()
     assert "sliding window" in text and "chance 0.33" in text
