@@ -82,13 +82,13 @@ class PolicyNode(LifecycleNode):
         self.add_post_set_parameters_callback(self._apply_parameters)
         if self.settings.autostart:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise StartupError(self.health.last_error)
+                raise StartupError(self.health.last_error or "configure failed (see the log above)")
             self.trigger_activate()
 
     # ------------------------------------------------------------------ lifecycle
     def _transition(self, state: str) -> None:
         self.health.lifecycle = state
-        self.get_logger().info(f"lifecycle: {state}")
+        self._log().info(f"lifecycle: {state}")
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings = POLICY_PARAMS.read(self)
@@ -134,13 +134,13 @@ class PolicyNode(LifecycleNode):
         self._restart_snapshot_timer()
         self._map_timer = self.create_timer(MEMORY_MAP_PERIOD_S, lambda: self.loop.submit(self._publish_memory_map))
         self._transition("inactive")
-        self.get_logger().info(
+        self._log().info(
             f"policy ready: {s.model_path or 'embedded default model'}, budget {s.budget_mb:.3f} MiB "
             f"({self.policy.stats().capacity_tokens} tokens), action {s.action_type} {list(s.joint_names)}")
         return TransitionCallbackReturn.SUCCESS
 
     def _fail_configure(self, reason: str) -> TransitionCallbackReturn:
-        self.get_logger().error(reason)
+        self._log().error(reason)
         self.health.model_error(reason)
         return TransitionCallbackReturn.FAILURE
 
@@ -191,7 +191,7 @@ class PolicyNode(LifecycleNode):
                     self._save_snapshot()
                 except Exception as exc:  # an unwritable path must not skip the rest of the teardown
                     self.health.count("snapshots_failed")
-                    self.get_logger().error(f"final snapshot not written: {exc}")
+                    self._log().error(f"final snapshot not written: {exc}")
             self.loop = None
         for pub in (self._map_pub, self._gate_pub, self._memory_pub, self._cmd_pub):
             if pub is not None:
@@ -250,10 +250,10 @@ class PolicyNode(LifecycleNode):
             self._gate_pub.publish(gate_msg(action.stats, header))
 
     def info(self, text: str) -> None:
-        self.get_logger().info(text)
+        self._log().info(text)
 
     def error(self, text: str) -> None:
-        self.get_logger().error(text)
+        self._log().error(text)
 
     def warn(self, key: str, text: str, period: float = 5.0) -> None:
         # Throttled per key (rclpy's throttle_duration_sec throttles per call site, and one call
@@ -261,7 +261,13 @@ class PolicyNode(LifecycleNode):
         now = time.monotonic()
         if now - self._warned.get(key, -float("inf")) >= period:
             self._warned[key] = now
-            self.get_logger().warning(text)
+            self._log().warning(text)
+
+    def _log(self):
+        # After a signal has shut the context down, the node's logger can no longer publish to
+        # /rosout (rcl then prints "publisher's context is invalid" for every line): the teardown's
+        # lines (the final snapshot) go to a logger of no node, to the console and log file only.
+        return self.get_logger() if self.context.ok() else rclpy.logging.get_logger("aura_ros.shutdown")
 
     def _header(self) -> Header:
         return Header(stamp=self.get_clock().now().to_msg(), frame_id="")
@@ -396,7 +402,7 @@ class PolicyNode(LifecycleNode):
     def _save_snapshot(self) -> str:
         path = self.policy.save_memory(self.settings.snapshot_path)
         self.health.count("snapshots_saved")
-        self.get_logger().info(f"memory snapshot written: {path}")
+        self._log().info(f"memory snapshot written: {path}")
         return path
 
     def _load_snapshot(self) -> str:
@@ -407,17 +413,17 @@ class PolicyNode(LifecycleNode):
             self.policy.load_memory(self.settings.snapshot_path)
         except (SnapshotError, OSError) as exc:
             self.health.count("snapshots_refused")
-            self.get_logger().error(f"snapshot refused: {exc}")
+            self._log().error(f"snapshot refused: {exc}")
             raise
         self.health.count("snapshots_loaded")
         if configured and self.policy.instruction != configured:
             # The configured instruction wins over the one the snapshot was saved with.
             self.policy.set_instruction(configured)
-            self.get_logger().info("snapshot's instruction replaced by the configured one")
+            self._log().info("snapshot's instruction replaced by the configured one")
         stats = self.policy.stats()
         msg = (f"memory resumed from {self.settings.snapshot_path} at step {self.policy.step_index} "
                f"({stats.used_tokens} tokens, {stats.steps_kept} steps)")
-        self.get_logger().info(msg)
+        self._log().info(msg)
         return msg
 
     def _load_snapshot_at_start(self) -> None:
@@ -428,7 +434,7 @@ class PolicyNode(LifecycleNode):
         try:
             self._load_snapshot()
         except Exception:
-            self.get_logger().warning("starting with a fresh memory")
+            self._log().warning("starting with a fresh memory")
 
     def _srv_snapshot(self, response, fn, verb: str):
         if self.loop is None or not self.settings.snapshot_path:

@@ -32,3 +32,14 @@ def test_a_budget_too_large_for_the_rate_is_a_warning_with_the_numbers():
         h.step_done(stats(20.0), period_s=0.1, since_tick_s=0.02, evicted_written_total=0)
     level, message, values = h.report()
     assert level == DiagnosticStatus.OK and values["step_ms_median"] == "20.0"
+
+
+def test_floating_point_dust_shows_as_zero_in_gate_stats():
+    from std_msgs.msg import Header
+
+    from aura_ros.ros.messages import gate_msg
+
+    st = stats(5.0)
+    st.gate_value, st.write_rate, st.action_delta = 2.8e-16, 1e-10, 0.25
+    msg = gate_msg(st, Header())
+    assert msg.gate_value == 0.0 and msg.write_rate == 0.0 and msg.action_delta == 0.25

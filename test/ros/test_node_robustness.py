@@ -18,13 +18,13 @@ from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from aura_ros.msg import GateStats, MemoryBudget
 from aura_ros.ros import qos
-from aura_ros.ros.image_conversion import rgb_to_image_msg
+from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
 from aura_ros.srv import GetMemoryMap
 
 NODE_CMD = [sys.executable, "-m", "aura_ros.ros.policy_node"]
@@ -84,6 +84,7 @@ class Operator:
         self.node = Node(f"operator_{time.monotonic_ns()}")
         n = self.node
         self.image = n.create_publisher(Image, "image", qos.SENSOR)
+        self.compressed = n.create_publisher(CompressedImage, "image/compressed", qos.SENSOR)
         self.joints = n.create_publisher(JointState, "joint_states", qos.SENSOR)
         # What `ros2 topic pub /instruction std_msgs/msg/String ...` offers: reliable, volatile.
         self.instruction = n.create_publisher(String, "instruction", qos.INSTRUCTION_VOLATILE)
@@ -134,6 +135,7 @@ class Operator:
 
     def set_param(self, name: str, value) -> object:
         v = (ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value) if isinstance(value, float)
+             else ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value) if isinstance(value, int)
              else ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
         return self.call(SetParameters, "/aura_policy/set_parameters",
                          SetParameters.Request(parameters=[ParameterMsg(name=name, value=v)])).results[0]
@@ -202,6 +204,24 @@ def test_terminal_session_inputs_services_and_two_sigints(started, operator, tmp
     op.memory_map()
     assert op.spin_until(lambda: len(op.maps) > n, 0.9)
 
+    # A large PNG is decoded off the executor thread, its time reported; steps go on meanwhile.
+    big = np.random.default_rng(1).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)
+    png = rgb_to_compressed_msg(big, "png")
+    op.compressed.publish(png)
+    n = len(op.gates)
+    assert op.spin_until(lambda: op.value("decode_ms") is not None and len(op.gates) > n + 5, 30), node.output()
+
+    # A live setting reaches the input callbacks at once: a frame over the new pixel limit is dropped.
+    assert op.set_param("image.max_pixels", 100).successful
+    before = op.counter("dropped_image")
+    op.image.publish(rgb_to_image_msg(op.frame))
+    assert op.spin_until(lambda: op.counter("dropped_image") > before, 10, feed_image=False)
+    assert op.set_param("image.max_pixels", 7680 * 4320).successful
+
+    # The live snapshot period is applied: a periodic snapshot appears before any shutdown.
+    assert op.set_param("memory.snapshot_period_s", 0.3).successful
+    assert op.spin_until(lambda: any(p.name == "arm.left.json" for p in tmp_path.iterdir()), 10), node.output()
+
     # A budget larger than the machine's free memory is refused with the reason.
     huge = op.set_param("memory.vram_budget_mb", 1_000_000.0)
     assert not huge.successful and "free" in huge.reason
@@ -235,6 +255,7 @@ def test_terminal_session_inputs_services_and_two_sigints(started, operator, tmp
     assert code == 0, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert "memory snapshot written" in out, out
+    assert "control step failed" not in out and "context is invalid" not in out, out  # nothing half-published
     assert "FutureWarning" not in out and "\x1b[" not in out and "incompatible QoS" not in out, out
     # A path with a dot keeps its whole name (arm.left is not arm.json).
     assert any(p.name.startswith("arm.left") for p in tmp_path.iterdir()), list(tmp_path.iterdir())

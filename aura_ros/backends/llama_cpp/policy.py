@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from aura_ros.backends.llama_cpp.kvstore import KV_TYPES, GGUFKVLayout, LlamaKVStore, UnsupportedModelError
+from aura_ros.core.base import PolicyBase
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.types import Action, Observation
-from aura_ros.memory import ActionGate, BudgetError, GateConfig, GateDecision, Kind, action_gated, make_policy
+from aura_ros.memory import ActionGate, BudgetError, GateDecision, Kind, action_gated, make_policy
 from aura_ros.memory.budget import budget_error
-from aura_ros.memory.stats import MemoryStats, StepStats
+from aura_ros.memory.stats import StepStats
 
 ROPE_SHIFT_REASONS = {8: "M-RoPE (Qwen2-VL / Qwen2.5-VL)", 40: "interleaved M-RoPE (Qwen3-VL)",
                       24: "vision RoPE"}
@@ -222,7 +223,7 @@ def check_supported(model: LoadedGGUF) -> None:
             "a GGML_ASSERT that aborts the process, so this backend refuses it")
 
 
-class LlamaCppPolicy:
+class LlamaCppPolicy(PolicyBase):
     """A GGUF model driven one control step at a time through a LlamaKVStore."""
 
     def __init__(self, model: LoadedGGUF, config: PolicyConfig, instruction: str = "", kv_type: str = "f16",
@@ -317,25 +318,9 @@ class LlamaCppPolicy:
     def budget_error(self, budget_bytes: int) -> str | None:
         return self.store.budget_error(budget_bytes)
 
-    def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
-                    clear_memory_on_instruction: bool | None = None) -> None:
-        if recent_steps is not None:
-            if recent_steps < 0:
-                raise ValueError(f"recent_steps must be >= 0, got {recent_steps}")
-            self.store.recent_steps = int(recent_steps)
-            self.config = replace(self.config, recent_steps=int(recent_steps))
-        if gate is not None:
-            gate.validate()
-            self.gate.config = gate
-            self.config = replace(self.config, gate=gate)
-        if clear_memory_on_instruction is not None:
-            self.config = replace(self.config, clear_memory_on_instruction=bool(clear_memory_on_instruction))
-
-    def stats(self) -> MemoryStats:
-        return self.store.stats()
-
-    def memory_map(self) -> list[tuple[int, float, bool, int]]:
-        return self.store.table.step_summary()
+    @property
+    def kv_store(self):
+        return self.store
 
     def save_memory(self, path) -> str:
         from aura_ros.backends.llama_cpp import snapshot

@@ -24,11 +24,12 @@ from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.positions import mrope_positions, rope_positions
 from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.backends.transformers.unbounded import UnboundedCache
+from aura_ros.core.base import PolicyBase
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.types import Action, Observation
-from aura_ros.memory import ActionGate, BudgetError, GateConfig, GateDecision, Kind, action_gated, make_policy
+from aura_ros.memory import ActionGate, BudgetError, GateDecision, Kind, action_gated, make_policy
 from aura_ros.memory.budget import budget_error
-from aura_ros.memory.stats import MemoryStats, StepStats
+from aura_ros.memory.stats import StepStats
 
 
 def constrained_argmax(logits: torch.Tensor, allowed_ids: torch.Tensor) -> int:
@@ -116,7 +117,7 @@ def _embedding_hook(policy_ref):
     return hook
 
 
-class VLMPolicy:
+class VLMPolicy(PolicyBase):
     """A transformers VLM driven one control step at a time through a GatedKVCache."""
 
     def __init__(self, model, processor, config: PolicyConfig, action_token_ids: list[int],
@@ -260,25 +261,9 @@ class VLMPolicy:
             return "the unbounded reference cache has no budget"
         return self.cache.budget_error(budget_bytes)
 
-    def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
-                    clear_memory_on_instruction: bool | None = None) -> None:
-        if recent_steps is not None:
-            if recent_steps < 0:
-                raise ValueError(f"recent_steps must be >= 0, got {recent_steps}")
-            self.cache.recent_steps = int(recent_steps)
-            self.config = replace(self.config, recent_steps=int(recent_steps))
-        if gate is not None:
-            gate.validate()
-            self.gate.config = gate
-            self.config = replace(self.config, gate=gate)
-        if clear_memory_on_instruction is not None:
-            self.config = replace(self.config, clear_memory_on_instruction=bool(clear_memory_on_instruction))
-
-    def stats(self) -> MemoryStats:
-        return self.cache.stats()
-
-    def memory_map(self) -> list[tuple[int, float, bool, int]]:
-        return self.cache.table.step_summary()
+    @property
+    def kv_store(self):
+        return self.cache
 
     def save_memory(self, path) -> str:
         """Write the episode's memory (KV, segments, positions, gate state) atomically."""

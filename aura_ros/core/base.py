@@ -1,0 +1,34 @@
+"""What every backend's policy shares around its own KV store: the live options, the stats and
+the memory map read the store through one attribute (``kv_store``), so a backend writes only
+what is specific to it (its forward pass, its store, its snapshots)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from aura_ros.memory.gate import GateConfig
+from aura_ros.memory.stats import MemoryStats
+
+
+class PolicyBase:
+    """Mixin for ``Policy`` implementations; the subclass sets ``config``, ``gate`` and ``kv_store``
+    (an object with ``recent_steps``, ``table`` and ``stats()``)."""
+
+    def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
+                    clear_memory_on_instruction: bool | None = None) -> None:
+        if recent_steps is not None:
+            if recent_steps < 0:
+                raise ValueError(f"recent_steps must be >= 0, got {recent_steps}")
+            self.kv_store.recent_steps = int(recent_steps)
+            self.config = replace(self.config, recent_steps=int(recent_steps))
+        if gate is not None:
+            gate.validate()
+            self.gate.config = gate
+            self.config = replace(self.config, gate=gate)
+        if clear_memory_on_instruction is not None:
+            self.config = replace(self.config, clear_memory_on_instruction=bool(clear_memory_on_instruction))
+
+    def stats(self) -> MemoryStats:
+        return self.kv_store.stats()
+
+    def memory_map(self) -> list[tuple[int, float, bool, int]]:
+        return self.kv_store.table.step_summary()
