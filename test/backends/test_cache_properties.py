@@ -4,6 +4,7 @@ with random key/value states, so thousands of operations run in seconds."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,6 +66,15 @@ def test_random_operations_keep_invariants(policy, ops, capacity, recent):
     step, max_step_tokens = 0, 8
     for name, n, value in ops:
         if name == "step":
+            room = cache.capacity - cache.pinned_tokens * cache.policy.protect_pinned
+            if n > room:
+                # A step larger than any seen can exceed what a budget accepted for the steps seen so
+                # far (the step size is measured, not guessed): refused with the numbers, nothing written.
+                before = (cache.used_tokens, len(cache.table))
+                with pytest.raises(BudgetError, match="raise the budget"):
+                    cache.reserve(n)
+                assert (cache.used_tokens, len(cache.table)) == before
+                continue
             max_step_tokens = max(max_step_tokens, n)
             write(cache, n, Kind.OBSERVATION, step)
             d = gate.update(np.array([value]))
