@@ -66,7 +66,11 @@ def _gated_run_in(env: dict, task: str, episodes: int, distractors: int, budget_
     node = start_process("aura_ros.ros.policy_node", {
         "control.rate_hz": rate_hz, "memory.vram_budget_mb": budget_mb, "memory.eviction": "action_gate",
         "timeouts.image_s": image_timeout_s, "instruction": f"'{instruction}'"}, env, logs / "policy_node.log")
-    view = LiveView(port=foxglove_port, mcap_path=out / "demo.mcap")
+    try:
+        view = LiveView(port=foxglove_port, mcap_path=out / "demo.mcap")
+    except Exception as exc:  # the port is taken (another Foxglove server): any free one will do
+        print(f"Foxglove port {foxglove_port} unavailable ({exc}); using a free port")
+        view = LiveView(port=0, mcap_path=out / "demo.mcap")
     if view.url:
         print(f"Foxglove: open {view.url} (Open connection -> Foxglove WebSocket), then import "
               f"config/foxglove_layout.json; recording {out / 'demo.mcap'}", flush=True)
