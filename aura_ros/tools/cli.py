@@ -35,6 +35,17 @@ def _bench_memory(args) -> int:
     return 0
 
 
+def _bench_scaling(args) -> int:
+    from aura_ros.bench import scaling
+
+    _threads(args.threads)
+    scaling.run(budgets=tuple(float(b) for b in args.budgets_mb.split(",")), policies=tuple(args.policies.split(",")),
+                block_fraction=args.block_fraction, min_steps=args.min_steps, max_steps=args.max_steps,
+                model=args.model, out=Path(args.out))
+    print((Path(args.out) / "scaling_table.md").read_text())
+    return 0
+
+
 def _bench_recall(args) -> int:
     from aura_ros.bench import recall
 
@@ -180,6 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     mem.add_argument("--out", default="out/bench_memory")
     mem.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     mem.set_defaults(func=_bench_memory)
+
+    sc = bench.add_parser("scaling", help="step time at capacity against the budget, per policy, vs the physical limit")
+    sc.add_argument("--budgets-mb", default="1,8,64,256")
+    sc.add_argument("--policies", default="physical_limit,sliding_window,streaming_llm,h2o,action_gate")
+    sc.add_argument("--block-fraction", type=float, default=0.0,
+                    help="when full, free at least this fraction of the capacity at once (0: one step's room)")
+    sc.add_argument("--min-steps", type=int, default=100, help="timed steps per (budget, policy), at least")
+    sc.add_argument("--max-steps", type=int, default=2000, help="timed steps per (budget, policy), at most")
+    sc.add_argument("--model", default=None)
+    sc.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    sc.add_argument("--out", default="out/bench_scaling")
+    sc.set_defaults(func=_bench_scaling)
 
     rec = bench.add_parser("recall", help="memory quality with real SmolLM2-135M weights")
     from aura_ros.bench.recall import add_arguments as recall_arguments
