@@ -96,6 +96,9 @@ class ControlLoop:
     out: Outputs
     replace_settings: Callable[[object, dict], object]
     on_budget_changed: Callable[[float], None] = lambda mb: None
+    # False once a signal has shut the ROS context down: from then on nothing is published and
+    # a failed publish is not a model error (the node is going down, stop() follows).
+    alive: Callable[[], bool] = lambda: True
     store: InputStore = field(default_factory=InputStore)
     _busy: bool = False
     _worker: ThreadPoolExecutor | None = None
@@ -144,6 +147,10 @@ class ControlLoop:
                 self.health.set_value("decode_ms", f"{(time.perf_counter() - t0) * 1e3:.1f}")
             self.store.put_frame(rgb, receive_time)
             self.health.count("frames")
+
+    @property
+    def going_down(self) -> bool:
+        return self.stopping or not self.alive()
 
     # ------------------------------------------------------------------ scheduling
     def tick(self) -> None:
@@ -200,14 +207,14 @@ class ControlLoop:
             try:
                 action = self._step_with_oom_retry(snap)
             except Exception as exc:  # keep serving: hold, report ERROR, try again next tick
-                if self.stopping:
+                if self.going_down:
                     return
                 self.health.model_error(f"{type(exc).__name__}: {exc}")
                 self.out.error(f"policy step failed: {type(exc).__name__}: {exc}")
                 self.hold(snap)
                 return
             self.health.model_ok()
-            if self.stopping:
+            if self.going_down:
                 return  # shutting down: the step is in memory; publishers may be gone
             if not s.dry_run:
                 self.out.command(action.joint_names, action.positions)
@@ -215,7 +222,7 @@ class ControlLoop:
             self.health.step_done(action.stats, period_s=1.0 / s.rate_hz, since_tick_s=time.monotonic() - tick_time,
                                   evicted_written_total=action.stats.evicted_written_total)
         except Exception as exc:  # nothing may kill the worker thread silently
-            if not self.stopping:
+            if not self.going_down:
                 self.health.model_error(f"{type(exc).__name__}: {exc}")
                 self.out.error(f"control step failed: {type(exc).__name__}: {exc}")
         finally:
@@ -243,7 +250,7 @@ class ControlLoop:
     def hold(self, snap: Inputs) -> None:
         """Stop safely: zero velocity for a base, the current positions (clipped) for an arm."""
         s = self.settings
-        if s.dry_run or self.stopping:
+        if s.dry_run or self.going_down:
             return
         if s.action_type == "twist":
             self.out.command(s.joint_names, np.zeros((1, len(s.joint_names))))

@@ -107,7 +107,7 @@ class PolicyNode(LifecycleNode):
         self._gate_pub = self.create_lifecycle_publisher(self._msg("GateStats"), topics.REL_GATE_STATS, qos.STATS)
         self._map_pub = self.create_lifecycle_publisher(Image, topics.REL_MEMORY_MAP, qos.STATS)
         self.loop = ControlLoop(self.policy, s, self.health, self, POLICY_PARAMS.apply,
-                                on_budget_changed=self._budget_changed)
+                                on_budget_changed=self._budget_changed, alive=self.context.ok)
         self._own_subscriptions = [
             self.create_subscription(Image, topics.REL_IMAGE, self._on_image, qos.SENSOR),
             self.create_subscription(CompressedImage, topics.REL_IMAGE_COMPRESSED, self._on_compressed, qos.SENSOR),
@@ -456,12 +456,17 @@ class PolicyNode(LifecycleNode):
 
     def _publish_memory_map(self) -> None:
         """Worker thread: render what the cache holds now and publish it on ~/memory_map."""
-        if self._map_pub is None or self.policy is None or self.loop is None or self.loop.stopping:
+        if self._map_pub is None or self.policy is None or self.loop is None or self.loop.going_down:
             return
         from aura_ros.tools.memory_map import policy_memory_map
 
-        self._map_pub.publish(rgb_to_image_msg(policy_memory_map(self.policy), "rgb8", frame_id="memory_map",
-                                               stamp=self.get_clock().now().to_msg()))
+        msg = rgb_to_image_msg(policy_memory_map(self.policy), "rgb8", frame_id="memory_map",
+                               stamp=self.get_clock().now().to_msg())
+        try:
+            self._map_pub.publish(msg)
+        except Exception:
+            if self.context.ok():  # a signal may shut the context down meanwhile: the node is going down
+                raise
 
     def _srv_memory_map(self, request, response):
         if self.loop is None:
@@ -479,8 +484,17 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
-        self._diag_pub.publish(diagnostics_msg(self.get_fully_qualified_name(), self.health,
-                                               self.get_clock().now().to_msg(), self.policy is not None))
+        # A signal can shut the context down while this timer callback runs; a publish on the
+        # dead context then raises inside the executor's task (printed later as "exception never
+        # retrieved"). Nothing is lost: the node is going down.
+        if not self.context.ok():
+            return
+        try:
+            self._diag_pub.publish(diagnostics_msg(self.get_fully_qualified_name(), self.health,
+                                                   self.get_clock().now().to_msg(), self.policy is not None))
+        except Exception:
+            if self.context.ok():
+                raise
 
 
 def _allocation_error(budget_mb: float, device: str) -> str | None:
