@@ -3,15 +3,36 @@ the memory map read the store through one attribute (``kv_store``), so a backend
 what is specific to it (its forward pass, its store, its snapshots)."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
+import numpy as np
+
+from aura_ros.core.types import Action, Observation
 from aura_ros.memory.gate import GateConfig
 from aura_ros.memory.stats import MemoryStats
 
 
 class PolicyBase:
     """Mixin for ``Policy`` implementations; the subclass sets ``config``, ``gate`` and ``kv_store``
-    (an object with ``recent_steps``, ``table`` and ``stats()``)."""
+    (an object with ``recent_steps``, ``table``, ``stats()`` and ``rollback()``), and implements
+    ``_step(image, state, event, t0)``."""
+
+    def step(self, obs: Observation) -> Action:
+        """One control step: observe, decode an action chunk, gate the step."""
+        t0 = time.perf_counter()
+        if obs.instruction is not None and obs.instruction != self.instruction:
+            self.set_instruction(obs.instruction)
+        state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(state)):
+            raise ValueError("joint state contains NaN or infinite values")
+        try:
+            return self._step(obs.image, state, obs.event, t0)
+        except BaseException:
+            # A step that failed half-way (an exception inside a layer, out of memory) must not
+            # leave tokens behind: back to the last commit.
+            self.kv_store.rollback()
+            raise
 
     def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
                     clear_memory_on_instruction: bool | None = None) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from aura_ros.backends.llama_cpp.kvstore import KV_TYPES, GGUFKVLayout, LlamaKVStore, UnsupportedModelError
 from aura_ros.core.base import PolicyBase
 from aura_ros.core.config import PolicyConfig
-from aura_ros.core.types import Action, Observation
+from aura_ros.core.types import Action
 from aura_ros.memory import ActionGate, BudgetError, GateDecision, Kind, action_gated, make_policy
 from aura_ros.memory.budget import budget_error
 from aura_ros.memory.stats import StepStats
@@ -341,19 +341,6 @@ class LlamaCppPolicy(PolicyBase):
             self.mtmd.close()
             self.mtmd = None
         self.store.close()
-
-    def step(self, obs: Observation) -> Action:
-        t0 = time.perf_counter()
-        if obs.instruction is not None and obs.instruction != self.instruction:
-            self.set_instruction(obs.instruction)
-        state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(state)):
-            raise ValueError("joint state contains NaN or infinite values")
-        try:
-            return self._step(obs.image, state, obs.event, t0)
-        except BaseException:
-            self.store.rollback()  # a step that failed half-way leaves nothing behind
-            raise
 
     def _observe(self, image, state: np.ndarray, n_act: int) -> np.ndarray:
         """Decode the step's observation segment; the logits of its last token."""

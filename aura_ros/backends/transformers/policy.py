@@ -26,7 +26,7 @@ from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.backends.transformers.unbounded import UnboundedCache
 from aura_ros.core.base import PolicyBase
 from aura_ros.core.config import PolicyConfig
-from aura_ros.core.types import Action, Observation
+from aura_ros.core.types import Action
 from aura_ros.memory import ActionGate, BudgetError, GateDecision, Kind, action_gated, make_policy
 from aura_ros.memory.budget import budget_error
 from aura_ros.memory.stats import StepStats
@@ -301,22 +301,6 @@ class VLMPolicy(PolicyBase):
         self.gate.reset()
 
     @torch.inference_mode()
-    def step(self, obs: Observation) -> Action:
-        """One control step: observe, decode an action chunk, gate the step."""
-        t0 = time.perf_counter()
-        if obs.instruction is not None and obs.instruction != self.instruction:
-            self.set_instruction(obs.instruction)
-        state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(state)):
-            raise ValueError("joint state contains NaN or infinite values")
-        try:
-            return self._step(obs.image, state, obs.event, t0)
-        except BaseException:
-            # A step that failed half-way (an exception inside a layer, out of memory) must not
-            # leave tokens behind, or layers of different lengths: back to the last commit.
-            self.cache.rollback()
-            raise
-
     def _step(self, image, state: np.ndarray, event: bool, t0: float) -> Action:
         step = self.step_index
         inputs = self._encode_observation(image, state)
