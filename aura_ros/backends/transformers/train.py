@@ -43,7 +43,7 @@ TRAIN_INFO_FILE = "aura_ros_train.json"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 200  # optimizer steps
+    steps: int = 4000  # optimizer steps
     batch_size: int = 8
     lr: float = 4e-3
     min_lr_fraction: float = 0.05  # cosine decay down to lr * this
@@ -53,18 +53,31 @@ class TrainConfig:
     seed: int = 0
     recent_steps: int = 8  # the cache's recent window (PolicyConfig.recent_steps)
     focus_prob: float = 0.6  # targets drawn from the steps where the expert's action changes (else uniform)
-    full_context_prob: float = 0.15  # a short episode's whole history instead of the gated context
+    full_context_prob: float = 0.0  # a short episode's whole history instead of the gated context
     full_context_max_steps: int = 28
     novelty_keep_prob: float = 0.5  # contexts that also keep the frames that changed most
     novelty_top_k: int = 2
     # Loss weight of the action tokens of a decision step (the expert's action differs from the
     # step before): a handful of steps an episode carry the task, the steady rest would drown them.
-    decision_weight: float = 4.0
-    # The recent window of a context is drawn from 0..recent_steps: short contexts are cheap and
+    decision_weight: float = 20.0
+    # Contexts of one step (the frame alone, no history): all of them for the first
+    # ``single_frame_warmup_steps`` optimizer steps, then this share. With a history in view from
+    # the start, behaviour cloning settles on repeating the previous step's action (right at every
+    # steady step) and the vision path never learns to tell the cue frame from the others.
+    single_frame_warmup_steps: int = 300
+    single_frame_prob: float = 0.15
+    # After the warm-up the recent window of a context grows from 1 step to ``recent_steps`` over
+    # this many optimizer steps. Finding the one remembered step among many by content is learnt
+    # from short contexts first: over a long one the attention starts uniform and the gradient
+    # towards the remembered step is diluted by every other token.
+    window_curriculum_steps: int = 1500
+    # The recent window of a context is drawn from 1..recent_steps: short contexts are cheap and
     # teach what each frame shows; the full window is what the runtime holds.
     random_window: bool = True
-    threads: int = 2  # torch CPU threads (0: leave torch's default)
-    log_every: int = 10
+    # torch CPU threads (0: leave torch's default). The result is deterministic by seed at a fixed
+    # thread count (float sums are ordered by the threads); 1 makes it the same on every machine.
+    threads: int = 1
+    log_every: int = 50
 
 
 @dataclass
@@ -251,19 +264,24 @@ class ContextSampler:
         self.written = [written_steps(r.actions, r.events, policy_config) for r in records]
         self.novel = []
         self.focus = []
-        for r, w in zip(records, self.written):
+        for r in records:
             change = frame_change(r.images)
             k = min(cfg.novelty_top_k, len(change))
-            self.novel.append(np.argsort(-change, kind="stable")[:k] if k else np.array([], dtype=int))
-            # The steps worth practising most: where the action changes, and the step after each.
+            novel = np.argsort(-change, kind="stable")[:k] if k else np.array([], dtype=int)
+            self.novel.append(novel)
+            # The steps worth practising most: where the action changes (the cue's reaction, the
+            # recall) and the frames that changed most (a latent fact).
             acts = np.asarray(r.actions)
             changed = np.flatnonzero(np.any(acts[1:] != acts[:-1], axis=1)) + 1
-            novel = self.novel[-1]
-            focus = np.unique(np.concatenate([changed, changed + 1, np.flatnonzero(w), novel, novel + 1]))
+            focus = np.unique(np.concatenate([changed, novel]))
             self.focus.append(focus[focus < len(acts)])
 
-    def sample(self, rng: np.random.Generator) -> tuple[int, list[int]]:
+    def sample(self, rng: np.random.Generator, single_frame: bool = False,
+               max_window: int | None = None) -> tuple[int, list[int]]:
+        """One context: its episode and kept steps. ``max_window`` caps the recent window (the
+        curriculum); None: ``recent_steps``."""
         cfg = self.cfg
+        hi = cfg.recent_steps if max_window is None else min(cfg.recent_steps, max_window)
         e = int(rng.integers(len(self.records)))
         T = len(self.records[e].actions)
         focus = self.focus[e]
@@ -271,10 +289,16 @@ class ContextSampler:
             t = int(rng.choice(focus))
         else:
             t = int(rng.integers(T))
-        if t + 1 <= cfg.full_context_max_steps and rng.random() < cfg.full_context_prob:
+        if single_frame:
+            return e, [t]
+        if (cfg.full_context_prob > 0 and hi == cfg.recent_steps and t + 1 <= cfg.full_context_max_steps
+                and rng.random() < cfg.full_context_prob):
             return e, list(range(t + 1))
         extra = self.novel[e] if rng.random() < cfg.novelty_keep_prob else ()
-        window = int(rng.integers(cfg.recent_steps + 1)) if cfg.random_window else cfg.recent_steps
+        # At least one step of window: with none, the remembered step sits right before the
+        # decided one, and copying the previous step's action is a shortcut the runtime's window
+        # never offers.
+        window = int(rng.integers(1, max(1, hi) + 1)) if cfg.random_window else hi
         return e, gated_context(t, self.written[e], window, extra)
 
 
@@ -328,10 +352,17 @@ def train(episodes: Iterable, out_dir: str | Path, model: str | Path | None = No
         frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac)))
 
+    def max_window(step: int) -> int:
+        if cfg.window_curriculum_steps <= 0:
+            return cfg.recent_steps
+        frac = min(1.0, max(0, step - cfg.single_frame_warmup_steps) / cfg.window_curriculum_steps)
+        return int(round(1 + (cfg.recent_steps - 1) * frac))
+
     losses, window = [], []
     bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        samples = [sampler.sample(rng) for _ in range(cfg.batch_size)]
+        samples = [sampler.sample(rng, step < cfg.single_frame_warmup_steps or rng.random() < cfg.single_frame_prob,
+                                  max_window(step)) for _ in range(cfg.batch_size)]
         batch = build_batch(loaded, encoder, samples, records, pad_id, cfg.decision_weight)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
