@@ -1,6 +1,6 @@
 """`aura-ros train`: behaviour cloning of a VLM policy on the sim's memory tasks.
 
-    aura-ros train --out my-policy                      # the default's recipe (about 10 min on 2 cores, idle)
+    aura-ros train --out my-policy                      # the default's recipe (about 8 min on one idle core)
     aura-ros train --out my-policy --model /models/vla  # any model load_model supports (with action tokens)
     aura-ros train --out tiny --steps 20 --episodes 16  # a quick check
 
@@ -31,6 +31,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="fixes episodes, sampling and the initial weights")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-every", type=int, default=d.log_every, help="optimizer steps per logged mean loss")
+    p.add_argument("--check-episodes", type=int, default=10,
+                   help="held-out expert episodes per task for the check after training (0: no check)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -50,4 +52,24 @@ def run(args) -> int:
                    init_seed=args.seed)
     print(f"trained on {result.n_episodes} episodes in {result.seconds:.0f} s: loss {result.first_loss:.4f} -> "
           f"{result.final_loss:.4f}; wrote {result.out_dir}")
+    if args.check_episodes > 0:
+        check(result.out_dir, tuple(tasks), args.check_episodes)
     return 0
+
+
+def check(out_dir: Path, tasks, n_per_task: int, distractor_steps: int = 20) -> dict:
+    """The held-out check: printed, and stored in the model folder's training record."""
+    import json
+
+    from aura_ros.backends.transformers.train import TRAIN_INFO_FILE, decision_accuracy, held_out_episodes
+
+    acc = decision_accuracy(out_dir, held_out_episodes(n_per_task, distractor_steps, tasks))
+    for task, kinds in acc.items():
+        print(f"held-out {task} (D={distractor_steps}, {n_per_task} episodes, gated contexts): action right at "
+              f"decision steps {kinds['decision']:.2f}, at steady steps {kinds['steady']:.2f}")
+    info_file = Path(out_dir) / TRAIN_INFO_FILE
+    info = json.loads(info_file.read_text())
+    info["held_out"] = {"episodes_per_task": n_per_task, "distractor_steps": distractor_steps,
+                        "context": "what the action-gated cache holds (teacher-forced)", "accuracy": acc}
+    info_file.write_text(json.dumps(info, indent=2) + "\n")
+    return acc

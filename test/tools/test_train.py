@@ -98,11 +98,15 @@ def test_short_training_run_lowers_the_loss_and_loads(random_default, tmp_path):
 
     out = tmp_path / "policy"
     rc = main(["train", "--out", str(out), "--model", str(random_default), "--steps", "8", "--episodes", "4",
-               "--max-distractor", "0", "--batch-size", "2", "--lr", "5e-3", "--log-every", "2", "--no-progress"])
+               "--max-distractor", "0", "--batch-size", "2", "--lr", "5e-3", "--log-every", "2",
+               "--check-episodes", "1", "--no-progress"])
     assert rc == 0
     info = json.loads((out / TRAIN_INFO_FILE).read_text())
     losses = info["losses"]
     assert losses[-1] < losses[0]
+    held_out = info["held_out"]["accuracy"]
+    assert set(held_out) == {"cue_recall", "latent_fact"}
+    assert all(0.0 <= v <= 1.0 for kinds in held_out.values() for v in kinds.values())
     # The result loads like any model and drives a task through the policy.
     policy = VLMPolicy.from_pretrained(str(out), PolicyConfig(budget_bytes=2**20))
     task = make_task("cue_recall", 0, 2)
@@ -111,6 +115,19 @@ def test_short_training_run_lowers_the_loss_and_loads(random_default, tmp_path):
         action = policy.step(Observation(obs.image, obs.joint_state, instruction=task.instruction))
         task.apply(action.first)
     assert policy.step_index == 3
+
+
+@pytest.mark.skipif(not trained_default_available(), reason="the trained default policy is not in this checkout")
+def test_held_out_check_tells_a_trained_policy_from_a_random_one(random_default):
+    """At cue_recall's decision steps (react to the cue, recall it) the shipped default acts as the
+    expert does from the gated context; the untrained starting point does not."""
+    from aura_ros.backends.transformers.train import decision_accuracy, held_out_episodes
+
+    episodes = held_out_episodes(3, 12, tasks=(("cue_recall", 1.0),))
+    trained = decision_accuracy(None, episodes)["cue_recall"]
+    untrained = decision_accuracy(random_default, episodes)["cue_recall"]
+    assert trained["decision"] == 1.0 and trained["steady"] == 1.0
+    assert untrained["decision"] < 0.5
 
 
 def test_training_is_deterministic_by_seed(random_default, tmp_path):

@@ -421,3 +421,52 @@ def default_episodes(n_episodes: int = 200, seed: int = 0, max_distractor: int =
         d = int(rng.integers(0, max_distractor + 1))
         out.append(expert_episode(name, 10_000 + seed * 100_000 + i, d))
     return out
+
+
+# ---------------------------------------------------------------------- the held-out check
+def decision_accuracy(model: str | Path | None, records: list, policy_config: PolicyConfig | None = None,
+                      recent_steps: int | None = None) -> dict[str, dict[str, float]]:
+    """Per task: how often the model's greedy action equals the expert's, at the decision steps
+    (the action differs from the step before) and at the steady ones, each decided from the
+    context the action-gated cache holds there (teacher-forced: the expert's history). ``model``
+    None: the embedded default.
+
+    A cheap check of what a training run learned, before any closed-loop run: a run that did not
+    learn the recall shows chance at the decision steps. At a latent fact's recall the gated
+    context lacks the fact (the action gate is blind to it), so its decision figure is expected
+    near chance there.
+    """
+    from aura_ros.backends.transformers.loading import load_model
+    from aura_ros.backends.transformers.vocab import action_token_ids
+
+    pcfg = policy_config or PolicyConfig()
+    window = pcfg.recent_steps if recent_steps is None else recent_steps
+    loaded = load_model(model, attn_implementation="sdpa")
+    ids = action_token_ids(loaded.tokenizer, pcfg.n_bins)
+    encoder = _Encoder(loaded, pcfg, ids)
+    action_ids = torch.tensor(ids)
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    tally: dict[str, dict[str, list[int]]] = {}
+    loaded.model.eval()
+    for e, rec in enumerate(records):
+        acts = np.asarray(rec.actions)
+        written = written_steps(acts, rec.events, pcfg)
+        per = tally.setdefault(getattr(rec, "task", "") or "episodes", {"decision": [0, 0], "steady": [0, 0]})
+        for t in range(len(acts)):
+            kind = "decision" if t > 0 and not np.array_equal(acts[t], acts[t - 1]) else "steady"
+            batch = build_batch(loaded, encoder, [(e, gated_context(t, written, window))], records, pad_id)
+            with torch.no_grad():
+                logits = action_logits(loaded.model, batch, action_ids)
+            n = len(encoder.step(e, t, rec)[1])  # the decided step's action tokens are the last n labels
+            right = bool(torch.equal(logits[-n:].argmax(-1), batch["targets"][-n:]))
+            per[kind][0] += int(right)
+            per[kind][1] += 1
+    return {task: {kind: (k / m if m else float("nan")) for kind, (k, m) in kinds.items()}
+            for task, kinds in tally.items()}
+
+
+def held_out_episodes(n_per_task: int = 10, distractor_steps: int = 20, tasks=DEFAULT_TASKS) -> list:
+    """Expert episodes of the memory tasks on evaluation seeds (disjoint from ``default_episodes``)."""
+    from aura_ros.sim.tasks import expert_episode
+
+    return [expert_episode(name, 5_000 + i, distractor_steps) for name, _ in tasks for i in range(n_per_task)]
