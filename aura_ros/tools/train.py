@@ -27,7 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--recent-steps", type=int, default=d.recent_steps, help="the cache's recent window")
+    p.add_argument("--context-steps", type=int, default=d.context_steps,
+                   help="recent steps of a training context, at most (a cache holds this many before it is full)")
     p.add_argument("--seed", type=int, default=d.seed, help="fixes episodes, sampling and the initial weights")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-every", type=int, default=d.log_every, help="optimizer steps per logged mean loss")
@@ -45,7 +46,7 @@ def run(args) -> int:
     for item in args.tasks.split(","):
         name, _, weight = item.partition(":")
         tasks.append((name.strip(), float(weight or 1.0)))
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, recent_steps=args.recent_steps,
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, context_steps=args.context_steps,
                       seed=args.seed, threads=args.threads, log_every=args.log_every)
     episodes = default_episodes(args.episodes, seed=args.seed, max_distractor=args.max_distractor, tasks=tuple(tasks))
     result = train(episodes, Path(args.out), model=args.model, config=cfg, progress=not args.no_progress,
@@ -53,23 +54,24 @@ def run(args) -> int:
     print(f"trained on {result.n_episodes} episodes in {result.seconds:.0f} s: loss {result.first_loss:.4f} -> "
           f"{result.final_loss:.4f}; wrote {result.out_dir}")
     if args.check_episodes > 0:
-        check(result.out_dir, tuple(tasks), args.check_episodes)
+        check(result.out_dir, tuple(tasks), args.check_episodes, window=args.context_steps)
     return 0
 
 
-def check(out_dir: Path, tasks, n_per_task: int, distractor_steps: int = 20) -> dict:
+def check(out_dir: Path, tasks, n_per_task: int, distractor_steps: int = 20, window: int = 24) -> dict:
     """The held-out check: printed, and stored in the model folder's training record."""
     import json
 
     from aura_ros.backends.transformers.train import TRAIN_INFO_FILE, decision_accuracy, held_out_episodes
 
-    acc = decision_accuracy(out_dir, held_out_episodes(n_per_task, distractor_steps, tasks))
+    acc = decision_accuracy(out_dir, held_out_episodes(n_per_task, distractor_steps, tasks), recent_steps=window)
     for task, kinds in acc.items():
-        print(f"held-out {task} (D={distractor_steps}, {n_per_task} episodes, gated contexts): action right at "
+        print(f"held-out {task} (D={distractor_steps}, {n_per_task} episodes, gated contexts with {window} recent "
+              f"steps): action right at "
               f"decision steps {kinds['decision']:.2f}, at steady steps {kinds['steady']:.2f}")
     info_file = Path(out_dir) / TRAIN_INFO_FILE
     info = json.loads(info_file.read_text())
-    info["held_out"] = {"episodes_per_task": n_per_task, "distractor_steps": distractor_steps,
+    info["held_out"] = {"episodes_per_task": n_per_task, "distractor_steps": distractor_steps, "recent_steps": window,
                         "context": "what the action-gated cache holds (teacher-forced)", "accuracy": acc}
     info_file.write_text(json.dumps(info, indent=2) + "\n")
     return acc

@@ -9,17 +9,17 @@ What the model reads in training is what the cache holds at run time. A training
 step t of an episode is: the pinned segment (system prompt + instruction), then, in order, the
 steps the cache keeps at step t: the steps the action gate writes (the expert's action changed,
 or an external event; the same ``ActionGate`` as the runtime scores the expert's actions), a
-recent window of ``recent_steps`` steps, and step t itself; every other step is dropped and the
-positions run contiguously from 0, as the cache re-rotates them. Each kept step is encoded by the
-runtime's own functions (``policy.encode_instruction`` / ``encode_observation``): the observation
-segment, then the action tokens of the expert's action. The loss is the cross-entropy over the
-action tokens (the runtime decodes under a mask of the action tokens, so the loss is taken over
-those logits only), for every action of the context.
+recent stretch of 1 to ``context_steps`` steps (a cache holds its protected window and, until it
+is full, more), and step t itself; every other step is dropped and the positions run
+contiguously from 0, as the cache re-rotates them. Each kept step is encoded by the runtime's own
+functions (``policy.encode_instruction`` / ``encode_observation``): the observation segment, then
+the action tokens of the expert's action. The loss is the cross-entropy over the action tokens
+(the runtime decodes under a mask of the action tokens, so the loss is taken over those logits
+only), for every action of the context.
 
 Some contexts also keep the steps whose frame changed most (a stand-in for the gate's
-observation-novelty term: a latent fact is then learnable when the cache keeps it), and short
-episodes are sometimes seen whole (the unbounded cache's view), so one model serves every memory
-policy the benchmark compares.
+observation-novelty term: a latent fact is then learnable when the cache keeps it), so one model
+serves every memory policy the benchmark compares.
 
 Long episodes cost nothing extra: a context never holds more than the kept steps.
 """
@@ -51,7 +51,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
-    recent_steps: int = 8  # the cache's recent window (PolicyConfig.recent_steps)
+    # The recent stretch of a training context: up to this many steps. A cache holds more than its
+    # protected window (transient steps stay until the budget needs their room), so a policy sees
+    # stretches far longer than its ``recent_steps`` at run time and must have seen them in training.
+    context_steps: int = 24
     focus_prob: float = 0.6  # targets drawn from the steps where the expert's action changes (else uniform)
     full_context_prob: float = 0.0  # a short episode's whole history instead of the gated context
     full_context_max_steps: int = 28
@@ -66,13 +69,13 @@ class TrainConfig:
     # steady step) and the vision path never learns to tell the cue frame from the others.
     single_frame_warmup_steps: int = 300
     single_frame_prob: float = 0.15
-    # After the warm-up the recent window of a context grows from 1 step to ``recent_steps`` over
+    # After the warm-up the recent window of a context grows from 1 step to ``context_steps`` over
     # this many optimizer steps. Finding the one remembered step among many by content is learnt
     # from short contexts first: over a long one the attention starts uniform and the gradient
     # towards the remembered step is diluted by every other token.
     window_curriculum_steps: int = 1500
-    # The recent window of a context is drawn from 1..recent_steps: short contexts are cheap and
-    # teach what each frame shows; the full window is what the runtime holds.
+    # The recent window of a context is drawn from 1..context_steps: short contexts are cheap and
+    # teach what each frame shows; the long ones are what a cache holds before it is full.
     random_window: bool = True
     # torch CPU threads (0: leave torch's default). The result is deterministic by seed at a fixed
     # thread count (float sums are ordered by the threads); 1 makes it the same on every machine.
@@ -279,9 +282,9 @@ class ContextSampler:
     def sample(self, rng: np.random.Generator, single_frame: bool = False,
                max_window: int | None = None) -> tuple[int, list[int]]:
         """One context: its episode and kept steps. ``max_window`` caps the recent window (the
-        curriculum); None: ``recent_steps``."""
+        curriculum); None: ``context_steps``."""
         cfg = self.cfg
-        hi = cfg.recent_steps if max_window is None else min(cfg.recent_steps, max_window)
+        hi = cfg.context_steps if max_window is None else min(cfg.context_steps, max_window)
         e = int(rng.integers(len(self.records)))
         T = len(self.records[e].actions)
         focus = self.focus[e]
@@ -291,7 +294,7 @@ class ContextSampler:
             t = int(rng.integers(T))
         if single_frame:
             return e, [t]
-        if (cfg.full_context_prob > 0 and hi == cfg.recent_steps and t + 1 <= cfg.full_context_max_steps
+        if (cfg.full_context_prob > 0 and hi == cfg.context_steps and t + 1 <= cfg.full_context_max_steps
                 and rng.random() < cfg.full_context_prob):
             return e, list(range(t + 1))
         extra = self.novel[e] if rng.random() < cfg.novelty_keep_prob else ()
@@ -354,9 +357,9 @@ def train(episodes: Iterable, out_dir: str | Path, model: str | Path | None = No
 
     def max_window(step: int) -> int:
         if cfg.window_curriculum_steps <= 0:
-            return cfg.recent_steps
+            return cfg.context_steps
         frac = min(1.0, max(0, step - cfg.single_frame_warmup_steps) / cfg.window_curriculum_steps)
-        return int(round(1 + (cfg.recent_steps - 1) * frac))
+        return int(round(1 + (cfg.context_steps - 1) * frac))
 
     losses, window = [], []
     bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
@@ -425,11 +428,11 @@ def default_episodes(n_episodes: int = 200, seed: int = 0, max_distractor: int =
 
 # ---------------------------------------------------------------------- the held-out check
 def decision_accuracy(model: str | Path | None, records: list, policy_config: PolicyConfig | None = None,
-                      recent_steps: int | None = None) -> dict[str, dict[str, float]]:
+                      recent_steps: int = TrainConfig.context_steps) -> dict[str, dict[str, float]]:
     """Per task: how often the model's greedy action equals the expert's, at the decision steps
     (the action differs from the step before) and at the steady ones, each decided from the
-    context the action-gated cache holds there (teacher-forced: the expert's history). ``model``
-    None: the embedded default.
+    context the action-gated cache holds there with ``recent_steps`` recent steps (teacher-forced:
+    the expert's history). ``model`` None: the embedded default.
 
     A cheap check of what a training run learned, before any closed-loop run: a run that did not
     learn the recall shows chance at the decision steps. At a latent fact's recall the gated
@@ -440,7 +443,6 @@ def decision_accuracy(model: str | Path | None, records: list, policy_config: Po
     from aura_ros.backends.transformers.vocab import action_token_ids
 
     pcfg = policy_config or PolicyConfig()
-    window = pcfg.recent_steps if recent_steps is None else recent_steps
     loaded = load_model(model, attn_implementation="sdpa")
     ids = action_token_ids(loaded.tokenizer, pcfg.n_bins)
     encoder = _Encoder(loaded, pcfg, ids)
@@ -454,7 +456,7 @@ def decision_accuracy(model: str | Path | None, records: list, policy_config: Po
         per = tally.setdefault(getattr(rec, "task", "") or "episodes", {"decision": [0, 0], "steady": [0, 0]})
         for t in range(len(acts)):
             kind = "decision" if t > 0 and not np.array_equal(acts[t], acts[t - 1]) else "steady"
-            batch = build_batch(loaded, encoder, [(e, gated_context(t, written, window))], records, pad_id)
+            batch = build_batch(loaded, encoder, [(e, gated_context(t, written, recent_steps))], records, pad_id)
             with torch.no_grad():
                 logits = action_logits(loaded.model, batch, action_ids)
             n = len(encoder.step(e, t, rec)[1])  # the decided step's action tokens are the last n labels
