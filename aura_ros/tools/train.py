@@ -1,6 +1,6 @@
 """`aura-ros train`: behaviour cloning of a VLM policy on the sim's memory tasks.
 
-    aura-ros train --out my-policy                      # the default's recipe (about 8 min on one idle core)
+    aura-ros train --out my-policy                      # the default's recipe (1,051 s on one core here)
     aura-ros train --out my-policy --model /models/vla  # any model load_model supports (with action tokens)
     aura-ros train --out tiny --steps 20 --episodes 16  # a quick check
 
@@ -58,17 +58,24 @@ def run(args) -> int:
     return 0
 
 
-def check(out_dir: Path, tasks, n_per_task: int, distractor_steps: int = 20, window: int = 24) -> dict:
-    """The held-out check: printed, and stored in the model folder's training record."""
+def check(out_dir: Path, tasks, n_per_task: int, distractor_steps: int = 20, window: int | None = None) -> dict:
+    """The held-out check: printed, and stored in the model folder's training record. ``window``:
+    recent steps of the gated context (None: the trainer's ``context_steps``)."""
     import json
 
-    from aura_ros.backends.transformers.train import TRAIN_INFO_FILE, decision_accuracy, held_out_episodes
+    from aura_ros.backends.transformers.train import (
+        TRAIN_INFO_FILE,
+        TrainConfig,
+        decision_accuracy,
+        held_out_episodes,
+    )
+
+    window = TrainConfig.context_steps if window is None else window
 
     acc = decision_accuracy(out_dir, held_out_episodes(n_per_task, distractor_steps, tasks), recent_steps=window)
     for task, kinds in acc.items():
         print(f"held-out {task} (D={distractor_steps}, {n_per_task} episodes, gated contexts with {window} recent "
-              f"steps): action right at "
-              f"decision steps {kinds['decision']:.2f}, at steady steps {kinds['steady']:.2f}")
+              f"steps): action right at decision steps {kinds['decision']:.2f}, at steady steps {kinds['steady']:.2f}")
     info_file = Path(out_dir) / TRAIN_INFO_FILE
     info = json.loads(info_file.read_text())
     info["held_out"] = {"episodes_per_task": n_per_task, "distractor_steps": distractor_steps, "recent_steps": window,

@@ -134,7 +134,7 @@ def test_training_is_deterministic_by_seed(random_default, tmp_path):
     from aura_ros.backends.transformers.train import train
 
     eps = [expert_episode("cue_recall", s, 1) for s in range(3)]
-    cfg = TrainConfig(steps=3, batch_size=2, log_every=1, threads=1)
+    cfg = TrainConfig(steps=3, batch_size=2, log_every=1, threads=1, single_frame_warmup_steps=1)  # both paths
     a = train(eps, tmp_path / "a", model=random_default, config=cfg, progress=False)
     b = train(eps, tmp_path / "b", model=random_default, config=cfg, progress=False)
     assert a.losses == b.losses

@@ -56,8 +56,6 @@ class TrainConfig:
     # stretches far longer than its ``recent_steps`` at run time and must have seen them in training.
     context_steps: int = 24
     focus_prob: float = 0.6  # targets drawn from the steps where the expert's action changes (else uniform)
-    full_context_prob: float = 0.0  # a short episode's whole history instead of the gated context
-    full_context_max_steps: int = 28
     novelty_keep_prob: float = 0.5  # contexts that also keep the frames that changed most
     novelty_top_k: int = 2
     # Loss weight of the action tokens of a decision step (the expert's action differs from the
@@ -294,9 +292,6 @@ class ContextSampler:
             t = int(rng.integers(T))
         if single_frame:
             return e, [t]
-        if (cfg.full_context_prob > 0 and hi == cfg.context_steps and t + 1 <= cfg.full_context_max_steps
-                and rng.random() < cfg.full_context_prob):
-            return e, list(range(t + 1))
         extra = self.novel[e] if rng.random() < cfg.novelty_keep_prob else ()
         # At least one step of window: with none, the remembered step sits right before the
         # decided one, and copying the previous step's action is a shortcut the runtime's window
@@ -435,9 +430,9 @@ def decision_accuracy(model: str | Path | None, records: list, policy_config: Po
     the expert's history). ``model`` None: the embedded default.
 
     A cheap check of what a training run learned, before any closed-loop run: a run that did not
-    learn the recall shows chance at the decision steps. At a latent fact's recall the gated
-    context lacks the fact (the action gate is blind to it), so its decision figure is expected
-    near chance there.
+    learn the recall shows chance at the decision steps. Once a latent fact has left the recent
+    stretch the gated context lacks it (the action gate is blind to it), and the recall of it is
+    then expected near chance.
     """
     from aura_ros.backends.transformers.loading import load_model
     from aura_ros.backends.transformers.vocab import action_token_ids
