@@ -71,15 +71,17 @@ class FixedSlotLayer(CacheLayerMixin):
             values[:, :, : self.length] = self.values[:, :, : self.length]
         self.keys, self.values, self.capacity = keys, values, capacity
 
-    def move(self, src: np.ndarray, delta: np.ndarray | None, first_slot: int, rotator, layer_idx: int) -> None:
-        """Gather the tokens at slots ``src`` to ``first_slot..``; keys re-rotated by ``delta`` positions."""
-        index = torch.from_numpy(src).to(self.keys.device)
+    def move(self, src: np.ndarray | torch.Tensor, delta: torch.Tensor | None, first_slot: int, rotator,
+             layer_idx: int, memo: dict | None = None) -> None:
+        """Gather the tokens at slots ``src`` to ``first_slot..``; keys re-rotated by ``delta`` positions
+        (memo: shared by the layers of one move, see RopeRotator.rotate_)."""
+        index = (torch.from_numpy(src) if isinstance(src, np.ndarray) else src).to(self.keys.device)
         n = index.numel()
         moved_k = self.keys.index_select(2, index)
         if delta is not None:
             if rotator is None:
                 raise RuntimeError("positions changed but the cache has no RopeRotator")
-            rotator.rotate_(moved_k, torch.from_numpy(delta), layer_idx)
+            rotator.rotate_(moved_k, delta, layer_idx, memo)
         self.keys[:, :, first_slot: first_slot + n] = moved_k
         self.values[:, :, first_slot: first_slot + n] = self.values.index_select(2, index)
 
@@ -354,11 +356,13 @@ class GatedKVCache(Cache):
         old_used = self.used_tokens
         moves = plan_moves(keep)
         if moves.moves:
+            src = torch.from_numpy(moves.src)
+            delta = torch.from_numpy(moves.delta) if moves.rotates else None
+            memo: dict = {}
             for li in range(len(self.layers)):
-                self.layers[li].move(moves.src, moves.delta if moves.rotates else None, moves.first_slot,
-                                     self.rotator, li)
+                self.layers[li].move(src, delta, moves.first_slot, self.rotator, li, memo)
             device = self.attention.device
-            index = torch.from_numpy(moves.src).to(device)
+            index = src.to(device)
             first, n = moves.first_slot, moves.src.size
             self.attention[first: first + n] = self.attention.index_select(0, index)
         moves.apply_to(keep)

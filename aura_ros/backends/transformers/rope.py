@@ -37,16 +37,34 @@ class RopeRotator:
 
     inv_freqs: list[torch.Tensor]
 
-    def rotate_(self, keys: torch.Tensor, delta: torch.Tensor, layer_idx: int) -> None:
-        """Rotate ``keys`` [B, H, N, D] in place by ``delta`` [N] positions (may be negative)."""
-        inv_freq = self.inv_freqs[layer_idx].to(keys.device)
-        rot = inv_freq.numel() * 2
-        # After an eviction most moved tokens shift by the same few amounts: compute cos/sin once
-        # per distinct shift and gather, instead of once per token.
-        shifts, which = torch.unique(delta.to(keys.device), return_inverse=True)
-        angles = shifts.to(torch.float32)[:, None] * inv_freq[None, :]  # [U, rot/2]
-        angles = torch.cat((angles, angles), dim=-1)  # [U, rot]
-        cos, sin = angles.cos()[which], angles.sin()[which]  # [N, rot]
+    def __post_init__(self) -> None:
+        # Layers that share their frequencies share cos/sin within one eviction (see rotate_).
+        self._group = []
+        for i, f in enumerate(self.inv_freqs):
+            self._group.append(next(j for j in range(i + 1) if self.inv_freqs[j].shape == f.shape
+                                    and torch.equal(self.inv_freqs[j], f)))
+
+    def rotate_(self, keys: torch.Tensor, delta: torch.Tensor, layer_idx: int, memo: dict | None = None) -> None:
+        """Rotate ``keys`` [B, H, N, D] in place by ``delta`` [N] positions (may be negative).
+
+        memo: a dict kept across the layers of one eviction (same ``delta``): cos/sin are then
+        computed once per distinct frequency set instead of once per layer; with a small model the
+        fixed cost of these ops is most of what an eviction costs.
+        """
+        key = (self._group[layer_idx], keys.device)
+        if memo is not None and key in memo:
+            cos, sin = memo[key]
+        else:
+            inv_freq = self.inv_freqs[layer_idx].to(keys.device)
+            # After an eviction most moved tokens shift by the same few amounts: compute cos/sin
+            # once per distinct shift and gather, instead of once per token.
+            shifts, which = torch.unique(delta.to(keys.device), return_inverse=True)
+            angles = shifts.to(torch.float32)[:, None] * inv_freq[None, :]  # [U, rot/2]
+            angles = torch.cat((angles, angles), dim=-1)  # [U, rot]
+            cos, sin = angles.cos()[which], angles.sin()[which]  # [N, rot]
+            if memo is not None:
+                memo[key] = (cos, sin)
+        rot = cos.shape[-1]
         part = keys[..., :rot].float()
         keys[..., :rot] = (part * cos + rotate_half(part) * sin).to(keys.dtype)
 
