@@ -37,11 +37,14 @@ def _bench_memory(args) -> int:
 
 def _bench_scaling(args) -> int:
     from aura_ros.bench import scaling
+    from aura_ros.core.config import PolicyConfig
 
     _threads(args.threads)
+    if args.block_fraction is None:
+        args.block_fraction = PolicyConfig.block_fraction
     scaling.run(budgets=tuple(float(b) for b in args.budgets_mb.split(",")), policies=tuple(args.policies.split(",")),
                 block_fraction=args.block_fraction, min_steps=args.min_steps, max_steps=args.max_steps,
-                model=args.model, out=Path(args.out))
+                model=args.model, out=Path(args.out), evict_every=args.evict_every)
     print((Path(args.out) / "scaling_table.md").read_text())
     return 0
 
@@ -195,10 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     sc = bench.add_parser("scaling", help="step time at capacity against the budget, per policy, vs the physical limit")
     sc.add_argument("--budgets-mb", default="1,8,64,256")
     sc.add_argument("--policies", default="physical_limit,sliding_window,streaming_llm,h2o,action_gate")
-    sc.add_argument("--block-fraction", type=float, default=0.0,
-                    help="when full, free at least this fraction of the capacity at once (0: one step's room)")
-    sc.add_argument("--min-steps", type=int, default=100, help="timed steps per (budget, policy), at least")
-    sc.add_argument("--max-steps", type=int, default=2000, help="timed steps per (budget, policy), at most")
+    sc.add_argument("--block-fraction", type=float, default=None,
+                    help="when full, free at least this fraction of the capacity at once (0: one step's room; "
+                         "default: PolicyConfig's, which the node uses too)")
+    sc.add_argument("--min-steps", type=int, default=40,
+                    help="timed steps per (budget, policy) at the largest budgets, at least")
+    sc.add_argument("--max-steps", type=int, default=400,
+                    help="timed steps per (budget, policy) at 1 MiB; fewer as the budget grows")
+    sc.add_argument("--evict-every", type=int, default=4,
+                    help="every N-th timed step is made to evict (see aura_ros/bench/scaling.py)")
     sc.add_argument("--model", default=None)
     sc.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     sc.add_argument("--out", default="out/bench_scaling")
