@@ -25,7 +25,9 @@ class PolicyConfig:
     recent_steps: int = 8
     eviction: str = "action_gate"  # or sliding_window, streaming_llm, h2o, unbounded (the baselines)
     unbounded_max_tokens: int | None = None  # the stated cap of the unbounded reference
-    block_fraction: float = 0.0  # when full, free at least this fraction of the capacity at once
+    # When full, free at least this fraction of the capacity at once: compaction and re-rotation
+    # then run once every ~block/step_tokens steps instead of every step (docs/benchmarks.md §7).
+    block_fraction: float = 0.05
     gate: GateConfig = field(default_factory=GateConfig)
     utility: UtilityWeights = field(default_factory=UtilityWeights)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT

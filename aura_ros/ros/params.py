@@ -131,8 +131,11 @@ POLICY_PARAMS = ParamTable((
          "(0 = torch's default)", range=(0, 256)),
     Spec("model.trust_remote_code", "trust_remote_code", False,
          "Allow code from the model folder (off unless you trust it)"),
-    Spec("memory.vram_budget_mb", "budget_mb", 8.0,
+    Spec("memory.vram_budget_mb", "budget_mb", 0.5,
          "Hard KV-cache budget in MiB; shrinking evicts, growing reallocates", live=True, range=(0.001, 1_000_000.0)),
+    Spec("memory.block_fraction", "block_fraction", 0.05,
+         "When the cache is full, free at least this fraction of it at once, so compaction is paid once per "
+         "block, not every step (0: one step's room)", range=(0.0, 0.5)),
     Spec("memory.recent_steps", "recent_steps", 8,
          "The last N control steps are always kept (while anything else can go)", live=True, range=(0, 100_000)),
     Spec("memory.eviction", "eviction", "action_gate",
