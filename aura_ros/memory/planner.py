@@ -105,39 +105,48 @@ def plan_eviction(table: SegmentTable, policy: EvictionPolicy, *, capacity: int,
         return None
     members, view = group_view(table, current_step, attention if policy.uses_attention else None)
     never = view.sink | (view.pinned & policy.protect_pinned)
-    recent = (~view.pinned & ~view.sink) & (view.step > current_step - recent_steps)
+    window = (~view.pinned & ~view.sink) & (view.step > current_step - recent_steps) & policy.protect_recent
+    beyond = np.zeros(len(view), dtype=bool)  # the window's oldest steps past its share
     if policy.protect_recent and policy.recent_share < 1.0:
-        # Under a tight budget the window would crowd out all long-term memory: it keeps at most
-        # this share of what the protected tokens leave (newest first; the newest step always).
+        # Under a tight budget the window would crowd out all long-term memory: when long-term
+        # steps would have to go, it keeps only this share of what the protected tokens leave,
+        # newest first and contiguous. Every reserve() opens a new step, so even the newest kept
+        # step is complete and may go.
         allowed = policy.recent_share * (capacity - int(view.tokens[never].sum()))
         used = 0
         for g in np.argsort(-view.step, kind="stable"):
-            if recent[g]:
-                if used and used + int(view.tokens[g]) > allowed:
-                    recent[g] = False
-                else:
-                    used += int(view.tokens[g])
+            if window[g]:
+                used += int(view.tokens[g])
+                beyond[g] = used > allowed
     scores = policy.scorer.score(view)
-    # First pass: the policy's order among groups that are neither protected nor recent.
-    # Second pass: if that is not enough, the recent window gives way, oldest first
-    # (the budget is hard; the window is a preference). Ties break by age, oldest first.
-    first = [int(g) for g in np.lexsort((view.step, scores))
-             if not never[g] and not (policy.protect_recent and recent[g])]
-    first_set = set(first)
-    second = [int(g) for g in np.argsort(view.step, kind="stable") if not never[g] and g not in first_set]
+    # The policy's order among the groups outside the window (ties: oldest first). With
+    # keep_written, the written ones wait until the transient ones and the window past its share
+    # have gone; last, the window itself gives way, oldest first (the budget is hard; the window
+    # is a preference).
+    ranked = [int(g) for g in np.lexsort((view.step, scores)) if not never[g]]
+    outside = [g for g in ranked if not window[g]]
+    oldest_first = [int(g) for g in np.argsort(view.step, kind="stable")]
+    if policy.keep_written:
+        # A written step past the window's share is long-term memory already: it waits with the
+        # other written steps, in the policy's order.
+        passes = ([g for g in outside if not view.written[g]],
+                  [g for g in oldest_first if beyond[g] and not view.written[g]],
+                  [g for g in ranked if view.written[g] and (beyond[g] or not window[g])],
+                  [g for g in oldest_first if window[g] and not beyond[g]])
+    else:
+        passes = (outside, [g for g in oldest_first if window[g]])
     evict: list[int] = []
     freed = 0
-    target = max(excess, int(block_tokens))
-    for g in first:
-        if freed >= target:
-            break
-        evict.append(g)
-        freed += int(view.tokens[g])
-    for g in second:
-        if freed >= excess:
-            break
-        evict.append(g)
-        freed += int(view.tokens[g])
+    block = int(block_tokens)
+    for i, groups in enumerate(passes):
+        # A block is rounded up from the first pass only: transient steps (or, without
+        # keep_written, whatever the policy ranks first), never the window or long-term memory.
+        target = max(excess, block) if i == 0 else excess
+        for g in groups:
+            if freed >= target:
+                break
+            evict.append(g)
+            freed += int(view.tokens[g])
     if freed < excess:
         raise BudgetError(
             f"cannot free {excess} tokens: {table.pinned_tokens} pinned tokens and the "

@@ -138,6 +138,9 @@ POLICY_PARAMS = ParamTable((
          "block, not every step (0: one step's room)", range=(0.0, 0.5)),
     Spec("memory.recent_steps", "recent_steps", 8,
          "The last N control steps are always kept (while anything else can go)", live=True, range=(0, 100_000)),
+    Spec("memory.recent_share", "recent_share", 0.1,
+         "action_gate: when long-term steps would have to go, the recent window gives up its oldest steps down "
+         "to this share of the unpinned budget (1: never)", range=(0.0, 1.0)),
     Spec("memory.eviction", "eviction", "action_gate",
          "Eviction policy: action_gate (ours) or the baselines", choices=EVICTION_POLICIES),
     Spec("memory.clear_on_instruction", "clear_on_instruction", False,

@@ -29,7 +29,7 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from aura_ros.core import topics
-from aura_ros.memory import MIB
+from aura_ros.memory import MIB, UtilityWeights
 from aura_ros.ros import guards, qos
 from aura_ros.ros.control import ControlLoop, gate_config
 from aura_ros.ros.diagnostics import Health, diagnostics_msg
@@ -226,7 +226,8 @@ class PolicyNode(LifecycleNode):
             joint_names=tuple(s.joint_names), low=tuple(s.low), high=tuple(s.high),
             discrete_joints=tuple(s.discrete_joints), n_bins=s.n_bins, chunk=s.chunk,
             budget_bytes=int(s.budget_mb * MIB), recent_steps=s.recent_steps, eviction=s.eviction,
-            block_fraction=s.block_fraction, gate=gate_config(s), clear_memory_on_instruction=s.clear_on_instruction)
+            block_fraction=s.block_fraction, gate=gate_config(s), clear_memory_on_instruction=s.clear_on_instruction,
+            utility=UtilityWeights(recent_share=s.recent_share))
         instruction = s.instruction[: s.instruction_max_chars]
         if backend_for(s.model_path or None, s.backend) == "llama_cpp":
             return make_policy(s.model_path or None, config, backend="llama_cpp", instruction=instruction,

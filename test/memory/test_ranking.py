@@ -25,6 +25,9 @@ K = 3  # long-term steps the budget holds beside the pinned tokens, the recent w
 EVENTS = {20: -0.8, 40: 0.25, 60: 0.6, 80: -0.3, 100: 0.45, 120: 0.25, 140: -0.3, 160: 0.2}
 STEPS = 190
 CAPACITY = PINNED + STEP * (RECENT + 1 + K)
+# The window kept whole, so that these budgets hold exactly K long-term steps (the default share
+# lets the window give way to long-term steps: see the tests at the end).
+WHOLE_WINDOW = UtilityWeights(recent_share=1.0)
 
 
 def scripted_stream(seed: int = 0) -> list[np.ndarray]:
@@ -56,7 +59,7 @@ def test_gate_ranks_the_scripted_events_by_size():
 
 
 def run_planner(decisions, capacity: int) -> SegmentTable:
-    policy = action_gated()
+    policy = action_gated(WHOLE_WINDOW)
     table = SegmentTable()
     table.append(Segment(Kind.PINNED, -1, 0, PINNED, 0, PINNED, 1.0, True))
     for t, d in enumerate(decisions):
@@ -87,7 +90,7 @@ def test_gated_cache_keeps_the_k_strongest_events():
     model = BUILDERS["llama"]()
     layout = KVLayout.from_config(model.config)
     cache = GatedKVCache(model.config, layout.bytes_for(CAPACITY), RopeRotator.from_model(model),
-                         policy=action_gated(), recent_steps=RECENT)
+                         policy=action_gated(WHOLE_WINDOW), recent_steps=RECENT)
     torch.manual_seed(0)
 
     def chunk(ids, kind, step):
@@ -116,8 +119,8 @@ def test_runs_of_writes_are_thinned_from_the_inside():
     members, view = group_view(table, 61)
     ends = RunEnds().score(view)
     assert [int(s) for s, e in zip(view.step, ends) if e == 1.0] == [10, 14, 30, 50]
-    plan = plan_eviction(table, action_gated(), capacity=PINNED + STEP * 6, incoming=0, current_step=61,
-                         recent_steps=2)
+    plan = plan_eviction(table, action_gated(WHOLE_WINDOW), capacity=PINNED + STEP * 6, incoming=0,
+                         current_step=61, recent_steps=2)
     kept = [s.step for s in plan.keep if s.kind is Kind.OBSERVATION]
     assert kept == [10, 14, 30, 50, 60, 61]
 
@@ -127,8 +130,8 @@ def test_a_much_stronger_step_inside_a_run_outranks_a_weak_lone_write():
     table.append(Segment(Kind.PINNED, -1, 0, PINNED, 0, PINNED, 1.0, True))
     for t, g in [(10, 0.8), (11, 0.95), (12, 0.8), (30, 0.5), (60, 0.1), (61, 0.1)]:
         table.append(Segment(Kind.OBSERVATION, t, table.used_tokens, STEP, table.next_position, STEP, g, t < 60))
-    plan = plan_eviction(table, action_gated(), capacity=PINNED + STEP * 5, incoming=0, current_step=61,
-                         recent_steps=2)
+    plan = plan_eviction(table, action_gated(WHOLE_WINDOW), capacity=PINNED + STEP * 5, incoming=0,
+                         current_step=61, recent_steps=2)
     assert [s.step for s in plan.keep if s.kind is Kind.OBSERVATION] == [10, 11, 12, 60, 61]
 
 
@@ -144,7 +147,51 @@ def test_under_a_tight_budget_the_recent_window_yields_to_long_term_steps():
     capacity = PINNED + STEP * 6
     plan = plan_eviction(table, action_gated(), capacity=capacity, incoming=0, current_step=19, recent_steps=8)
     kept = [s.step for s in plan.keep if s.kind is Kind.OBSERVATION]
-    assert kept == [3, 7, 16, 17, 18, 19]  # the events, and the newest half of the room for the window
+    assert kept == [3, 7, 16, 17, 18, 19]  # the events, and the newest of the window in the room left
     whole = action_gated(UtilityWeights(recent_share=1.0))
     plan = plan_eviction(table, whole, capacity=capacity, incoming=0, current_step=19, recent_steps=8)
     assert [s.step for s in plan.keep if s.kind is Kind.OBSERVATION] == list(range(14, 20))
+
+
+def _steps(table: SegmentTable, steps, written=()) -> None:
+    for t in steps:
+        w = t in written
+        table.append(Segment(Kind.OBSERVATION, t, table.used_tokens, STEP, table.next_position, STEP,
+                             0.8 if w else 0.1, w))
+
+
+def test_the_window_stays_whole_while_transient_steps_can_go():
+    # A share of 0.1 does not thin the window when there are transient steps to evict.
+    table = SegmentTable()
+    table.append(Segment(Kind.PINNED, -1, 0, PINNED, 0, PINNED, 1.0, True))
+    _steps(table, range(12), written=(2,))
+    plan = plan_eviction(table, action_gated(UtilityWeights(recent_share=0.1)), capacity=PINNED + STEP * 10,
+                         incoming=STEP, current_step=11, recent_steps=8)
+    assert [s.step for s in plan.keep if s.kind is Kind.OBSERVATION] == [2, *range(4, 12)]
+
+
+def test_the_window_gives_way_oldest_first_before_an_event_and_the_newest_step_has_no_free_pass():
+    # Long-term steps fill what the window leaves: a new step's room comes from the window's
+    # oldest unwritten steps (the newest step is complete once a new one is reserved), not from
+    # the events.
+    table = SegmentTable()
+    table.append(Segment(Kind.PINNED, -1, 0, PINNED, 0, PINNED, 1.0, True))
+    _steps(table, (1, 3, 5, 6, 7), written=(1, 3, 5))
+    policy = action_gated(UtilityWeights(recent_share=0.0))
+    plan = plan_eviction(table, policy, capacity=PINNED + STEP * 5, incoming=STEP, current_step=7, recent_steps=8)
+    assert [s.step for s in plan.keep if s.kind is Kind.OBSERVATION] == [1, 3, 5, 7]
+    plan = plan_eviction(table, policy, capacity=PINNED + STEP * 4, incoming=STEP, current_step=7, recent_steps=8)
+    assert [s.step for s in plan.keep if s.kind is Kind.OBSERVATION] == [1, 3, 5]
+    assert plan.dropped_written_steps == 0
+
+
+def test_a_block_is_never_rounded_up_with_long_term_steps():
+    table = SegmentTable()
+    table.append(Segment(Kind.PINNED, -1, 0, PINNED, 0, PINNED, 1.0, True))
+    _steps(table, range(10), written=(0, 1, 2, 3))
+    plan = plan_eviction(table, action_gated(), capacity=PINNED + STEP * 10, incoming=STEP, current_step=9,
+                         recent_steps=4, block_tokens=STEP * 8)
+    # Room for one step was needed; the block takes every transient step outside the window
+    # (4 and 5) and stops there: no event is lost to batch an eviction.
+    assert [s.step for s in plan.keep if s.kind is Kind.OBSERVATION] == [0, 1, 2, 3, 6, 7, 8, 9]
+    assert plan.dropped_written_steps == 0
