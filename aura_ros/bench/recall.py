@@ -33,6 +33,7 @@ from aura_ros.backends.transformers.policy import cache_kwarg
 from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.backends.transformers.unbounded import UnboundedCache
 from aura_ros.bench.episodes import HIGH, LOW, VARIANTS, Episode, gate_rates, make_episode
+from aura_ros.core.config import PolicyConfig
 from aura_ros.memory import ActionGate, GateConfig, Kind, KVLayout, UtilityWeights, make_policy
 
 POLICIES = ("full", "sliding_window", "streaming_llm", "h2o", "action_gate", "oracle")
@@ -65,22 +66,43 @@ class RunSummary:
 
 
 class Reader:
-    """Feeds an episode through one cache and answers its questions."""
+    """Feeds an episode through one cache and answers its questions.
+
+    model=None: only the cache's choices are wanted (``--kept-only``). What the cache keeps depends
+    on token counts, gate values and the eviction order, never on the keys, so a one-layer cache
+    of the same token counts (the real tokenizer's) fed zero keys makes the same choices in
+    milliseconds, and many more episodes can be measured than the model allows.
+    """
 
     def __init__(self, model, tokenizer, recent_steps: int = 4, gate_config: GateConfig | None = None,
-                 utility: UtilityWeights | None = None):
+                 utility: UtilityWeights | None = None, block_fraction: float = 0.0):
         self.model, self.tok, self.recent_steps = model, tokenizer, recent_steps
+        self.block_fraction = block_fraction
         self.gate_config = gate_config or GateConfig()
         self.utility = utility or UtilityWeights()
-        self.layout = KVLayout.from_config(model.config, next(model.parameters()).dtype)
-        self.rotator = RopeRotator.from_model(model)
+        if model is None:
+            from transformers import LlamaConfig
+
+            self.config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=8,
+                                      num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, head_dim=8)
+            self.dtype = torch.float32
+            self.rotator = RopeRotator([1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)])
+        else:
+            self.config, self.dtype = model.config, next(model.parameters()).dtype
+            self.rotator = RopeRotator.from_model(model)
+        self.layout = KVLayout.from_config(self.config, self.dtype)
 
     def ids(self, text: str) -> torch.Tensor:
         return self.tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
     @torch.inference_mode()
-    def forward(self, cache, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, cache, ids: torch.Tensor) -> torch.Tensor | None:
         start = cache.reserve(ids.shape[1])
+        if self.model is None:  # kept-only: zero keys of the right count
+            for layer in cache.layers:
+                z = torch.zeros(1, layer.kv_heads, ids.shape[1], layer.k_dim)
+                layer.update(z, z)
+            return None
         pos = torch.arange(start, start + ids.shape[1])[None]
         return self.model(input_ids=ids, **{cache_kwarg(self.model): cache}, position_ids=pos).logits[0]
 
@@ -89,13 +111,14 @@ class Reader:
 
     def run(self, ep: Episode, policy: str, budget_tokens: int | None, headroom: int):
         if policy == "full":
-            cache = UnboundedCache(self.model.config)
+            cache = UnboundedCache(self.config)
         else:
-            gated = policy in ("action_gate", "oracle")
+            gated = policy in ("action_gate", "oracle", "perfect_gate")
             pol = make_policy("action_gate", weights=self.utility) if gated else make_policy(policy)
-            self.model.set_attn_implementation(register_attention() if pol.uses_attention else "sdpa")
-            cache = GatedKVCache(self.model.config, self.layout.bytes_for(budget_tokens), self.rotator, policy=pol,
-                                 recent_steps=self.recent_steps, dtype=self.model.dtype)
+            if self.model is not None:
+                self.model.set_attn_implementation(register_attention() if pol.uses_attention else "sdpa")
+            cache = GatedKVCache(self.config, self.layout.bytes_for(budget_tokens), self.rotator, policy=pol,
+                                 recent_steps=self.recent_steps, dtype=self.dtype, block_fraction=self.block_fraction)
         gate = ActionGate(LOW, HIGH, discrete=np.array([False, False, True]), config=self.gate_config)
         self.forward(cache, self.ids(ep.instruction))
         cache.commit(Kind.PINNED, -1)
@@ -106,9 +129,14 @@ class Reader:
                 continue  # a perfect gate: the steady steps are never encoded at all
             self.forward(cache, self.ids("\n" + line))
             cache.commit(Kind.OBSERVATION, t)
-            if policy == "oracle":
-                cache.set_gate(t, 1.0, True)
-                written.append(t)
+            if policy in ("oracle", "perfect_gate"):
+                # perfect_gate: every step goes through the cache as with the real gate, and exactly
+                # the event steps are written (the best any gate can do with this cache)
+                if t in events or policy == "oracle":
+                    cache.set_gate(t, 1.0, True)
+                    written.append(t)
+                else:
+                    cache.set_gate(t, 0.0, False)
                 continue
             d = gate.update(ep.actions[t])
             cache.set_gate(t, d.value, d.written)
@@ -119,6 +147,9 @@ class Reader:
             cache.set_budget(self.layout.bytes_for(cache.capacity + headroom))
         kept_steps = set(cache.table.kept_steps())
         instruction_kept = any(s.kind in (Kind.PINNED,) for s in cache.table.segments)
+        if self.model is None:
+            return [(q, -1, None, instruction_kept if q.fact_step < 0 else q.fact_step in kept_steps)
+                    for q in ep.questions], written
         answers = []
         for q in ep.questions:
             prompt = self.ids("\n" + q.prompt)
@@ -144,10 +175,11 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
 def run_recall(model, tokenizer, episodes: int = 4, steps: int = 240, budgets=(0.05, 0.10, 0.25),
                policies=POLICIES, seed: int = 0, recent_steps: int = 4, progress=print,
                variants=("steady",), events: int = 8, controls: int = 4, jitter: float = 0.05,
-               gate_config: GateConfig | None = None, utility: UtilityWeights | None = None):
+               gate_config: GateConfig | None = None, utility: UtilityWeights | None = None,
+               block_fraction: float = 0.0):
     """Every (variant, episode, budget, policy). The oracle runs whenever the gate does: it is the
     gate's reference."""
-    reader = Reader(model, tokenizer, recent_steps, gate_config, utility)
+    reader = Reader(model, tokenizer, recent_steps, gate_config, utility, block_fraction)
     policies = tuple(policies)
     if "action_gate" in policies and "oracle" not in policies:
         policies += ("oracle",)
@@ -254,6 +286,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate", default="", help="GateConfig overrides, e.g. noise_z=5,return_window=1")
     parser.add_argument("--recent-share", type=float, default=UtilityWeights.recent_share,
                         help="action gate and oracle: the recent window's largest share of the unpinned budget")
+    parser.add_argument("--block-fraction", type=float, default=PolicyConfig.block_fraction,
+                        help="bounded caches: when full, free at least this fraction of the budget at once")
+    parser.add_argument("--kept-only", action="store_true",
+                        help="no model: the event facts the gate keeps against the oracle's, per variant and budget "
+                             "(the cache's choices depend on token counts and gate values only)")
     parser.add_argument("--gate-only", action="store_true",
                         help="no model: the gate's write rate against the true event rate over --episodes episodes "
                              "per variant, at jitter 0.05, 0.1 and 0.2")
@@ -283,12 +320,48 @@ def gate_only_table(config: GateConfig, variants, episodes: int, steps: int, eve
     return "\n".join(lines)
 
 
+def kept_only_table(reader: Reader, variants, episodes: int, steps: int, events: int, controls: int,
+                    jitter: float, budgets, seed: int = 0) -> str:
+    """Markdown: per variant and budget, the event facts the gate keeps against the oracle's and a
+    perfect gate's (no model)."""
+    lines = ["| variant | budget | episodes | event facts kept: gate | perfect gate | oracle | gate - oracle "
+             "| instruction kept | write rate | true event rate |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant in variants:
+        eps = [make_episode(seed + e, steps=steps, events=events, controls=controls, variant=variant, jitter=jitter)
+               for e in range(episodes)]
+        for frac in budgets:
+            kept: dict[str, list[bool]] = {"action_gate": [], "perfect_gate": [], "oracle": []}
+            instr, rates = [], []
+            for ep in eps:
+                budget = max(int(reader.episode_tokens(ep) * frac), 48)
+                for policy in kept:
+                    answers, written = reader.run(ep, policy, budget, 0)
+                    kept[policy] += [k for q, _, _, k in answers if q.kind == "event"]
+                    if policy == "action_gate":
+                        instr += [k for q, _, _, k in answers if q.kind == "instruction"]
+                        rates.append((len(written) / len(ep.lines), ep.event_rate))
+            g, o = float(np.mean(kept["action_gate"])), float(np.mean(kept["oracle"]))
+            w, t = np.mean(rates, axis=0)
+            lines.append(f"| {variant} | {frac:.0%} | {episodes} | {g:.2f} | {np.mean(kept['perfect_gate']):.2f} | "
+                         f"{o:.2f} | {g - o:+.2f} | "
+                         f"{np.mean(instr):.2f} | {w:.3f} | {t:.3f} |")
+    return "\n".join(lines)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    from aura_ros.backends.transformers.smollm import load_smollm2_decoder
+    from aura_ros.backends.transformers.smollm import ensure_smollm2_decoder, load_smollm2_decoder
 
     config = parse_gate(args.gate)
     if args.gate_only:
         print(gate_only_table(config, args.variants.split(","), args.episodes, args.steps, args.events, args.seed))
+        return 0
+    if args.kept_only:
+        from transformers import AutoTokenizer
+
+        reader = Reader(None, AutoTokenizer.from_pretrained(ensure_smollm2_decoder()), gate_config=config,
+                        utility=UtilityWeights(recent_share=args.recent_share), block_fraction=args.block_fraction)
+        print(kept_only_table(reader, args.variants.split(","), args.episodes, args.steps, args.events, args.controls,
+                              args.jitter, tuple(float(b) for b in args.budgets.split(",")), args.seed))
         return 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -298,7 +371,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                                policies=tuple(args.policies.split(",")), seed=args.seed,
                                variants=tuple(args.variants.split(",")), events=args.events,
                                controls=args.controls, jitter=args.jitter, gate_config=config,
-                               utility=UtilityWeights(recent_share=args.recent_share))
+                               utility=UtilityWeights(recent_share=args.recent_share),
+                               block_fraction=args.block_fraction)
     rows = summarise(results)
     write_outputs(Path(args.out), results, runs, rows)
     print((Path(args.out) / "recall_table.md").read_text())
