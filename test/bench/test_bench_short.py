@@ -46,3 +46,33 @@ def test_bench_recall_short(tmp_path):
     assert kept[("sliding_window", "instruction")] == 0.0  # a window forgets it
     assert kept[("action_gate", "event")] >= kept[("sliding_window", "event")]
     assert (out / "recall_table.md").read_text().count("|") > 20
+
+
+def test_recall_kept_only_makes_the_model_runs_choices(capsys):
+    """--kept-only claims the cache keeps the same steps without the model: checked against the
+    model run on the same episode, for the gate, a perfect gate and a window, at two budgets."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from aura_ros.backends.transformers.smollm import ensure_smollm2_decoder, load_smollm2_decoder
+    from aura_ros.bench.episodes import make_episode
+    from aura_ros.bench.recall import Reader
+
+    torch.set_num_threads(1)
+    model, tok = load_smollm2_decoder()
+    full, bare = Reader(model, tok), Reader(None, AutoTokenizer.from_pretrained(ensure_smollm2_decoder()))
+    ep = make_episode(3, steps=60, events=4, controls=2, variant="momentary")
+    for frac in (0.1, 0.25):
+        budget = max(int(full.episode_tokens(ep) * frac), 48)
+        assert bare.episode_tokens(ep) == full.episode_tokens(ep)
+        for policy in ("action_gate", "perfect_gate", "sliding_window"):
+            a, wa = full.run(ep, policy, budget, 0)
+            b, wb = bare.run(ep, policy, budget, 0)
+            assert wa == wb and [k for *_, k in a] == [k for *_, k in b], (frac, policy)
+    assert main(["bench", "recall", "--kept-only", "--variants", "momentary", "--episodes", "2", "--steps", "60",
+                 "--events", "4", "--budgets", "0.1,0.25"]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| momentary")]
+    assert len(rows) == 2
+    for r in rows:
+        gate, perfect, oracle = (float(x) for x in r.split("|")[4:7])
+        assert 0.0 <= gate <= 1.0 and perfect <= oracle  # the oracle holds no steady step at all
