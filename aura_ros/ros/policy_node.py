@@ -513,12 +513,20 @@ def _allocation_error(budget_mb: float, device: str) -> str | None:
     return None
 
 
+GIL_SWITCH_INTERVAL_S = 0.0001
+
+
 def main(args=None) -> None:
     # rclpy turns the first SIGINT/SIGTERM into a context shutdown (ExternalShutdownException).
     # A terminal's Ctrl-C under `ros2 launch` delivers a second SIGINT (to the process group and
     # forwarded by launch) while the node is cleaning up: from the first signal on, further ones
     # are ignored, so teardown and the final snapshot always complete.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.ALL)
+    # The executor's threads take the GIL hundreds of times a second (rclpy's wait loop is
+    # Python), and the inference thread gives it up around every torch op; at the default 5 ms
+    # switch interval each hand-back can wait 5 ms, so with fast sensors a 14 ms step took
+    # 250-275 ms (measured: sim and control at 60-200 Hz). A short interval bounds that wait.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     node = None
     code = 0
     executor = MultiThreadedExecutor(num_threads=2)
