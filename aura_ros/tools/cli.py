@@ -95,7 +95,9 @@ def _soak(args) -> int:
           f"evictions {rep.evictions_total}")
     for v in rep.violations:
         print(f"VIOLATION: {v}")
-    return 1 if rep.violations else 0
+    if rep.interrupted:
+        print(f"soak: interrupted; the report in {args.out} covers the {rep.steps} steps run")
+    return 1 if rep.violations else 130 if rep.interrupted else 0
 
 
 def _replay(args) -> int:

@@ -39,6 +39,8 @@ class SoakReport:
     rss_growth_1k_to_last: float = 0.0
     p50_latency_ms: float = 0.0
     checkpoints: dict = field(default_factory=dict)  # step -> {p50_ms, p99_ms, rss_bytes, allocated_bytes}
+    interrupted: bool = False  # stopped by Ctrl-C: the figures cover the steps run so far
+    exit_codes: dict = field(default_factory=dict)  # node -> its exit code after the soak's SIGINT
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -136,11 +138,13 @@ def _run_soak(env: dict, steps: int, hours: float | None, budget_mb: float, rate
                 progress(f"soak: {rep.steps} steps, {time.monotonic() - t0:.0f} s, KV {rep.max_used_bytes / 2**20:.3f}/"
                          f"{rep.budget_bytes / 2**20:.3f} MiB, max position {rep.max_position}, "
                          f"RSS {rep.rss_last / 2**20:.1f} MiB")
+    except KeyboardInterrupt:
+        # An hours-long soak stopped by hand still reports the steps it ran.
+        rep.interrupted = True
     finally:
         mon.destroy_node()
         rclpy.try_shutdown()
-        stop_process(node)
-        stop_process(sim)
+        rep.exit_codes = {"policy_node": stop_process(node), "sim_node": stop_process(sim)}
     rep.seconds = time.monotonic() - t0
     rep.p50_latency_ms = float(np.median(latencies)) if latencies else 0.0
     if latencies and last_step[0] not in rep.checkpoints:
