@@ -34,6 +34,10 @@ class Checkpoint:
     p99_ms: float
     writes_total: int
     evictions_total: int
+    # Over every step so far, not just the checkpoints: steps whose allocated bytes differed from
+    # the first step's, and the largest position any step reached.
+    allocated_changes: int = 0
+    max_position_all: int = 0
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -43,7 +47,7 @@ def checkpoints(steps: int) -> list[int]:
 
 
 def run_policy(policy_name: str, steps: int, budget_bytes: int, model: str | None, unbounded_cap: int,
-               seed: int = 0, progress=None) -> list[Checkpoint]:
+               seed: int = 0, progress=None, model_kwargs: dict | None = None) -> list[Checkpoint]:
     from aura_ros.core.config import PolicyConfig
     from aura_ros.core.registry import make_policy
     from aura_ros.core.types import Observation
@@ -51,25 +55,32 @@ def run_policy(policy_name: str, steps: int, budget_bytes: int, model: str | Non
 
     config = PolicyConfig(budget_bytes=budget_bytes, eviction=policy_name,
                           unbounded_max_tokens=None if policy_name != "unbounded" else 10 ** 9)
-    policy = make_policy(model, config, instruction="pick up the red block and put it in the bin")
+    policy = make_policy(model, config, instruction="pick up the red block and put it in the bin",
+                         **(model_kwargs or {}))
     scene = SimScene(seed=seed)
     process = psutil.Process()
     marks = checkpoints(steps if policy_name != "unbounded" else min(steps, unbounded_cap))
     out: list[Checkpoint] = []
     window: list[float] = []
     dt = 0.1
+    first_allocated, changes, max_position = None, 0, 0
     for step in range(1, marks[-1] + 1):
         frame = scene.render()
         _, positions, _ = scene.joint_state()
         action = policy.step(Observation(frame, positions))
         scene.apply_position_command(action.first, dt)
-        window.append(action.stats.step_latency_ms)
+        st = action.stats
+        window.append(st.step_latency_ms)
+        if first_allocated is None:
+            first_allocated = st.allocated_bytes
+        changes += st.allocated_bytes != first_allocated
+        max_position = max(max_position, st.max_position)
         if step == marks[len(out)]:
-            st = action.stats
             lat = np.asarray(window)
             out.append(Checkpoint(policy_name, step, st.allocated_bytes, st.used_bytes, st.used_tokens,
                                   st.max_position, process.memory_info().rss, float(np.percentile(lat, 50)),
-                                  float(np.percentile(lat, 99)), st.writes_total, st.evictions_total))
+                                  float(np.percentile(lat, 99)), st.writes_total, st.evictions_total, changes,
+                                  max_position))
             window = []
             if progress:
                 progress(f"{policy_name:>15} step {step:>7}: KV {st.used_bytes / 2**20:7.3f}/"
@@ -90,8 +101,9 @@ def ratios(rows: list[Checkpoint], steps: int) -> dict:
         first_mark = min(marks)
         last = marks[max(marks)]
         ref = marks.get(1000) or marks[first_mark]
-        out[f"{pol}.allocated_constant"] = all(m.allocated_bytes == marks[first_mark].allocated_bytes
-                                               for m in marks.values())
+        out[f"{pol}.allocated_constant"] = last.allocated_changes == 0 and all(
+            m.allocated_bytes == marks[first_mark].allocated_bytes for m in marks.values())
+        out[f"{pol}.max_position"] = last.max_position_all
         out[f"{pol}.p50_last_over_p50_1k"] = last.p50_ms / ref.p50_ms if ref.p50_ms else float("nan")
         if 1000 in marks:
             out[f"{pol}.rss_growth_1k_to_last"] = last.rss_bytes / marks[1000].rss_bytes - 1.0
@@ -157,17 +169,39 @@ def write_outputs(rows: list[Checkpoint], out: Path, meta: dict) -> dict:
 
 
 def run(steps: int = 20000, budget_mb: float = 2.0, model: str | None = None, policies=POLICIES,
-        unbounded_cap: int = 2000, out: Path = Path("out/bench_memory"), progress=print) -> dict:
+        unbounded_cap: int = 2000, out: Path = Path("out/bench_memory"), progress=print,
+        model_kwargs: dict | None = None) -> dict:
+    """``model_kwargs``: the backend's loading options (``registry.backend_options``)."""
     import platform
 
     import torch
 
+    from aura_ros.bench.tasks import LLAMA_CPP_REFUSES
+    from aura_ros.core.registry import backend_for
+
+    llama = backend_for(model) == "llama_cpp"
+    skipped = {p: LLAMA_CPP_REFUSES[p] for p in policies if llama and p in LLAMA_CPP_REFUSES}
+    for pol, why in skipped.items():
+        progress(f"skipping {pol}: {why}")
     rows: list[Checkpoint] = []
     t0 = time.time()
+    kv_prints = _kv_buffer_prints() if llama else 0
     for pol in policies:
-        rows += run_policy(pol, steps, int(budget_mb * 2**20), model, unbounded_cap, progress=progress)
+        if pol not in skipped:
+            rows += run_policy(pol, steps, int(budget_mb * 2**20), model, unbounded_cap, progress=progress,
+                               model_kwargs=model_kwargs)
     meta = {"steps": steps, "budget_mb": budget_mb, "model": model or "embedded default",
+            "model_options": dict(model_kwargs or {}), "skipped": skipped,
             "unbounded_cap_steps": unbounded_cap, "policies": list(policies), "seconds": time.time() - t0,
             "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
                        f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+    if llama:
+        # llama.cpp's own word: one "KV buffer size" print per context created, i.e. per policy run.
+        meta["llama_kv_buffer_prints"] = _kv_buffer_prints() - kv_prints
     return write_outputs(rows, out, meta)
+
+
+def _kv_buffer_prints() -> int:
+    from aura_ros.backends.llama_cpp.policy import kv_buffer_log
+
+    return kv_buffer_log().count("KV buffer size")

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aura_ros.core.registry import backend_for
+
 TASK_NAMES = ("cue_recall", "latent_fact")
 POLICIES = ("unbounded", "sliding_window", "streaming_llm", "h2o", "action_gate", "action_gate_novelty")
 EXPERT = "expert"
@@ -52,6 +54,14 @@ def novelty_supported() -> bool:
     return "w_novelty" in {f.name for f in dataclasses.fields(GateConfig)}
 
 
+# What the llama.cpp backend cannot run, and why (the rows are reported as skipped, not dropped).
+LLAMA_CPP_REFUSES = {
+    "unbounded": "the llama.cpp backend runs a fixed context (no unbounded reference)",
+    "h2o": "H2O scores by attention weights, which llama.cpp does not expose",
+    "action_gate_novelty": "the llama.cpp backend does not capture observation embeddings for the novelty term",
+}
+
+
 def policy_config(name: str, budget_bytes: int, recent_steps: int, novelty_weight: float):
     """The PolicyConfig of a memory policy at ``budget_bytes``; raises ValueError for an unknown name."""
     from aura_ros.core.config import PolicyConfig
@@ -67,12 +77,13 @@ def policy_config(name: str, budget_bytes: int, recent_steps: int, novelty_weigh
     raise ValueError(f"unknown memory policy {name!r}; choose from {', '.join(POLICIES)}")
 
 
-def bytes_per_token(model: str | None) -> int:
+def bytes_per_token(model: str | None, model_kwargs: dict | None = None) -> int:
     """KV bytes of one token of ``model``, read through the seam (allocated / capacity of a small cache)."""
     from aura_ros.core.config import PolicyConfig
     from aura_ros.core.registry import make_policy
 
-    st = make_policy(model, PolicyConfig(eviction="sliding_window", budget_bytes=4 * 2**20)).stats()
+    st = make_policy(model, PolicyConfig(eviction="sliding_window", budget_bytes=4 * 2**20),
+                     **(model_kwargs or {})).stats()
     return max(1, st.allocated_bytes // max(1, st.capacity_tokens))
 
 
@@ -117,7 +128,8 @@ class SummaryRow:
 
 
 def run_episode(task_name: str, policy_name: str, distractors: int, episode: int, seed: int, config=None,
-                model: str | None = None, task_kwargs: dict | None = None) -> EpisodeResult:
+                model: str | None = None, task_kwargs: dict | None = None,
+                model_kwargs: dict | None = None) -> EpisodeResult:
     """One closed-loop episode; ``config`` None runs the task's scripted expert."""
     from aura_ros.sim.tasks import make_task
 
@@ -127,7 +139,7 @@ def run_episode(task_name: str, policy_name: str, distractors: int, episode: int
     if config is not None:
         from aura_ros.core.registry import make_policy
 
-        policy = make_policy(model, config, instruction=task.instruction)
+        policy = make_policy(model, config, instruction=task.instruction, **(model_kwargs or {}))
     policy_step_of: dict[int, int] = {}  # task step -> the policy's step number (what kept_steps holds)
     cue_kept, kept_at_recall, writes, steps = -1, 0, 0, 0
     alloc: list[int] = []
@@ -306,8 +318,10 @@ def _per_d(episodes: str | int, distractors: list[int]) -> dict[int, int]:
 def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episodes: str | int = 20,
         budget_tokens: int | None = 1024, budget_mb: float | None = None, unbounded_cap: int = 600,
         recent_steps: int = 8, novelty_weight: float = 1.0, model: str | None = None, seed: int = 0,
-        expert: bool = True, out: Path = Path("out/bench_tasks"), progress: bool = True, log=print) -> dict:
-    """The whole benchmark; returns the summary (also written to ``out``)."""
+        expert: bool = True, out: Path = Path("out/bench_tasks"), progress: bool = True, log=print,
+        model_kwargs: dict | None = None) -> dict:
+    """The whole benchmark; returns the summary (also written to ``out``). ``model_kwargs``: the
+    backend's loading options (``registry.backend_options``: a GGUF's mmproj, kv_type, threads)."""
     import platform
 
     import psutil
@@ -324,13 +338,14 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
         raise ValueError(f"unknown memory policy {bad}; choose from {', '.join(POLICIES)}")
     distractors = [int(d) for d in distractors]
     n_at = _per_d(episodes, distractors)
-    bpt = bytes_per_token(model)
+    bpt = bytes_per_token(model, model_kwargs)
     if budget_mb is not None:
         budget_bytes = int(budget_mb * 2**20)
         budget_tokens = budget_bytes // bpt
     else:
         budget_bytes = int(budget_tokens) * bpt
     skipped: dict[tuple[str, str, int], str] = {}
+    backend = backend_for(model)
     runnable = []
     for pol in policies:
         if pol == "action_gate_novelty" and not novelty_supported():
@@ -339,6 +354,12 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
             for t in tasks:
                 for d in distractors:
                     skipped[(t, pol, d)] = reason
+            continue
+        if backend == "llama_cpp" and pol in LLAMA_CPP_REFUSES:
+            log(f"skipping {pol}: {LLAMA_CPP_REFUSES[pol]}")
+            for t in tasks:
+                for d in distractors:
+                    skipped[(t, pol, d)] = LLAMA_CPP_REFUSES[pol]
             continue
         runnable.append(pol)
     # Which (task, policy, D) run; the unbounded cache only while the episode fits its stated cap.
@@ -359,7 +380,7 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
     wins: dict[tuple[str, str, int], list[int]] = {}
     for t, pol, d, i in bar:
         config = None if pol == EXPERT else policy_config(pol, budget_bytes, recent_steps, novelty_weight)
-        r = run_episode(t, pol, d, i, seed + i, config, model)
+        r = run_episode(t, pol, d, i, seed + i, config, model, model_kwargs=model_kwargs)
         results.append(r)
         w = wins.setdefault((t, pol, d), [0, 0])
         w[0] += r.success
@@ -372,7 +393,8 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
             "budget_bytes": int(budget_bytes), "bytes_per_token": bpt, "unbounded_cap_steps": unbounded_cap,
             "recent_steps": recent_steps,
             "novelty_weight": novelty_weight if "action_gate_novelty" in runnable else None,
-            "model": model or "embedded default", "seed": seed, "seconds": time.time() - t0,
+            "model": model or "embedded default", "model_options": dict(model_kwargs or {}), "seed": seed,
+            "seconds": time.time() - t0,
             "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
                        f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
     return write_outputs(Path(out), results, rows, meta)

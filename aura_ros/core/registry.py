@@ -34,3 +34,23 @@ def make_policy(model: str | None, config: PolicyConfig | None = None, *, backen
     for part in attr.split("."):
         factory = getattr(factory, part)
     return factory(model, config or PolicyConfig(), instruction=instruction, **kwargs)
+
+
+def backend_options(model: str | None, mmproj: str | None = None, kv_type: str | None = None,
+                    threads: int | None = None, backend: str = "auto") -> dict:
+    """The loading options of a tool's command line (--mmproj, --kv-type, --threads) that the chosen
+    backend takes, as ``make_policy`` keywords. llama.cpp's options given for a transformers model
+    are an error, not silently dropped."""
+    if backend_for(model, backend) != "llama_cpp":
+        given = [name for name, v in (("--mmproj", mmproj), ("--kv-type", kv_type)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to GGUF models (the llama.cpp backend) only")
+        return {}
+    out: dict = {}
+    if mmproj:
+        out["mmproj"] = mmproj
+    if kv_type:
+        out["kv_type"] = kv_type
+    if threads and threads > 0:
+        out["n_threads"] = int(threads)
+    return out

@@ -6,6 +6,7 @@
     aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
     aura-ros soak --steps 100000    # node + sim, invariants checked on every message
     aura-ros train --out DIR        # behaviour-clone a policy on the sim's memory tasks
+    aura-ros export-gguf            # that policy as a GGUF pair for the llama.cpp backend
     aura-ros replay BAG             # the policy over a recorded rosbag2, to an MCAP (--eviction a,b compares)
     aura-ros foxglove               # the policy on the sim, served live to Foxglove on ws://127.0.0.1
 """
@@ -23,12 +24,25 @@ def _threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _model_options(args) -> dict:
+    """--mmproj / --kv-type / --threads as the chosen backend's loading options."""
+    from aura_ros.core.registry import backend_options
+
+    return backend_options(args.model, getattr(args, "mmproj", None), getattr(args, "kv_type", None), args.threads)
+
+
+def _gguf_arguments(p) -> None:
+    p.add_argument("--mmproj", default=None, help="GGUF models: the projector GGUF (images through libmtmd)")
+    p.add_argument("--kv-type", default=None, help="GGUF models: KV cache type f16 (default), q8_0 or q4_0")
+
+
 def _bench_memory(args) -> int:
     from aura_ros.bench import memory
 
     _threads(args.threads)
     ratios = memory.run(steps=args.steps, budget_mb=args.budget_mb, model=args.model,
-                        policies=tuple(args.policies.split(",")), unbounded_cap=args.unbounded_cap, out=Path(args.out))
+                        policies=tuple(args.policies.split(",")), unbounded_cap=args.unbounded_cap, out=Path(args.out),
+                        model_kwargs=_model_options(args))
     print(f"\nwrote {args.out}/memory_checkpoints.csv, memory_table.md, memory.png, memory_summary.json")
     for k, v in ratios.items():
         print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
@@ -67,7 +81,8 @@ def _bench_tasks(args) -> int:
                         distractors=tuple(int(d) for d in args.distractors.split(",")), episodes=args.episodes,
                         budget_tokens=args.budget_tokens, budget_mb=args.budget_mb, unbounded_cap=args.unbounded_cap,
                         recent_steps=args.recent_steps, novelty_weight=args.novelty_weight, model=args.model,
-                        seed=args.seed, expert=not args.no_expert, out=Path(args.out), progress=not args.no_progress)
+                        seed=args.seed, expert=not args.no_expert, out=Path(args.out), progress=not args.no_progress,
+                        model_kwargs=_model_options(args))
     out = Path(args.out)
     print(f"\nwrote {out}/tasks_episodes.csv, tasks_success.csv, tasks_table.md, tasks_success.png, "
           f"tasks_summary.json ({summary['meta']['seconds']:.0f} s)")
@@ -147,6 +162,20 @@ def _replay(args) -> int:
     return 0
 
 
+def _export_gguf(args) -> int:
+    from aura_ros.backends.llama_cpp.export import export_gguf
+
+    try:
+        done = export_gguf(args.model, Path(args.out), vision=not args.text_only)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"aura-ros export-gguf: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {done.model}" + (f" and {done.mmproj}" if done.mmproj else "") + f" ({done.n_params:,} weights, f32)")
+    run = f"--model {done.model}" + (f" --mmproj {done.mmproj}" if done.mmproj else "")
+    print(f"run it on llama.cpp: aura-ros bench tasks {run}   (the node: model.path / model.mmproj)")
+    return 0
+
+
 def _foxglove(args) -> int:
     from aura_ros.tools.foxglove_live import run_sim_live
 
@@ -189,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     mem = bench.add_parser("memory", help="memory and latency over a long episode, per policy")
     mem.add_argument("--steps", type=int, default=20000)
     mem.add_argument("--budget-mb", type=float, default=2.0)
-    mem.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
+    mem.add_argument("--model", default=None, help="model folder, hub id or .gguf file (default: the embedded model)")
+    _gguf_arguments(mem)
     mem.add_argument("--policies", default=",".join(("unbounded", "sliding_window", "streaming_llm", "h2o",
                                                       "action_gate")))
     mem.add_argument("--unbounded-cap", type=int, default=2000, help="steps after which the unbounded run stops")
@@ -232,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the unbounded cache runs only episodes of at most this many steps")
     tb.add_argument("--recent-steps", type=int, default=8, help="recent steps every bounded policy keeps")
     tb.add_argument("--novelty-weight", type=float, default=1.0, help="w_novelty of the action_gate_novelty row")
-    tb.add_argument("--model", default=None, help="model folder (default: the embedded trained policy)")
+    tb.add_argument("--model", default=None, help="model folder or .gguf file (default: the embedded trained policy)")
+    _gguf_arguments(tb)
     tb.add_argument("--seed", type=int, default=0, help="episode i uses seed + i, for every policy and D")
     tb.add_argument("--no-expert", action="store_true", help="skip the scripted expert's reference rows")
     tb.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -242,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--out", default="out/bench_tasks")
     tb.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     tb.set_defaults(func=_bench_tasks)
+
+    ex = sub.add_parser("export-gguf", help="write a policy this package built (default: the embedded one) as "
+                                           "model.gguf + mmproj.gguf for the llama.cpp backend")
+    ex.add_argument("--model", default=None, help="model folder (default: the embedded trained policy)")
+    ex.add_argument("--out", default="out/gguf", help="folder for model.gguf and mmproj.gguf")
+    ex.add_argument("--text-only", action="store_true", help="no mmproj.gguf (the policy then reads joint states only)")
+    ex.set_defaults(func=_export_gguf)
 
     rp = sub.add_parser("replay", help="run the policy over a recorded rosbag2 (MCAP or sqlite3), write an MCAP")
     rp.add_argument("bag", help="rosbag2 folder, or a .mcap / .db3 file")

@@ -422,7 +422,10 @@ class _Mtmd:
         chunks = m.mtmd_input_chunks_init()
         try:
             inp = m.mtmd_input_text()
-            inp.text = text.encode()
+            encoded = text.encode()
+            inp.text = encoded
+            if hasattr(inp, "text_len"):  # newer libmtmd reads the length, not a NUL terminator
+                inp.text_len = len(encoded)
             inp.add_special = False
             inp.parse_special = True
             bitmaps = (m.mtmd_bitmap_p_ctypes * 1)(bitmap)

@@ -85,3 +85,31 @@ def test_node_runs_the_gguf_model_and_round_trips_a_snapshot(run_python, observe
         n = len(mems)
         assert spin_until(observer, lambda: len(mems) > n + 3, 30), policy.output()
         assert mems[-1].allocated_bytes == TOKENS * BYTES_PER_TOKEN
+
+
+def test_node_runs_the_exported_policy_with_frames_through_libmtmd(run_python, observer, tmp_path):
+    """`aura-ros export-gguf`'s pair in the node: model.path selects llama.cpp, model.mmproj the frames."""
+    from aura_ros.tools.cli import main
+
+    assert main(["export-gguf", "--out", str(tmp_path)]) == 0
+    tokens, bytes_per_token = 256, 2 * 2 * 2 * 16 * 2  # layers x (K, V) x KV heads x head dim x f16
+    params = {"model.path": str(tmp_path / "model.gguf"), "model.mmproj": str(tmp_path / "mmproj.gguf"),
+              "memory.vram_budget_mb": tokens * bytes_per_token / 2**20, "control.rate_hz": 10.0,
+              "memory.snapshot_on_shutdown": False, "memory.load_on_start": False,
+              "instruction": "pick up the red block and put it in the bin"}
+    mems: dict[int, MemoryBudget] = {}
+    gates: list[GateStats] = []
+    observer.create_subscription(MemoryBudget, "/aura_policy/memory", lambda m: mems.__setitem__(m.step, m),
+                                 qos.STATS)
+    observer.create_subscription(GateStats, "/aura_policy/gate_stats", gates.append, qos.STATS)
+    with run_python.spawn(RUN_MODULE, SIM, *ros_args({"rate_hz": 10.0}), name="sim"), \
+            run_python.spawn(RUN_MODULE, NODE, *ros_args(params), name="policy") as policy:
+        ok = spin_until(observer, lambda: len(gates) >= 15 and gates[-1].evictions_total > 0, 120)
+        assert ok, f"{len(gates)} gate stats; node output:\n{policy.output()}"
+    assert all(g.max_position < tokens for g in gates)
+    assert {m.allocated_bytes for m in mems.values()} == {tokens * bytes_per_token}
+    # A step is its joint-state text and action (~23 tokens) plus the frame's 16 image tokens: with
+    # the frame dropped it would be ~23.
+    per_step = [(mems[g.step].used_tokens - mems[g.step].pinned_tokens) / g.steps_kept
+                for g in gates if g.step in mems and g.steps_kept]
+    assert per_step and min(per_step) > 35, per_step
