@@ -55,6 +55,9 @@ def _policy_node(context: LaunchContext) -> list:
     model = LaunchConfiguration("model").perform(context)
     if model:
         overrides["model.path"] = model
+    mmproj = LaunchConfiguration("mmproj").perform(context)
+    if mmproj:
+        overrides["model.mmproj"] = _existing_file("mmproj", mmproj)
     budget = LaunchConfiguration("vram_budget_mb").perform(context)
     if budget:
         try:
@@ -80,7 +83,10 @@ def generate_launch_description() -> LaunchDescription:
                               description="Parameter file of the policy node"),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of both nodes"),
         DeclareLaunchArgument("model", default_value="",
-                              description="Model folder or hub id (empty: as in the params file)"),
+                              description="Model folder, hub id or .gguf file (empty: as in the params file)"),
+        DeclareLaunchArgument("mmproj", default_value="",
+                              description="GGUF models: the projector GGUF that lets frames in (empty: as in the "
+                                          "params file)"),
         DeclareLaunchArgument("vram_budget_mb", default_value="",
                               description="KV-cache budget in MiB (empty: as in the params file)"),
         DeclareLaunchArgument("use_sim", default_value="false",

@@ -86,19 +86,25 @@ class _Run:
 
 def _fill(policy, rng: np.random.Generator, step_tokens: int, leave: int, capacity: int | None = None) -> None:
     """Add synthetic steps of ``step_tokens`` tokens until fewer than ``leave`` tokens are free
-    (free within ``capacity`` when given, else within the cache's own)."""
-    import torch
-
+    (free within ``capacity`` when given, else within the cache's own). On transformers the keys
+    and values are random tensors written straight into the layers; llama.cpp's cache can only be
+    written by decoding, so there they are random plain-text tokens decoded at the next position."""
     from aura_ros.memory.segments import Kind
 
-    cache = policy.cache
+    cache = policy.kv_store
     step = policy.step_index
     while (capacity or cache.capacity) - cache.used_tokens >= leave:
         cache.reserve(step_tokens)
-        for layer in cache.layers:
-            k = torch.randn(1, layer.kv_heads, step_tokens, layer.k_dim, dtype=layer.dtype, device=layer.device)
-            layer.update(k, torch.randn(1, layer.kv_heads, step_tokens, layer.v_dim, dtype=layer.dtype,
-                                        device=layer.device))
+        if _is_llama(cache):
+            cache.decode(rng.integers(FILL_TOKEN_IDS[0], min(FILL_TOKEN_IDS[1], cache.model.n_vocab),
+                                      step_tokens).tolist())
+        else:
+            import torch
+
+            for layer in cache.layers:
+                k = torch.randn(1, layer.kv_heads, step_tokens, layer.k_dim, dtype=layer.dtype, device=layer.device)
+                layer.update(k, torch.randn(1, layer.kv_heads, step_tokens, layer.v_dim, dtype=layer.dtype,
+                                            device=layer.device))
         gate = float(rng.random() ** 4)  # mostly quiet steps, a few events
         cache.commit(Kind.OBSERVATION, step, gate=gate, written=gate >= 0.5)
         step += 1
@@ -106,7 +112,17 @@ def _fill(policy, rng: np.random.Generator, step_tokens: int, leave: int, capaci
     cache.current_step = step - 1
 
 
-def _start(policy_name: str, budget_mb: float, block_fraction: float, model: str | None, seed: int) -> _Run:
+# Token ids the llama.cpp fill draws from: past the special tokens at the start of the vocabularies
+# this project meets (BOS/EOS/pad/image), inside their plain-text range.
+FILL_TOKEN_IDS = (16, 500)
+
+
+def _is_llama(cache) -> bool:
+    return hasattr(cache, "mem")  # LlamaKVStore: a llama_memory handle, no torch layers
+
+
+def _start(policy_name: str, budget_mb: float, block_fraction: float, model: str | None, seed: int,
+           model_kwargs: dict | None = None) -> _Run:
     from aura_ros.core.config import PolicyConfig
     from aura_ros.core.registry import make_policy
     from aura_ros.core.types import Observation
@@ -115,7 +131,8 @@ def _start(policy_name: str, budget_mb: float, block_fraction: float, model: str
     eviction = "sliding_window" if policy_name == "physical_limit" else policy_name
     config = PolicyConfig(budget_bytes=int(budget_mb * 2**20), eviction=eviction,
                           block_fraction=0.0 if policy_name == "physical_limit" else block_fraction)
-    policy = make_policy(model, config, instruction="pick up the red block and put it in the bin")
+    policy = make_policy(model, config, instruction="pick up the red block and put it in the bin",
+                         **(model_kwargs or {}))
     scene = SimScene(seed=seed)
     # Warm-up steps give the real step size and the first allocation.
     first = None
@@ -126,7 +143,7 @@ def _start(policy_name: str, budget_mb: float, block_fraction: float, model: str
     step_tokens = a.stats.used_tokens // max(a.stats.steps_kept, 1)
     run = _Run(policy_name, policy, scene, config, step_tokens, first)
     if policy_name == "physical_limit":
-        run.full_tokens = policy.cache.capacity
+        run.full_tokens = policy.kv_store.capacity
     return run
 
 
@@ -136,7 +153,7 @@ def _timed_step(run: _Run, rng: np.random.Generator, level: float | None) -> Non
     quiet steps see the fill levels of a real eviction period, not only the emptiest."""
     from aura_ros.core.types import Observation
 
-    cache = run.policy.cache
+    cache = run.policy.kv_store
     s = run.step_tokens
     if not run.physical:
         if level is None:
@@ -164,7 +181,18 @@ def _timed_step(run: _Run, rng: np.random.Generator, level: float | None) -> Non
 
 def _rewind(cache, used: int) -> None:
     """Forget everything after slot ``used`` (a length reset: nothing moves)."""
-    cache.table.segments = [seg for seg in cache.table.segments if seg.start < used]
+    keep = [seg for seg in cache.table.segments if seg.start < used]
+    if _is_llama(cache):
+        # The physical run never evicts, so its positions are its slots: cut the cells from there.
+        end = keep[-1].pos_start + keep[-1].pos_span if keep else 0
+        from aura_ros.backends.llama_cpp.kvstore import SEQ
+
+        if not cache.llama.llama_memory_seq_rm(cache.mem, SEQ, end, -1):
+            raise RuntimeError("llama_memory_seq_rm refused to cut the step off")
+        cache.tokens = cache.tokens[:used]
+        cache.table.segments = keep
+        return
+    cache.table.segments = keep
     for layer in cache.layers:
         layer.length = used
     cache.attention[used:] = 0
@@ -182,16 +210,16 @@ def _row(run: _Run, budget_mb: float) -> Row:
         mean = quiet + (evicting - quiet) / period
     t = np.asarray(run.quiet + run.evicting)
     cost = 0.0 if not run.evicting else (evicting - quiet) / period if run.quiet else math.nan
-    return Row(run.name, budget_mb, run.full_tokens or run.policy.cache.capacity, int(t.size),
+    return Row(run.name, budget_mb, run.full_tokens or run.policy.kv_store.capacity, int(t.size),
                run.config.block_fraction, mean, quiet, evicting, period, cost, float(np.percentile(t, 50)),
                float(np.percentile(t, 99)), run.first_alloc, run.alloc, len(run.evicting))
 
 
 def run_budget(budget_mb: float, policies, rounds: int, block_fraction: float, model: str | None = None,
-               evict_every: int = 4, seed: int = 0) -> list[Row]:
+               evict_every: int = 4, seed: int = 0, model_kwargs: dict | None = None) -> list[Row]:
     """All policies at one budget, a step each per round (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    runs = [_start(p, budget_mb, block_fraction, model, seed) for p in policies]
+    runs = [_start(p, budget_mb, block_fraction, model, seed, model_kwargs) for p in policies]
     for r in runs:
         # Physical limit: one step short of full, so each timed step fills the budget exactly.
         _fill(r.policy, rng, r.step_tokens, leave=2 * r.step_tokens, capacity=r.full_tokens or None)
@@ -214,17 +242,26 @@ def rounds_for(budget_mb: float, min_rounds: int, max_rounds: int, full_budget_m
 
 def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.05, min_steps: int = 40,
         max_steps: int = 400, model: str | None = None, out: Path = Path("out/bench_scaling"), evict_every: int = 4,
-        progress=print) -> list[Row]:
+        progress=print, model_kwargs: dict | None = None) -> list[Row]:
+    """``model_kwargs``: the backend's loading options (``registry.backend_options``)."""
     import platform
 
     import psutil
     import torch
 
+    from aura_ros.bench.tasks import LLAMA_CPP_REFUSES
+    from aura_ros.core.registry import backend_for
+
+    if backend_for(model) == "llama_cpp":
+        for p in [p for p in policies if p in LLAMA_CPP_REFUSES]:
+            progress(f"skipping {p}: {LLAMA_CPP_REFUSES[p]}")
+        policies = tuple(p for p in policies if p not in LLAMA_CPP_REFUSES)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     t0 = time.time()
     for b in budgets:
-        rows += run_budget(b, policies, rounds_for(b, min_steps, max_steps), block_fraction, model, evict_every)
+        rows += run_budget(b, policies, rounds_for(b, min_steps, max_steps), block_fraction, model, evict_every,
+                           model_kwargs=model_kwargs)
         ref = next((r.mean_ms for r in rows if r.policy == "physical_limit" and r.budget_mb == b), math.nan)
         for r in rows:
             if r.budget_mb == b:
@@ -253,6 +290,7 @@ def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.05, min
     lines.append(f"step time at {hi:g} MiB / at {lo:g} MiB: " + ", ".join(f"{p} {v:.2f}" for p, v in scale.items()))
     (out / "scaling_table.md").write_text("\n".join(lines) + "\n")
     meta = {"budgets_mb": list(budgets), "policies": list(policies), "block_fraction": block_fraction,
+            "model": model or "embedded default", "model_options": dict(model_kwargs or {}),
             "evict_every": evict_every, "seconds": time.time() - t0, "scale_hi_over_lo": scale,
             "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
                        f"torch {torch.__version__}, {torch.get_num_threads()} threads"}

@@ -58,7 +58,7 @@ def _bench_scaling(args) -> int:
         args.block_fraction = PolicyConfig.block_fraction
     scaling.run(budgets=tuple(float(b) for b in args.budgets_mb.split(",")), policies=tuple(args.policies.split(",")),
                 block_fraction=args.block_fraction, min_steps=args.min_steps, max_steps=args.max_steps,
-                model=args.model, out=Path(args.out), evict_every=args.evict_every)
+                model=args.model, out=Path(args.out), evict_every=args.evict_every, model_kwargs=_model_options(args))
     print((Path(args.out) / "scaling_table.md").read_text())
     return 0
 
@@ -103,7 +103,7 @@ def _soak(args) -> int:
     from aura_ros.tools.soak import run_soak
 
     rep = run_soak(steps=args.steps, hours=args.hours, budget_mb=args.budget_mb, rate_hz=args.rate_hz,
-                   out=Path(args.out))
+                   out=Path(args.out), trace_steps=args.trace_steps)
     print(f"soak: {rep.steps} steps in {rep.seconds:.0f} s, KV allocated {rep.allocated_bytes / 2**20:.3f} MiB "
           f"(constant), max position {rep.max_position} <= capacity {rep.capacity_tokens}, RSS growth after "
           f"warm-up {rep.rss_growth:+.2%}, p50 {rep.p50_latency_ms:.1f} ms, writes {rep.writes_total}, "
@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--hours", type=float, default=None, help="run for this long instead of --steps")
     soak.add_argument("--budget-mb", type=float, default=0.5)
     soak.add_argument("--rate-hz", type=float, default=50.0)
+    soak.add_argument("--trace-steps", type=int, default=1000,
+                      help="the report's latency trace: p50/p99 of every this many steps")
     soak.add_argument("--out", default="out/soak")
     soak.set_defaults(func=_soak)
 
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed steps per (budget, policy) at 1 MiB; fewer as the budget grows")
     sc.add_argument("--evict-every", type=int, default=4,
                     help="every N-th timed step is made to evict (see aura_ros/bench/scaling.py)")
-    sc.add_argument("--model", default=None)
+    sc.add_argument("--model", default=None, help="model folder, hub id or .gguf file (default: the embedded model)")
+    _gguf_arguments(sc)
     sc.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     sc.add_argument("--out", default="out/bench_scaling")
     sc.set_defaults(func=_bench_scaling)

@@ -39,6 +39,8 @@ class SoakReport:
     rss_growth_1k_to_last: float = 0.0
     p50_latency_ms: float = 0.0
     checkpoints: dict = field(default_factory=dict)  # step -> {p50_ms, p99_ms, rss_bytes, allocated_bytes}
+    # [last step, p50 ms, p99 ms] of every ``trace_steps`` steps: tells a trend from a noisy window.
+    latency_trace: list = field(default_factory=list)
     interrupted: bool = False  # stopped by Ctrl-C: the figures cover the steps run so far
     exit_codes: dict = field(default_factory=dict)  # node -> its exit code after the soak's SIGINT
     violations: list[str] = field(default_factory=list)
@@ -50,13 +52,13 @@ class SoakReport:
 
 def run_soak(steps: int = 2000, hours: float | None = None, budget_mb: float = 0.5, rate_hz: float = 50.0,
              warmup_steps: int = 200, rss_growth: float = 0.05, out: Path = Path("out/soak"),
-             progress=print) -> SoakReport:
+             progress=print, trace_steps: int = 1000) -> SoakReport:
     with private_domain() as env:
-        return _run_soak(env, steps, hours, budget_mb, rate_hz, warmup_steps, rss_growth, out, progress)
+        return _run_soak(env, steps, hours, budget_mb, rate_hz, warmup_steps, rss_growth, out, progress, trace_steps)
 
 
 def _run_soak(env: dict, steps: int, hours: float | None, budget_mb: float, rate_hz: float, warmup_steps: int,
-              rss_growth: float, out: Path, progress) -> SoakReport:
+              rss_growth: float, out: Path, progress, trace_steps: int) -> SoakReport:
     import numpy as np
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -71,6 +73,7 @@ def _run_soak(env: dict, steps: int, hours: float | None, budget_mb: float, rate
                                                       "instruction": f"'{INSTRUCTION}'"}, env, out / "policy_node.log")
     rep = SoakReport()
     latencies: list[float] = []
+    bucket: list[float] = []
     last_step = [-1]
     rss: dict[int, int] = {}
 
@@ -107,6 +110,11 @@ def _run_soak(env: dict, steps: int, hours: float | None, budget_mb: float, rate
             violate(f"step {g.step}: max position {g.max_position} > capacity {rep.capacity_tokens}")
         rep.writes_total, rep.evictions_total = g.writes_total, g.evictions_total
         latencies.append(g.step_latency_ms)
+        bucket.append(g.step_latency_ms)
+        if len(bucket) >= trace_steps:
+            rep.latency_trace.append([g.step, round(float(np.percentile(bucket, 50)), 3),
+                                      round(float(np.percentile(bucket, 99)), 3)])
+            bucket.clear()
         if len(latencies) > 10 * LATENCY_WINDOW:
             del latencies[: 5 * LATENCY_WINDOW]
         if g.step >= 1000 and _is_checkpoint(g.step):

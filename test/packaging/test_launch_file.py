@@ -34,7 +34,7 @@ from launch_ros.substitutions import ExecutableInPackage  # noqa: E402
 from launch import LaunchContext, LaunchDescription, LaunchService  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "policy.launch.py"
-ARGUMENTS = {"params_file", "namespace", "model", "vram_budget_mb", "use_sim", "fastdds_profile"}
+ARGUMENTS = {"params_file", "namespace", "model", "mmproj", "vram_budget_mb", "use_sim", "fastdds_profile"}
 
 try:
     SHARE = get_package_share_directory("aura_ros")
@@ -107,7 +107,7 @@ def test_arguments_and_defaults():
     context = LaunchContext()
     defaults = {name: perform_substitutions(context, arg.default_value) for name, arg in args.items()}
     assert defaults == {"params_file": os.path.join(SHARE, "config", "policy.yaml"), "namespace": "", "model": "",
-                        "vram_budget_mb": "", "use_sim": "false",
+                        "mmproj": "", "vram_budget_mb": "", "use_sim": "false",
                         "fastdds_profile": os.path.join(SHARE, "config", "fastdds.xml")}
     assert all(arg.description for arg in args.values())
 
@@ -133,8 +133,10 @@ def test_policy_node_command_with_overrides(params_file, tmp_path):
     ld = _description()
     profile = tmp_path / "fastdds.xml"
     profile.write_text("<profiles/>\n")
-    context = _context(ld, params_file=str(params_file), namespace="arm", model="/models/vlm",
-                       vram_budget_mb="3.5", fastdds_profile=str(profile))
+    mmproj = tmp_path / "mmproj.gguf"
+    mmproj.write_bytes(b"GGUF")
+    context = _context(ld, params_file=str(params_file), namespace="arm", model="/models/policy.gguf",
+                       mmproj=str(mmproj), vram_budget_mb="3.5", fastdds_profile=str(profile))
     actions = _evaluate(ld, context)
 
     # The profile is set before either node starts.
@@ -153,7 +155,8 @@ def test_policy_node_command_with_overrides(params_file, tmp_path):
     files = _params_files(command)
     assert len(files) == 2 and files[0] == str(params_file)
     overrides = yaml.safe_load(Path(files[1]).read_text())
-    assert overrides == {"/arm/aura_policy": {"ros__parameters": {"model.path": "/models/vlm",
+    assert overrides == {"/arm/aura_policy": {"ros__parameters": {"model.path": "/models/policy.gguf",
+                                                                  "model.mmproj": str(mmproj),
                                                                   "memory.vram_budget_mb": 3.5}}}
 
 

@@ -8,7 +8,8 @@ from aura_ros.tools.cli import main
 
 def test_soak_short(tmp_path):
     out = tmp_path / "soak"
-    assert main(["soak", "--steps", "300", "--budget-mb", "0.25", "--rate-hz", "30.0", "--out", str(out)]) == 0
+    assert main(["soak", "--steps", "300", "--budget-mb", "0.25", "--rate-hz", "30.0", "--trace-steps", "100",
+                 "--out", str(out)]) == 0
     rep = json.loads((out / "soak.json").read_text())
     assert rep["violations"] == [] and rep["steps"] >= 300
     assert rep["evictions_total"] > 0  # the budget was hit, and held
@@ -18,6 +19,8 @@ def test_soak_short(tmp_path):
     assert rep["diagnostic_keys_max"] < 40  # the counters' storage stays bounded
     last = max(rep["checkpoints"], key=int)  # latency and RSS recorded at the end of the run
     assert int(last) >= 299 and rep["checkpoints"][last]["p50_ms"] > 0
+    trace = rep["latency_trace"]  # [last step, p50, p99] of every 100 steps
+    assert len(trace) >= 2 and all(0 < p50 <= p99 for _, p50, p99 in trace) and trace[0][0] < trace[1][0]
 
 
 def test_soak_stopped_by_ctrl_c_still_reports(run_python, tmp_path):

@@ -135,3 +135,20 @@ def test_export_refuses_what_it_cannot_write(tmp_path):
     assert not (tmp_path / "out" / "model.gguf").exists()
     with pytest.raises(ValueError, match="GGUF models"):
         backend_options(None, mmproj="x.gguf")
+
+
+def test_bench_scaling_runs_on_llama_cpp(gguf, tmp_path):
+    """`bench scaling` on a GGUF: the fill decodes synthetic tokens, the physical limit cuts each
+    step off with llama_memory_seq_rm and never evicts; the gate's evicting steps are seen."""
+    from aura_ros.bench import scaling
+
+    model, mmproj = gguf
+    rows = scaling.run(budgets=(0.25,), policies=("physical_limit", "h2o", "action_gate"), min_steps=8, max_steps=8,
+                       model=str(model), out=tmp_path, progress=lambda s: None,
+                       model_kwargs=backend_options(str(model), mmproj=str(mmproj)))
+    by = {r.policy: r for r in rows}
+    assert set(by) == {"physical_limit", "action_gate"}  # H2O skipped: no attention weights in llama.cpp
+    limit, gate = by["physical_limit"], by["action_gate"]
+    assert limit.capacity_tokens == gate.capacity_tokens == 1024
+    assert gate.evictions >= 2 and gate.quiet_ms > 0 and gate.evict_ms > 0 and limit.quiet_ms > 0
+    assert all(r.allocated_bytes_first == r.allocated_bytes_last == 0.25 * 2**20 for r in rows)
