@@ -176,11 +176,11 @@ def run(steps: int = 20000, budget_mb: float = 2.0, model: str | None = None, po
 
     import torch
 
-    from aura_ros.bench.tasks import LLAMA_CPP_REFUSES
+    from aura_ros.bench.tasks import llama_cpp_refuses
     from aura_ros.core.registry import backend_for
 
     llama = backend_for(model) == "llama_cpp"
-    skipped = {p: LLAMA_CPP_REFUSES[p] for p in policies if llama and p in LLAMA_CPP_REFUSES}
+    skipped = {p: why for p in policies if llama and (why := llama_cpp_refuses(p, model_kwargs))}
     for pol, why in skipped.items():
         progress(f"skipping {pol}: {why}")
     rows: list[Checkpoint] = []

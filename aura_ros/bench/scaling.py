@@ -249,13 +249,14 @@ def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.05, min
     import psutil
     import torch
 
-    from aura_ros.bench.tasks import LLAMA_CPP_REFUSES
+    from aura_ros.bench.tasks import llama_cpp_refuses
     from aura_ros.core.registry import backend_for
 
     if backend_for(model) == "llama_cpp":
-        for p in [p for p in policies if p in LLAMA_CPP_REFUSES]:
-            progress(f"skipping {p}: {LLAMA_CPP_REFUSES[p]}")
-        policies = tuple(p for p in policies if p not in LLAMA_CPP_REFUSES)
+        refused = {p: why for p in policies if (why := llama_cpp_refuses(p, model_kwargs))}
+        for p, why in refused.items():
+            progress(f"skipping {p}: {why}")
+        policies = tuple(p for p in policies if p not in refused)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     t0 = time.time()

@@ -58,8 +58,15 @@ def novelty_supported() -> bool:
 LLAMA_CPP_REFUSES = {
     "unbounded": "the llama.cpp backend runs a fixed context (no unbounded reference)",
     "h2o": "H2O scores by attention weights, which llama.cpp does not expose",
-    "action_gate_novelty": "the llama.cpp backend does not capture observation embeddings for the novelty term",
 }
+NO_FRAMES = "without a projector (--mmproj) the llama.cpp policy has no frame embedding for the novelty term"
+
+
+def llama_cpp_refuses(policy: str, model_kwargs: dict | None) -> str | None:
+    """Why the llama.cpp backend cannot run ``policy`` with these loading options (None: it can)."""
+    if policy == "action_gate_novelty" and not (model_kwargs or {}).get("mmproj"):
+        return NO_FRAMES
+    return LLAMA_CPP_REFUSES.get(policy)
 
 
 def policy_config(name: str, budget_bytes: int, recent_steps: int, novelty_weight: float):
@@ -355,11 +362,12 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
                 for d in distractors:
                     skipped[(t, pol, d)] = reason
             continue
-        if backend == "llama_cpp" and pol in LLAMA_CPP_REFUSES:
-            log(f"skipping {pol}: {LLAMA_CPP_REFUSES[pol]}")
+        why = llama_cpp_refuses(pol, model_kwargs) if backend == "llama_cpp" else None
+        if why:
+            log(f"skipping {pol}: {why}")
             for t in tasks:
                 for d in distractors:
-                    skipped[(t, pol, d)] = LLAMA_CPP_REFUSES[pol]
+                    skipped[(t, pol, d)] = why
             continue
         runnable.append(pol)
     # Which (task, policy, D) run; the unbounded cache only while the episode fits its stated cap.

@@ -39,6 +39,10 @@ ROPE_SHIFT_REASONS = {8: "M-RoPE (Qwen2-VL / Qwen2.5-VL)", 40: "interleaved M-Ro
 # llama.cpp's context sizes: with this as the unit, n_ctx is used as given (no padding up).
 CTX_PAD = 256
 
+# ggml_log_level as ggml.h numbers it (llama-cpp-python's _logger.py comment has an older order,
+# in which 4 is DEBUG: read that way, errors were dropped and warnings printed as errors).
+LOG_DEBUG, LOG_ERROR, LOG_CONT = 1, 4, 5
+
 _log_lock = threading.Lock()
 _log_lines: list[str] = []
 _kv_buffer_lines: list[str] = []  # llama.cpp's "KV buffer size = X MiB" lines, newest last
@@ -58,9 +62,9 @@ def _install_logger() -> None:
 
     @llama_cpp.llama_log_callback
     def callback(level, text, user_data):
-        level = last[0] if level == 5 else level  # 5: continues the previous line
+        level = last[0] if level == LOG_CONT else level
         last[0] = level
-        if level == 4:  # debug: thousands of lines a context
+        if level == LOG_DEBUG:  # thousands of lines a context
             return
         line = text.decode("utf-8", "replace") if text else ""
         if "KV buffer size" in line:
@@ -69,7 +73,7 @@ def _install_logger() -> None:
         with _log_lock:
             _log_lines.append(line)
             del _log_lines[:-2000]
-        if level == 3:
+        if level == LOG_ERROR:
             os.write(2, text or b"")
 
     _log_callback = callback  # kept referenced: the C side holds a pointer to it
@@ -252,6 +256,7 @@ class LlamaCppPolicy(PolicyBase):
         self.step_index = 0
         self.writes_total = 0
         self.write_rate = 0.0
+        self.last_observation_embedding: np.ndarray | None = None
         self.instruction = ""
         self.set_instruction(instruction)
 
@@ -342,8 +347,10 @@ class LlamaCppPolicy(PolicyBase):
             self.mtmd = None
         self.store.close()
 
-    def _observe(self, image, state: np.ndarray, n_act: int) -> np.ndarray:
-        """Decode the step's observation segment; the logits of its last token."""
+    def _observe(self, image, state: np.ndarray, n_act: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode the step's observation segment: the logits of its last token, and the frame's
+        embedding for the gate (None for a text observation: llama.cpp does not hand out the
+        input embeddings of text tokens)."""
         if self.mtmd is not None and image is not None:
             chunks = self.mtmd.tokenize(f"<obs>{self.mtmd.marker}<state>{self.state_text(state)}<act>", image)
             try:
@@ -354,12 +361,12 @@ class LlamaCppPolicy(PolicyBase):
                 self.mtmd.free_chunks(chunks)
         ids = self.encode_observation(state)
         self.store.reserve(len(ids) + n_act)
-        return self.store.decode(ids)
+        return self.store.decode(ids), None
 
     def _step(self, image, state: np.ndarray, event: bool, t0: float) -> Action:
         step = self.step_index
         n_act = self.space.tokens_per_step
-        logits = self._observe(image, state, n_act)
+        logits, self.last_observation_embedding = self._observe(image, state, n_act)
         self.store.commit(Kind.OBSERVATION, step)
         first_logits = logits[self.action_ids].astype(np.float32)
         bins = np.empty(n_act, dtype=np.int64)
@@ -370,7 +377,7 @@ class LlamaCppPolicy(PolicyBase):
         self.store.commit(Kind.ACTION, step)
         bins = bins.reshape(self.space.chunk, self.space.dim)
         positions = np.stack([self.space.from_bins(b) for b in bins])
-        decision = self.gate.update(positions[0], event=event)
+        decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
         self.store.set_gate(step, decision.value, decision.written)
         self.writes_total += int(decision.written)
         self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
@@ -398,6 +405,8 @@ class _Mtmd:
         params.use_gpu = False
         params.n_threads = n_threads
         params.print_timings = False
+        self.n_embd = model.n_embd
+        self._no_callback = getattr(mtmd_cpp, "mtmd_helper_post_decode_callback", ctypes.CFUNCTYPE(None))()  # NULL
         self.ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), model.ptr, params)
         if not self.ctx:
             raise RuntimeError(f"libmtmd could not load the projector {mmproj} for {model.describe()}")
@@ -440,18 +449,41 @@ class _Mtmd:
     def n_tokens(self, chunks) -> int:
         return int(self.m.mtmd_helper_get_n_tokens(chunks))
 
-    def eval(self, chunks, store: LlamaKVStore) -> np.ndarray:
-        m = self.m
-        start = store.next_position
-        new_n_past = store.llama.llama_pos(0)
-        rc = m.mtmd_helper_eval_chunks(self.ctx, store.ctx, chunks, start, 0,
-                                       int(store.llama.llama_n_batch(store.ctx)), True, ctypes.byref(new_n_past))
-        n_tokens, n_pos = self.n_tokens(chunks), int(new_n_past.value) - start
-        if rc != 0:
-            store.note_external(n_tokens, n_tokens)
-            raise RuntimeError(f"mtmd_helper_eval_chunks returned {rc}")
-        store.note_external(n_tokens, n_pos)
-        return store._logits(1)[0]
+    def eval(self, chunks, store: LlamaKVStore) -> tuple[np.ndarray, np.ndarray | None]:
+        """Evaluate the chunks at the store's next position: the last token's logits, and the mean
+        of the frame's image embeddings (the projector's output, what the decoder reads in place of
+        the image tokens: the transformers backend's observation embedding for the gate's novelty
+        term and its return check). Image chunks are encoded here rather than inside
+        mtmd_helper_eval_chunks, which would not hand the embeddings out."""
+        m, lc = self.m, store.llama
+        start = pos = store.next_position
+        n_tokens = self.n_tokens(chunks)
+        n_chunks = int(m.mtmd_input_chunks_size(chunks))
+        n_batch = int(lc.llama_n_batch(store.ctx))
+        new_n_past = lc.llama_pos(0)
+        means = []
+        for i in range(n_chunks):
+            chunk = m.mtmd_input_chunks_get(chunks, i)
+            new_n_past.value = pos  # the helpers add the chunk's positions to it
+            if int(m.mtmd_input_chunk_get_type(chunk)) == m.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                rc = int(m.mtmd_encode_chunk(self.ctx, chunk))
+                if rc == 0:
+                    n = int(m.mtmd_input_chunk_get_n_tokens(chunk))
+                    embd = m.mtmd_get_output_embd(self.ctx)
+                    means.append(np.ctypeslib.as_array(embd, shape=(n * self.n_embd,)).reshape(n, self.n_embd)
+                                 .mean(axis=0))
+                    rc = int(m.mtmd_helper_decode_image_chunk(self.ctx, store.ctx, chunk, embd, pos, 0, n_batch,
+                                                              ctypes.byref(new_n_past), self._no_callback, None))
+            else:
+                rc = int(m.mtmd_helper_eval_chunk_single(self.ctx, store.ctx, chunk, pos, 0, n_batch,
+                                                         i == n_chunks - 1, ctypes.byref(new_n_past)))
+            if rc != 0:
+                store.note_external(n_tokens, n_tokens)  # the caller's rollback cuts from the step's start
+                raise RuntimeError(f"libmtmd could not evaluate chunk {i} of the observation (rc {rc})")
+            pos = int(new_n_past.value)
+        store.note_external(n_tokens, pos - start)
+        observation = np.mean(means, axis=0) if means else None
+        return store._logits(1)[0], observation
 
     def free_chunks(self, chunks) -> None:
         self.m.mtmd_input_chunks_free(chunks)

@@ -78,7 +78,9 @@ def test_llama_cpp_policy_acts_as_the_transformers_policy_through_evictions(gguf
         obs = Observation(scene.render(), scene.joint_state()[1])
         a, b = hf.step(obs), ll.step(obs)
         assert np.array_equal(a.bins, b.bins), f"step {i}: {a.bins.ravel()} != {b.bins.ravel()}"
-        assert a.gate.written == b.gate.written
+        # The gate sees the same action and the same frame embedding (libmtmd's projector output).
+        assert a.gate.written == b.gate.written and a.gate.returned == b.gate.returned
+        assert abs(a.gate.value - b.gate.value) < 0.01 and abs(a.gate.novelty - b.gate.novelty) < 0.01
         assert (a.stats.used_tokens, a.stats.evictions_total) == (b.stats.used_tokens, b.stats.evictions_total)
         worst = max(worst, float(np.abs(a.logits - b.logits).max()))
         scene.apply_position_command(a.first, 0.1)
@@ -115,7 +117,9 @@ def test_closed_loop_episodes_end_alike_on_both_backends(gguf, tmp_path):
     from aura_ros.bench import tasks
 
     model, mmproj = gguf
-    kw = dict(tasks=("cue_recall",), distractors=(20,), episodes=2, budget_tokens=CAPACITY, expert=False,
+    # Episode 3's cue step looks like a return to the action baseline: only the frame tells the gate
+    # otherwise, so the llama.cpp policy must hand the gate its frame embedding too.
+    kw = dict(tasks=("cue_recall",), distractors=(20,), episodes=4, budget_tokens=CAPACITY, expert=False,
               progress=False, log=lambda s: None)
     hf = tasks.run(policies=("action_gate",), out=tmp_path / "hf", **kw)
     ll = tasks.run(policies=("action_gate", "h2o"), model=str(model), out=tmp_path / "ll",
@@ -123,7 +127,7 @@ def test_closed_loop_episodes_end_alike_on_both_backends(gguf, tmp_path):
     rows = {r["policy"]: r for r in ll["rows"]}
     gate_hf = next(r for r in hf["rows"] if r["policy"] == "action_gate")
     same = ("n", "successes", "cue_kept", "write_rate", "allocated_constant")
-    assert gate_hf["n"] == 2 and {k: rows["action_gate"][k] for k in same} == {k: gate_hf[k] for k in same}
+    assert gate_hf["n"] == 4 and {k: rows["action_gate"][k] for k in same} == {k: gate_hf[k] for k in same}
     assert rows["h2o"]["n"] == 0 and "attention weights" in rows["h2o"]["note"]
 
 
