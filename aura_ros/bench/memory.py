@@ -176,11 +176,10 @@ def run(steps: int = 20000, budget_mb: float = 2.0, model: str | None = None, po
 
     import torch
 
-    from aura_ros.bench.tasks import llama_cpp_refuses
-    from aura_ros.core.registry import backend_for
+    from aura_ros.core.registry import backend_for, unsupported
 
     llama = backend_for(model) == "llama_cpp"
-    skipped = {p: why for p in policies if llama and (why := llama_cpp_refuses(p, model_kwargs))}
+    skipped = unsupported(model, policies, model_kwargs)
     for pol, why in skipped.items():
         progress(f"skipping {pol}: {why}")
     rows: list[Checkpoint] = []

@@ -249,14 +249,12 @@ def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.05, min
     import psutil
     import torch
 
-    from aura_ros.bench.tasks import llama_cpp_refuses
-    from aura_ros.core.registry import backend_for
+    from aura_ros.core.registry import unsupported
 
-    if backend_for(model) == "llama_cpp":
-        refused = {p: why for p in policies if (why := llama_cpp_refuses(p, model_kwargs))}
-        for p, why in refused.items():
-            progress(f"skipping {p}: {why}")
-        policies = tuple(p for p in policies if p not in refused)
+    refused = unsupported(model, policies, model_kwargs)
+    for p, why in refused.items():
+        progress(f"skipping {p}: {why}")
+    policies = tuple(p for p in policies if p not in refused)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     t0 = time.time()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aura_ros.core.registry import backend_for
+from aura_ros.core.registry import unsupported
 
 TASK_NAMES = ("cue_recall", "latent_fact")
 POLICIES = ("unbounded", "sliding_window", "streaming_llm", "h2o", "action_gate", "action_gate_novelty")
@@ -52,21 +52,6 @@ def novelty_supported() -> bool:
     from aura_ros.memory.gate import GateConfig
 
     return "w_novelty" in {f.name for f in dataclasses.fields(GateConfig)}
-
-
-# What the llama.cpp backend cannot run, and why (the rows are reported as skipped, not dropped).
-LLAMA_CPP_REFUSES = {
-    "unbounded": "the llama.cpp backend runs a fixed context (no unbounded reference)",
-    "h2o": "H2O scores by attention weights, which llama.cpp does not expose",
-}
-NO_FRAMES = "without a projector (--mmproj) the llama.cpp policy has no frame embedding for the novelty term"
-
-
-def llama_cpp_refuses(policy: str, model_kwargs: dict | None) -> str | None:
-    """Why the llama.cpp backend cannot run ``policy`` with these loading options (None: it can)."""
-    if policy == "action_gate_novelty" and not (model_kwargs or {}).get("mmproj"):
-        return NO_FRAMES
-    return LLAMA_CPP_REFUSES.get(policy)
 
 
 def policy_config(name: str, budget_bytes: int, recent_steps: int, novelty_weight: float):
@@ -352,22 +337,16 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
     else:
         budget_bytes = int(budget_tokens) * bpt
     skipped: dict[tuple[str, str, int], str] = {}
-    backend = backend_for(model)
+    refused = unsupported(model, policies, model_kwargs)
+    if "action_gate_novelty" in policies and not novelty_supported():
+        refused["action_gate_novelty"] = "GateConfig has no w_novelty (the gate's novelty term is not in this build)"
     runnable = []
     for pol in policies:
-        if pol == "action_gate_novelty" and not novelty_supported():
-            reason = "GateConfig has no w_novelty (the gate's novelty term is not in this build)"
-            log(f"skipping action_gate_novelty: {reason}")
+        if pol in refused:
+            log(f"skipping {pol}: {refused[pol]}")
             for t in tasks:
                 for d in distractors:
-                    skipped[(t, pol, d)] = reason
-            continue
-        why = llama_cpp_refuses(pol, model_kwargs) if backend == "llama_cpp" else None
-        if why:
-            log(f"skipping {pol}: {why}")
-            for t in tasks:
-                for d in distractors:
-                    skipped[(t, pol, d)] = why
+                    skipped[(t, pol, d)] = refused[pol]
             continue
         runnable.append(pol)
     # Which (task, policy, D) run; the unbounded cache only while the episode fits its stated cap.

@@ -36,6 +36,15 @@ def make_policy(model: str | None, config: PolicyConfig | None = None, *, backen
     return factory(model, config or PolicyConfig(), instruction=instruction, **kwargs)
 
 
+def unsupported(model: str | None, policies, options: dict | None = None, backend: str = "auto") -> dict[str, str]:
+    """The memory policies the chosen backend cannot run with these loading options, with the reason."""
+    if backend_for(model, backend) != "llama_cpp":
+        return {}
+    from aura_ros.backends.llama_cpp import refuses
+
+    return {p: why for p in policies if (why := refuses(p, options))}
+
+
 def backend_options(model: str | None, mmproj: str | None = None, kv_type: str | None = None,
                     threads: int | None = None, backend: str = "auto") -> dict:
     """The loading options of a tool's command line (--mmproj, --kv-type, --threads) that the chosen

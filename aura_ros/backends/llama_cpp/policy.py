@@ -39,8 +39,8 @@ ROPE_SHIFT_REASONS = {8: "M-RoPE (Qwen2-VL / Qwen2.5-VL)", 40: "interleaved M-Ro
 # llama.cpp's context sizes: with this as the unit, n_ctx is used as given (no padding up).
 CTX_PAD = 256
 
-# ggml_log_level as ggml.h numbers it (llama-cpp-python's _logger.py comment has an older order,
-# in which 4 is DEBUG: read that way, errors were dropped and warnings printed as errors).
+# ggml_log_level as the bundled ggml.h numbers it (llama-cpp-python's _logger.py documents another
+# order, in which 4 is DEBUG: read that way, errors would be dropped and warnings shown as errors).
 LOG_DEBUG, LOG_ERROR, LOG_CONT = 1, 4, 5
 
 _log_lock = threading.Lock()
@@ -406,7 +406,7 @@ class _Mtmd:
         params.n_threads = n_threads
         params.print_timings = False
         self.n_embd = model.n_embd
-        self._no_callback = getattr(mtmd_cpp, "mtmd_helper_post_decode_callback", ctypes.CFUNCTYPE(None))()  # NULL
+        self._no_callback = mtmd_cpp.mtmd_helper_post_decode_callback()  # a NULL callback
         self.ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), model.ptr, params)
         if not self.ctx:
             raise RuntimeError(f"libmtmd could not load the projector {mmproj} for {model.describe()}")
@@ -433,8 +433,7 @@ class _Mtmd:
             inp = m.mtmd_input_text()
             encoded = text.encode()
             inp.text = encoded
-            if hasattr(inp, "text_len"):  # newer libmtmd reads the length, not a NUL terminator
-                inp.text_len = len(encoded)
+            inp.text_len = len(encoded)  # libmtmd reads the length, not a NUL terminator
             inp.add_special = False
             inp.parse_special = True
             bitmaps = (m.mtmd_bitmap_p_ctypes * 1)(bitmap)
