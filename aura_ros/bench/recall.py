@@ -36,7 +36,9 @@ from aura_ros.bench.episodes import HIGH, LOW, VARIANTS, Episode, gate_rates, ma
 from aura_ros.core.config import PolicyConfig
 from aura_ros.memory import ActionGate, GateConfig, Kind, KVLayout, UtilityWeights, make_policy
 
-POLICIES = ("full", "sliding_window", "streaming_llm", "h2o", "action_gate", "oracle")
+# perfect_gate: the same cache fed every step with exactly the event steps written (the best any
+# gate can do with a cache that reads the stream); oracle: the instruction and event lines only.
+POLICIES = ("full", "sliding_window", "streaming_llm", "h2o", "action_gate", "perfect_gate", "oracle")
 
 
 @dataclass
@@ -179,8 +181,11 @@ def run_recall(model, tokenizer, episodes: int = 4, steps: int = 240, budgets=(0
                block_fraction: float = 0.0):
     """Every (variant, episode, budget, policy). The oracle runs whenever the gate does: it is the
     gate's reference."""
-    reader = Reader(model, tokenizer, recent_steps, gate_config, utility, block_fraction)
     policies = tuple(policies)
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise ValueError(f"unknown recall policy {unknown}; choose from {', '.join(POLICIES)}")
+    reader = Reader(model, tokenizer, recent_steps, gate_config, utility, block_fraction)
     if "action_gate" in policies and "oracle" not in policies:
         policies += ("oracle",)
     results, runs = [], []
@@ -203,7 +208,7 @@ def run_recall(model, tokenizer, episodes: int = 4, steps: int = 240, budgets=(0
                         continue
                     t0 = time.perf_counter()
                     answers, written = reader.run(ep, policy, budget, headroom)
-                    gated = policy in ("action_gate", "oracle")
+                    gated = policy in ("action_gate", "perfect_gate", "oracle")
                     write_rate = len(written) / max(len(ep.lines), 1) if gated else 1.0
                     events_written = (len(set(written) & set(ep.event_steps)) / max(len(ep.event_steps), 1)
                                       if gated else 1.0)
@@ -279,7 +284,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="half-width of the forward-speed jitter of the jitter/momentary variants")
     parser.add_argument("--budgets", default="0.05,0.10,0.25", help="budgets as fractions of the episode's tokens")
     parser.add_argument("--policies", default="full,sliding_window,streaming_llm,h2o,action_gate",
-                        help="the oracle runs with action_gate")
+                        help=f"comma-separated, of {','.join(POLICIES)}; the oracle runs with action_gate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/bench_recall")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
+from aura_ros.bench.recall import run_recall
 from aura_ros.tools.cli import main
 
 
@@ -37,8 +40,9 @@ def test_bench_memory_short(tmp_path):
 
 def test_bench_recall_short(tmp_path):
     out = tmp_path / "recall"
-    assert main(["bench", "recall", "--episodes", "1", "--steps", "60", "--budgets", "0.25",
-                 "--threads", "1", "--out", str(out)]) == 0
+    assert main(["bench", "recall", "--episodes", "1", "--steps", "60", "--budgets", "0.25", "--threads", "1",
+                 "--policies", "full,sliding_window,streaming_llm,h2o,action_gate,perfect_gate",
+                 "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "recall_summary.csv")))
     kept = {(r["policy"], r["kind"]): float(r["fact_kept"]) for r in rows}
     # the behaviour the gate promises, at 25% of the episode's tokens:
@@ -46,6 +50,12 @@ def test_bench_recall_short(tmp_path):
     assert kept[("sliding_window", "instruction")] == 0.0  # a window forgets it
     assert kept[("action_gate", "event")] >= kept[("sliding_window", "event")]
     assert (out / "recall_table.md").read_text().count("|") > 20
+    # the perfect gate writes exactly the event steps; the oracle came along with the gate
+    runs = {r["policy"]: r for r in json.loads((out / "recall_runs.json").read_text())}
+    assert runs["perfect_gate"]["write_rate"] == runs["perfect_gate"]["event_rate"] > 0
+    assert runs["perfect_gate"]["events_written"] == 1.0 and "oracle" in runs
+    with pytest.raises(ValueError, match="perfect_gate"):
+        run_recall(None, None, policies=("action_gate", "perfect_gates"))
 
 
 def test_recall_kept_only_makes_the_model_runs_choices(capsys):

@@ -143,7 +143,9 @@ def test_training_is_deterministic_by_seed(random_default, tmp_path):
 @pytest.mark.skipif(not trained_default_available(), reason="the trained default policy is not in this checkout")
 def test_action_gate_keeps_the_cue_step_and_a_sliding_window_does_not():
     """The trained default on one cue_recall episode, D far beyond what the budget holds as a
-    window: at the first recall step the gated cache still holds the cue step, the window not."""
+    window: at the first recall step the gated cache still holds the cue step, the window not.
+    The gate reads the trained policy's own actions (issue 16's closed-loop stream): it writes at
+    most 1/7 of the steps."""
     loaded = load_model(None)
     ids = action_token_ids(loaded.tokenizer, 256)
     kept = {}
@@ -151,9 +153,14 @@ def test_action_gate_keeps_the_cue_step_and_a_sliding_window_does_not():
         task = make_task("cue_recall", 0, 60)
         cfg = PolicyConfig(eviction=eviction, budget_bytes=384 * 1024)
         policy = VLMPolicy(loaded.model, loaded.processor, cfg, ids, task.instruction)
+        writes = 0
         while task.step_index < task.recall_start_step:
             obs = task.observe()
-            task.apply(policy.step(Observation(obs.image, obs.joint_state)).first)
+            out = policy.step(Observation(obs.image, obs.joint_state))
+            writes += int(out.gate.written)
+            task.apply(out.first)
+        if eviction == "action_gate":
+            assert 0 < writes <= task.recall_start_step / 7, writes
         steps = [row[0] for row in policy.memory_map() if row[0] >= 0]
         assert max(steps) == task.recall_start_step - 1
         assert steps[0] > task.cue_step or eviction == "action_gate"  # the budget is tight for a window
