@@ -325,20 +325,52 @@ def gate_only_table(config: GateConfig, variants, episodes: int, steps: int, eve
     return "\n".join(lines)
 
 
+def reading_bound(reader: Reader, ep: Episode, budget_tokens: int) -> tuple[float, float]:
+    """The largest fraction of the asked event lines any cache of ``budget_tokens`` can hold when the
+    episode ends: (a cache that reads every step, a cache that holds only the instruction and the
+    event lines). A cache that reads the stream holds the last step while reading it, so its kept
+    event lines must fit beside the instruction and that step; the oracle's need only fit beside
+    the instruction. Smallest lines first: the most that fit. This is a count of tokens, not of
+    any policy's choices, so it bounds every gate and eviction order."""
+    asked = [q.fact_step for q in ep.questions if q.kind == "event"]
+    if not asked:
+        return float("nan"), float("nan")
+    n_tokens = lambda text: int(reader.ids(text).shape[1])  # noqa: E731
+    size = {t: n_tokens("\n" + ep.lines[t]) for t in asked}
+    room = budget_tokens - n_tokens(ep.instruction)
+    last = len(ep.lines) - 1
+
+    def fit(room_left: int, steps) -> int:
+        n = 0
+        for s in sorted(size[t] for t in steps):
+            if s > room_left:
+                break
+            room_left, n = room_left - s, n + 1
+        return n
+
+    if last in size:  # the step being read is itself an asked event line
+        reading = 1 + fit(room - size[last], [t for t in asked if t != last])
+    else:
+        reading = fit(room - n_tokens("\n" + ep.lines[last]), asked)
+    return reading / len(asked), fit(room, asked) / len(asked)
+
+
 def kept_only_table(reader: Reader, variants, episodes: int, steps: int, events: int, controls: int,
                     jitter: float, budgets, seed: int = 0) -> str:
     """Markdown: per variant and budget, the event facts the gate keeps against the oracle's and a
     perfect gate's (no model)."""
     lines = ["| variant | budget | episodes | event facts kept: gate | perfect gate | oracle | gate - oracle "
-             "| instruction kept | write rate | true event rate |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| bound: reading cache | bound: oracle | instruction kept | write rate | true event rate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant in variants:
         eps = [make_episode(seed + e, steps=steps, events=events, controls=controls, variant=variant, jitter=jitter)
                for e in range(episodes)]
         for frac in budgets:
             kept: dict[str, list[bool]] = {"action_gate": [], "perfect_gate": [], "oracle": []}
-            instr, rates = [], []
+            instr, rates, bounds = [], [], []
             for ep in eps:
                 budget = max(int(reader.episode_tokens(ep) * frac), 48)
+                bounds.append(reading_bound(reader, ep, budget))
                 for policy in kept:
                     answers, written = reader.run(ep, policy, budget, 0)
                     kept[policy] += [k for q, _, _, k in answers if q.kind == "event"]
@@ -347,8 +379,9 @@ def kept_only_table(reader: Reader, variants, episodes: int, steps: int, events:
                         rates.append((len(written) / len(ep.lines), ep.event_rate))
             g, o = float(np.mean(kept["action_gate"])), float(np.mean(kept["oracle"]))
             w, t = np.mean(rates, axis=0)
+            b_read, b_oracle = np.mean(bounds, axis=0)
             lines.append(f"| {variant} | {frac:.0%} | {episodes} | {g:.2f} | {np.mean(kept['perfect_gate']):.2f} | "
-                         f"{o:.2f} | {g - o:+.2f} | "
+                         f"{o:.2f} | {g - o:+.2f} | {b_read:.2f} | {b_oracle:.2f} | "
                          f"{np.mean(instr):.2f} | {w:.3f} | {t:.3f} |")
     return "\n".join(lines)
 

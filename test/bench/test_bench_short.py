@@ -84,5 +84,35 @@ def test_recall_kept_only_makes_the_model_runs_choices(capsys):
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| momentary")]
     assert len(rows) == 2
     for r in rows:
-        gate, perfect, oracle = (float(x) for x in r.split("|")[4:7])
+        cols = r.split("|")
+        gate, perfect, oracle = (float(x) for x in cols[4:7])
+        bound_reading, bound_oracle = float(cols[8]), float(cols[9])
         assert 0.0 <= gate <= 1.0 and perfect <= oracle  # the oracle holds no steady step at all
+        # no cache that reads the stream keeps more than fits beside the step it reads
+        assert gate <= bound_reading and perfect <= bound_reading and oracle <= bound_oracle
+
+
+def test_reading_bound_counts_the_step_being_read():
+    """The bound on what any reading cache can keep: with room for the instruction, every asked
+    event line and the last step, all fit; take the last step's room away and one line no longer
+    does, while the oracle (which never reads a steady step) still holds them all."""
+    from transformers import AutoTokenizer
+
+    from aura_ros.backends.transformers.smollm import ensure_smollm2_decoder
+    from aura_ros.bench.episodes import make_episode
+    from aura_ros.bench.recall import Reader, reading_bound
+
+    reader = Reader(None, AutoTokenizer.from_pretrained(ensure_smollm2_decoder()))
+    ep = make_episode(5, steps=80, events=5, controls=2, variant="jitter")
+    asked = [q.fact_step for q in ep.questions if q.kind == "event"]
+    assert asked and len(ep.lines) - 1 not in asked
+    n = lambda text: reader.ids(text).shape[1]  # noqa: E731
+    everything = n(ep.instruction) + sum(n("\n" + ep.lines[t]) for t in asked)
+    last = n("\n" + ep.lines[-1])
+    assert reading_bound(reader, ep, everything + last) == (1.0, 1.0)
+    reading, oracle = reading_bound(reader, ep, everything)
+    assert oracle == 1.0 and reading == (len(asked) - 1) / len(asked)
+    # and the cache itself, at that budget: the perfect gate keeps no more than the bound, the oracle all
+    kept = {policy: [k for q, *_, k in reader.run(ep, policy, everything, 0)[0] if q.kind == "event"]
+            for policy in ("perfect_gate", "oracle")}
+    assert sum(kept["perfect_gate"]) / len(asked) <= reading and all(kept["oracle"])
