@@ -326,33 +326,37 @@ def gate_only_table(config: GateConfig, variants, episodes: int, steps: int, eve
 
 
 def reading_bound(reader: Reader, ep: Episode, budget_tokens: int) -> tuple[float, float]:
-    """The largest fraction of the asked event lines any cache of ``budget_tokens`` can hold when the
-    episode ends: (a cache that reads every step, a cache that holds only the instruction and the
-    event lines). A cache that reads the stream holds the last step while reading it, so its kept
-    event lines must fit beside the instruction and that step; the oracle's need only fit beside
-    the instruction. Smallest lines first: the most that fit. This is a count of tokens, not of
-    any policy's choices, so it bounds every gate and eviction order."""
-    asked = [q.fact_step for q in ep.questions if q.kind == "event"]
+    """The largest fraction of the asked event lines a cache of ``budget_tokens`` can still hold
+    when the episode ends: (any cache that reads every step, the oracle that reads only the event
+    lines). Whatever is kept at the end was held at every step after it was read, beside the
+    instruction and the step being read, so a set S of event lines can survive only if, for every
+    step t read, instruction + the lines of S up to t + step t fit. The most of the asked lines any
+    such S holds is the bound: a count of tokens, not of a policy's choices, so it bounds every
+    gate and eviction order (and the oracle, reading fewer steps, has a looser one)."""
+    asked = sorted(q.fact_step for q in ep.questions if q.kind == "event")
     if not asked:
         return float("nan"), float("nan")
-    n_tokens = lambda text: int(reader.ids(text).shape[1])  # noqa: E731
-    size = {t: n_tokens("\n" + ep.lines[t]) for t in asked}
-    room = budget_tokens - n_tokens(ep.instruction)
-    last = len(ep.lines) - 1
+    size = [int(reader.ids("\n" + line).shape[1]) for line in ep.lines]
+    room = budget_tokens - int(reader.ids(ep.instruction).shape[1])
 
-    def fit(room_left: int, steps) -> int:
-        n = 0
-        for s in sorted(size[t] for t in steps):
-            if s > room_left:
-                break
-            room_left, n = room_left - s, n + 1
-        return n
+    def most(read: list[int]) -> int:  # read: the steps the cache reads, in order (the asked ones among them)
+        best = 0
+        for mask in range(1 << len(asked)):  # at most 2^events subsets: a few hundred
+            chosen = [asked[i] for i in range(len(asked)) if mask >> i & 1]
+            if len(chosen) <= best:
+                continue
+            held, j, fits = 0, 0, True
+            for t in read:
+                while j < len(chosen) and chosen[j] < t:
+                    held, j = held + size[chosen[j]], j + 1
+                if held + size[t] > room:
+                    fits = False
+                    break
+            if fits:
+                best = len(chosen)
+        return best
 
-    if last in size:  # the step being read is itself an asked event line
-        reading = 1 + fit(room - size[last], [t for t in asked if t != last])
-    else:
-        reading = fit(room - n_tokens("\n" + ep.lines[last]), asked)
-    return reading / len(asked), fit(room, asked) / len(asked)
+    return most(list(range(len(ep.lines)))) / len(asked), most(sorted(ep.event_steps)) / len(asked)
 
 
 def kept_only_table(reader: Reader, variants, episodes: int, steps: int, events: int, controls: int,

@@ -92,27 +92,32 @@ def test_recall_kept_only_makes_the_model_runs_choices(capsys):
         assert gate <= bound_reading and perfect <= bound_reading and oracle <= bound_oracle
 
 
-def test_reading_bound_counts_the_step_being_read():
-    """The bound on what any reading cache can keep: with room for the instruction, every asked
-    event line and the last step, all fit; take the last step's room away and one line no longer
-    does, while the oracle (which never reads a steady step) still holds them all."""
+def test_reading_bound_counts_the_steps_being_read():
+    """The bound on what any reading cache can keep, on a hand-made episode: two event lines, then a
+    long steady line. With room for the instruction, both events and that line, both can be kept
+    (and the perfect gate keeps both); one token less and the long line, read after both, forces
+    one out, while the oracle (which never reads a steady line) still holds both."""
+    import numpy as np
     from transformers import AutoTokenizer
 
     from aura_ros.backends.transformers.smollm import ensure_smollm2_decoder
-    from aura_ros.bench.episodes import make_episode
+    from aura_ros.bench.episodes import Episode, Question
     from aura_ros.bench.recall import Reader, reading_bound
 
     reader = Reader(None, AutoTokenizer.from_pretrained(ensure_smollm2_decoder()))
-    ep = make_episode(5, steps=80, events=5, controls=2, variant="jitter")
-    asked = [q.fact_step for q in ep.questions if q.kind == "event"]
-    assert asked and len(ep.lines) - 1 not in asked
+    lines = ["step 0: move on.", "step 1: pinch the red cup.", "step 2: move on.", "step 3: stop at the blue box.",
+             "step 4: move on, pass the green book on the left side of the long corridor.", "step 5: move on."]
+    actions = np.array([[0.5, 0, 0], [0.5, 0, 1], [0.5, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 1]], dtype=float)
+    questions = [Question("event", "step 1: pinch the", (" red cup", " blue box"), 0, 1),
+                 Question("event", "step 3: stop at the", (" red cup", " blue box"), 1, 3)]
+    ep = Episode("Instruction: tidy up.", lines, actions, questions, event_steps=[1, 3])
     n = lambda text: reader.ids(text).shape[1]  # noqa: E731
-    everything = n(ep.instruction) + sum(n("\n" + ep.lines[t]) for t in asked)
-    last = n("\n" + ep.lines[-1])
-    assert reading_bound(reader, ep, everything + last) == (1.0, 1.0)
-    reading, oracle = reading_bound(reader, ep, everything)
-    assert oracle == 1.0 and reading == (len(asked) - 1) / len(asked)
-    # and the cache itself, at that budget: the perfect gate keeps no more than the bound, the oracle all
-    kept = {policy: [k for q, *_, k in reader.run(ep, policy, everything, 0)[0] if q.kind == "event"]
-            for policy in ("perfect_gate", "oracle")}
-    assert sum(kept["perfect_gate"]) / len(asked) <= reading and all(kept["oracle"])
+    enough = n(ep.instruction) + n("\n" + lines[1]) + n("\n" + lines[3]) + n("\n" + lines[4])
+    assert reading_bound(reader, ep, enough) == (1.0, 1.0)
+    assert reading_bound(reader, ep, enough - 1) == (0.5, 1.0)
+
+    def kept(policy: str, budget: int) -> list[bool]:
+        return [k for q, *_, k in reader.run(ep, policy, budget, 0)[0] if q.kind == "event"]
+
+    assert kept("perfect_gate", enough) == [True, True]  # the bound is reached when it can be
+    assert sum(kept("perfect_gate", enough - 1)) == 1 and kept("oracle", enough - 1) == [True, True]
