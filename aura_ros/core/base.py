@@ -18,16 +18,22 @@ class PolicyBase:
     (an object with ``recent_steps``, ``table``, ``stats()`` and ``rollback()``), and implements
     ``_step(image, state, event, t0)``."""
 
+    _task_event = False  # begin_task() was called: the next step is a gate event
+
     def step(self, obs: Observation) -> Action:
         """One control step: observe, decode an action chunk, gate the step."""
         t0 = time.perf_counter()
         if obs.instruction is not None and obs.instruction != self.instruction:
             self.set_instruction(obs.instruction)
+        if obs.new_task:
+            self.begin_task()
+        event = obs.event or self._task_event
+        self._task_event = False
         state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(state)):
             raise ValueError("joint state contains NaN or infinite values")
         try:
-            return self._step(obs.image, state, obs.event, t0)
+            return self._step(obs.image, state, event, t0)
         except BaseException:
             # A step that failed half-way (an exception inside a layer, out of memory) must not
             # leave tokens behind: back to the last commit.
@@ -47,6 +53,14 @@ class PolicyBase:
             self.config = replace(self.config, gate=gate)
         if clear_memory_on_instruction is not None:
             self.config = replace(self.config, clear_memory_on_instruction=bool(clear_memory_on_instruction))
+
+    def begin_task(self) -> int:
+        """A task boundary: the next steps belong to a new task; the memory keeps what it holds
+        and ranks the finished tasks' steps below the new one's (stale ones leave first).
+        The next step is a gate event (written): the task's first step is where it began.
+        Returns the new task's index."""
+        self._task_event = True
+        return self.kv_store.table.begin_task()
 
     def stats(self) -> MemoryStats:
         return self.kv_store.stats()

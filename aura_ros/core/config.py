@@ -28,6 +28,10 @@ class PolicyConfig:
     # When full, free at least this fraction of the capacity at once: compaction and re-rotation
     # then run once every ~block/step_tokens steps instead of every step (docs/benchmarks.md §7).
     block_fraction: float = 0.05
+    # The most steps the policy reads at once, whatever the budget (0: the budget alone decides).
+    # A policy works inside the context shapes it was trained on: the shipped default saw up to
+    # ``recent`` 24 steps plus the long-term steps of two tasks (backends/transformers/train.py).
+    max_context_steps: int = 32
     gate: GateConfig = field(default_factory=GateConfig)
     utility: UtilityWeights = field(default_factory=UtilityWeights)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT

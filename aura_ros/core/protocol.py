@@ -27,6 +27,9 @@ class Policy(Protocol):
     def set_instruction(self, instruction: str) -> None:
         """Pin a new instruction; raises BudgetError (old one kept) when it cannot fit."""
 
+    def begin_task(self) -> int:
+        """Record a task boundary (the episode goes on); returns the new task's index."""
+
     def set_budget(self, budget_bytes: int) -> None:
         """Change the hard KV budget between steps; raises BudgetError with the numbers."""
 

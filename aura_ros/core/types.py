@@ -17,12 +17,16 @@ class Observation:
     joint_state: one value per joint, in the policy's joint order.
     instruction: a new instruction, or None to keep the pinned one.
     event: an external event (a new sub-task) that the gate treats as a discrete change.
+    new_task: this step begins a new task (with ``instruction``, or the pinned one again): a task
+        boundary the memory records, so that facts of finished tasks leave first (memory.planner)
+        and the gate writes the step.
     """
 
     image: np.ndarray | None
     joint_state: np.ndarray
     instruction: str | None = None
     event: bool = False
+    new_task: bool = False
 
 
 @dataclass

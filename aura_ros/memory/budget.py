@@ -72,3 +72,17 @@ def budget_error(layout: KVLayout, budget_bytes: int, pinned_tokens: int, step_t
             f"{layout.bytes_per_token} bytes each; the pinned instruction ({pinned_tokens}) plus one step "
             f"({step_tokens}) need {need} tokens = {layout.bytes_for(need)} bytes "
             f"({layout.bytes_for(need) / MIB:.4f} MiB)")
+
+
+def view_capacity(capacity: int, pinned_tokens: int, step_tokens: int, max_context_steps: int) -> int:
+    """The tokens the policy may read: the budget's capacity, or fewer where ``max_context_steps``
+    (> 0) steps beside the pinned tokens need less.
+
+    The budget is a ceiling on bytes; a trained policy has a ceiling of its own, the context
+    lengths it was trained on. A cache that filled a large budget with old transient steps showed
+    the policy contexts it never saw, and a larger budget made the robot worse. Both stores evict
+    down to the smaller of the two, so any budget above the trained context behaves as it does.
+    """
+    if max_context_steps <= 0:
+        return int(capacity)
+    return min(int(capacity), int(pinned_tokens) + int(max_context_steps) * max(1, int(step_tokens)))

@@ -81,13 +81,15 @@ def group_view(table: SegmentTable, current_step: int,
         att = (sum(float(attention[segs[i].start: segs[i].end].sum()) for i in idx) / tokens
                if attention is not None else 0.0)
         rows.append((first.step, max(current_step - first.step, 0) if first.is_step else 0,
-                     tokens, first.gate, first.written, att, first.kind is Kind.PINNED, first.kind is Kind.SINK))
-    cols = list(zip(*rows)) if rows else [()] * 8
+                     tokens, first.gate, first.written, att, first.kind is Kind.PINNED, first.kind is Kind.SINK,
+                     max(table.current_task - first.task, 0) if first.is_step else 0))
+    cols = list(zip(*rows)) if rows else [()] * 9
     view = GroupView(
         step=np.asarray(cols[0], dtype=np.int64), age=np.asarray(cols[1], dtype=np.int64),
         tokens=np.asarray(cols[2], dtype=np.int64), gate=np.asarray(cols[3], dtype=np.float64),
         written=np.asarray(cols[4], dtype=bool), attention=np.asarray(cols[5], dtype=np.float64),
-        pinned=np.asarray(cols[6], dtype=bool), sink=np.asarray(cols[7], dtype=bool))
+        pinned=np.asarray(cols[6], dtype=bool), sink=np.asarray(cols[7], dtype=bool),
+        task_age=np.asarray(cols[8], dtype=np.int64))
     return members, view
 
 
@@ -127,21 +129,30 @@ def plan_eviction(table: SegmentTable, policy: EvictionPolicy, *, capacity: int,
     outside = [g for g in ranked if not window[g]]
     oldest_first = [int(g) for g in np.argsort(view.step, kind="stable")]
     if policy.keep_written:
-        # A written step past the window's share is long-term memory already: it waits with the
-        # other written steps, in the policy's order.
-        passes = ([g for g in outside if not view.written[g]],
+        # Stale first: the steps of tasks more than ``task_horizon`` tasks back (older tasks
+        # first), before even the current task's transient steps, so facts of finished tasks
+        # never crowd out the new ones. A written step past the window's share is long-term
+        # memory already: it waits with the other written steps, in the policy's order.
+        horizon = policy.task_horizon
+        stale = (np.zeros(len(view), dtype=bool) if horizon is None
+                 else (view.task_age > horizon) & ~view.pinned & ~view.sink & ~window)
+        by_task = [int(g) for g in np.lexsort((view.step, -view.task_age)) if stale[g]]
+        passes = (by_task,
+                  [g for g in outside if not view.written[g] and not stale[g]],
                   [g for g in oldest_first if beyond[g] and not view.written[g]],
-                  [g for g in ranked if view.written[g] and (beyond[g] or not window[g])],
+                  [g for g in ranked if view.written[g] and (beyond[g] or not window[g]) and not stale[g]],
                   [g for g in oldest_first if window[g] and not beyond[g]])
     else:
         passes = (outside, [g for g in oldest_first if window[g]])
     evict: list[int] = []
     freed = 0
     block = int(block_tokens)
+    first_passes = 2 if policy.keep_written else 1
     for i, groups in enumerate(passes):
-        # A block is rounded up from the first pass only: transient steps (or, without
-        # keep_written, whatever the policy ranks first), never the window or long-term memory.
-        target = max(excess, block) if i == 0 else excess
+        # A block is rounded up from the first passes only: stale and transient steps (or,
+        # without keep_written, whatever the policy ranks first), never the window or the
+        # long-term memory of current tasks.
+        target = max(excess, block) if i < first_passes else excess
         for g in groups:
             if freed >= target:
                 break

@@ -84,6 +84,20 @@ class RunEnds:
 
 
 @dataclass(frozen=True)
+class TaskAge:
+    """-(tasks begun since the group's task): 0 for the current task, -1 for the one before, ...
+
+    With a weight above the spread of the other terms, every long-term step of an earlier task
+    ranks below every long-term step of a later one: a finished task's facts go first.
+    """
+
+    uses_attention = False
+
+    def score(self, view: GroupView) -> np.ndarray:
+        return -view.task_age.astype(np.float64)
+
+
+@dataclass(frozen=True)
 class AccumulatedAttention:
     """H2O's heavy hitters: mean attention per token received so far, scaled to [0, 1]."""
 
@@ -126,6 +140,8 @@ class EvictionPolicy:
     keep_written: written (long-term) steps go only for the room a step really needs: after every
         transient step and after the window's share, and never just to round an eviction up to a
         block.
+    task_horizon: with keep_written, the steps of tasks more than this many task boundaries back
+        are stale: they leave before anything else when room is needed (None: no such rule).
     """
 
     name: str
@@ -135,6 +151,7 @@ class EvictionPolicy:
     protect_recent: bool = True
     recent_share: float = 1.0
     keep_written: bool = False
+    task_horizon: int | None = None
 
     @property
     def uses_attention(self) -> bool:
@@ -159,6 +176,12 @@ class UtilityWeights:
     # the event steps against 0.22-0.88 at 0.1, which equals a perfect gate's (issue 16,
     # docs/benchmarks.md section 4); without that pressure the whole window stays.
     recent_share: float = 0.1
+    # A finished task's long-term steps rank below the current task's (2 > the spread of the terms
+    # above: gate 1 + run_ends 0.3 + recency 0.2), and those of tasks more than ``task_horizon``
+    # boundaries back are stale: they leave first under pressure. 1 keeps the previous task's
+    # facts beside the current one's (a task may ask for them).
+    task: float = 2.0
+    task_horizon: int = 1
 
 
 def action_gated(weights: UtilityWeights | None = None) -> EvictionPolicy:
@@ -167,9 +190,10 @@ def action_gated(weights: UtilityWeights | None = None) -> EvictionPolicy:
     received, age)."""
     w = weights or UtilityWeights()
     scorer = Weighted(((w.written, Written()), (w.gate, GateValue()), (w.run_ends, RunEnds()),
-                       (w.attention, AccumulatedAttention()), (w.recency, Recency(w.recency_tau))))
+                       (w.attention, AccumulatedAttention()), (w.recency, Recency(w.recency_tau)),
+                       (w.task, TaskAge())))
     return EvictionPolicy("action_gate", scorer, protect_pinned=True, protect_recent=True,
-                          recent_share=w.recent_share, keep_written=True)
+                          recent_share=w.recent_share, keep_written=True, task_horizon=w.task_horizon)
 
 
 def sliding_window() -> EvictionPolicy:

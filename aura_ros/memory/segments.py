@@ -31,6 +31,7 @@ class Segment:
     pos_span: int  # how far the running position advances across the segment
     gate: float = 1.0  # gate value of the step (1 for pinned)
     written: bool = False  # written to long-term memory
+    task: int = 0  # the task the step belongs to (SegmentTable.current_task when it was committed)
 
     @property
     def end(self) -> int:
@@ -53,6 +54,11 @@ class GroupView:
     attention: np.ndarray  # float64, mean accumulated attention per token (0 when not tracked)
     pinned: np.ndarray  # bool
     sink: np.ndarray  # bool
+    task_age: np.ndarray | None = None  # int64, tasks begun since the group's (0: the current task)
+
+    def __post_init__(self) -> None:
+        if self.task_age is None:
+            self.task_age = np.zeros(len(self.step), dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self.step.shape[0])
@@ -61,6 +67,15 @@ class GroupView:
 @dataclass
 class SegmentTable:
     segments: list[Segment] = field(default_factory=list)
+    # The task the next steps belong to. A robot's episode never ends but its tasks do: a task
+    # boundary (``begin_task``) is what lets the memory tell the current task's facts from stale
+    # ones of earlier tasks (the planner's stale rule, scorers.TaskAge).
+    current_task: int = 0
+
+    def begin_task(self) -> int:
+        """Record a task boundary: the steps committed from now on belong to a new task."""
+        self.current_task += 1
+        return self.current_task
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -81,6 +96,8 @@ class SegmentTable:
     def append(self, seg: Segment) -> None:
         if seg.start != self.used_tokens:
             raise ValueError(f"segment starts at slot {seg.start}, table ends at {self.used_tokens}")
+        if seg.is_step:
+            seg.task = self.current_task
         self.segments.append(seg)
 
     def group_keys(self) -> list[tuple]:
@@ -116,6 +133,6 @@ class SegmentTable:
         s = self.segments[index]
         if not 0 < at < s.length:
             return
-        head = Segment(first_kind, s.step, s.start, at, s.pos_start, at, s.gate, s.written)
+        head = Segment(first_kind, s.step, s.start, at, s.pos_start, at, s.gate, s.written, s.task)
         s.start, s.length, s.pos_start, s.pos_span = s.start + at, s.length - at, s.pos_start + at, s.pos_span - at
         self.segments.insert(index, head)

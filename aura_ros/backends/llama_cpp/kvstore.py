@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aura_ros.memory.budget import BudgetError, KVLayout, budget_error
+from aura_ros.memory.budget import BudgetError, KVLayout, budget_error, view_capacity
 from aura_ros.memory.planner import plan_eviction, plan_moves
 from aura_ros.memory.scorers import EvictionPolicy, action_gated
 from aura_ros.memory.segments import Kind, Segment, SegmentTable
@@ -92,7 +92,7 @@ class LlamaKVStore:
 
     def __init__(self, model, layout: GGUFKVLayout, budget_bytes: int, policy: EvictionPolicy | None = None,
                  recent_steps: int = 8, n_threads: int = 1, min_step_tokens: int = 1, block_fraction: float = 0.0,
-                 logical_capacity: int | None = None):
+                 logical_capacity: int | None = None, max_context_steps: int = 0):
         """``logical_capacity`` (benchmarks only): evict at this many tokens inside the context the
         budget buys, to compare at token budgets below llama.cpp's 256-cell context unit; the
         allocation is then larger than the capacity needs."""
@@ -107,6 +107,7 @@ class LlamaKVStore:
         if not 0.0 <= block_fraction < 1.0:
             raise ValueError(f"block_fraction must be in [0, 1), got {block_fraction}")
         self.recent_steps, self.block_fraction = int(recent_steps), float(block_fraction)
+        self.max_context_steps = int(max_context_steps)  # see memory.budget.view_capacity
         self.n_threads = int(n_threads)
         self.min_step_tokens = int(min_step_tokens)
         self.table = SegmentTable()
@@ -278,7 +279,9 @@ class LlamaKVStore:
         if n_tokens > self.capacity - self.table.pinned_tokens * self.policy.protect_pinned:
             raise BudgetError(f"{n_tokens} tokens do not fit in a context of {self.capacity} tokens with "
                               f"{self.table.pinned_tokens} pinned; raise the budget")
-        self._evict_until(self.capacity, n_tokens)
+        view = self.capacity if self.max_context_steps <= 0 else view_capacity(
+            self.capacity, self.table.pinned_tokens, max(self.step_tokens, n_tokens), self.max_context_steps)
+        self._evict_until(view, n_tokens, block=True)
         return self.next_position
 
     def commit(self, kind: Kind | str, step: int, gate: float = 1.0, written: bool | None = None) -> Segment | None:
@@ -399,8 +402,8 @@ class LlamaKVStore:
         self.last_step_tokens = sum(s.length for s in segments if s.is_step and s.step == self._last_step)
 
     # ----------------------------------------------------------------- eviction
-    def _evict_until(self, capacity: int, incoming: int) -> int:
-        block = int(self.block_fraction * capacity) if capacity == self.capacity else 0
+    def _evict_until(self, capacity: int, incoming: int, block: bool = False) -> int:
+        block = int(self.block_fraction * capacity) if block else 0
         plan = plan_eviction(self.table, self.policy, capacity=capacity, incoming=incoming,
                              current_step=self.current_step, recent_steps=self.recent_steps,
                              attention=None, block_tokens=block)

@@ -267,7 +267,8 @@ class LlamaCppPolicy(PolicyBase):
             raise ValueError(f"eviction {cfg.eviction!r} scores by attention weights, which llama.cpp does not "
                              "expose; choose action_gate, sliding_window or streaming_llm")
         return LlamaKVStore(self.model, self.layout, budget_bytes, policy=policy, recent_steps=cfg.recent_steps,
-                            n_threads=self.n_threads, block_fraction=cfg.block_fraction)
+                            n_threads=self.n_threads, block_fraction=cfg.block_fraction,
+                            max_context_steps=cfg.max_context_steps)
 
     @classmethod
     def from_pretrained(cls, model: str | None, config: PolicyConfig | None = None, instruction: str = "",

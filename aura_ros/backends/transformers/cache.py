@@ -27,7 +27,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.memory.budget import BudgetError, KVLayout, budget_error
+from aura_ros.memory.budget import BudgetError, KVLayout, budget_error, view_capacity
 from aura_ros.memory.planner import plan_eviction, plan_moves
 from aura_ros.memory.scorers import EvictionPolicy, action_gated
 from aura_ros.memory.segments import Kind, Segment, SegmentTable
@@ -142,7 +142,7 @@ class GatedKVCache(Cache):
     def __init__(self, config, budget_bytes: int, rotator: RopeRotator | None = None,
                  policy: EvictionPolicy | None = None, recent_steps: int = 8,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 min_step_tokens: int = 1, block_fraction: float = 0.0):
+                 min_step_tokens: int = 1, block_fraction: float = 0.0, max_context_steps: int = 0):
         if not 0.0 <= block_fraction < 1.0:
             raise ValueError(f"block_fraction must be in [0, 1), got {block_fraction}")
         # When full, free at least this fraction of the capacity at once (see planner.plan_eviction).
@@ -153,6 +153,9 @@ class GatedKVCache(Cache):
         if recent_steps < 0:
             raise ValueError(f"recent_steps must be >= 0, got {recent_steps}")
         self.recent_steps = int(recent_steps)
+        # What the policy reads is bounded by the trained context as well as by the budget (0: the
+        # budget only); see memory.budget.view_capacity.
+        self.max_context_steps = int(max_context_steps)
         self.min_step_tokens = int(min_step_tokens)
         self.table = SegmentTable()
         self.evictions_total = 0
@@ -239,7 +242,9 @@ class GatedKVCache(Cache):
             raise BudgetError(
                 f"{n_tokens} tokens do not fit in a cache of {self.capacity} tokens with "
                 f"{self.table.pinned_tokens} pinned; raise the budget")
-        self._evict_until(self.capacity, n_tokens)
+        view = self.capacity if self.max_context_steps <= 0 else view_capacity(
+            self.capacity, self.table.pinned_tokens, max(self.step_tokens, n_tokens), self.max_context_steps)
+        self._evict_until(view, n_tokens, block=True)
         return self.next_position
 
     def commit(self, kind: Kind | str, step: int, pos_span: int | None = None,
@@ -335,10 +340,11 @@ class GatedKVCache(Cache):
             kept_steps=steps)
 
     # ----------------------------------------------------------------- eviction
-    def _evict_until(self, capacity: int, incoming: int) -> int:
-        """Evict by the planner until ``incoming`` tokens fit in ``capacity``; returns segments evicted."""
+    def _evict_until(self, capacity: int, incoming: int, block: bool = False) -> int:
+        """Evict by the planner until ``incoming`` tokens fit in ``capacity``; returns segments evicted.
+        block: free at least ``block_fraction`` of ``capacity`` at once (a step's reserve)."""
         attention = self.attention[: self.used_tokens].cpu().numpy() if self.track_attention else None
-        block = int(self.block_fraction * capacity) if capacity == self.capacity else 0
+        block = int(self.block_fraction * capacity) if block else 0
         plan = plan_eviction(self.table, self.policy, capacity=capacity, incoming=incoming,
                              current_step=self.current_step, recent_steps=self.recent_steps,
                              attention=attention, block_tokens=block)

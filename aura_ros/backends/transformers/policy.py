@@ -169,7 +169,7 @@ class VLMPolicy(PolicyBase):
             self.model.set_attn_implementation(register())
         return GatedKVCache(self.model.config, cfg.budget_bytes, RopeRotator.from_model(self.model), policy=policy,
                             recent_steps=cfg.recent_steps, dtype=self.dtype, device=self.device,
-                            block_fraction=cfg.block_fraction)
+                            block_fraction=cfg.block_fraction, max_context_steps=cfg.max_context_steps)
 
     # ------------------------------------------------------------------ construction
     @classmethod
