@@ -320,11 +320,12 @@ def run(tasks=TASK_NAMES, policies=POLICIES, distractors=(20, 200, 2000), episod
     import torch
     from tqdm import tqdm
 
-    from aura_ros.sim.tasks import TASKS
+    from aura_ros.sim.tasks import EPISODE_TASKS
 
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in EPISODE_TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; the sim has {sorted(TASKS)}")
+        raise ValueError(f"unknown task(s) {unknown}; single episodes run {sorted(EPISODE_TASKS)} "
+                         "(recall_previous runs in streams: aura-ros bench streams)")
     bad = [p for p in policies if p not in POLICIES]
     if bad:
         raise ValueError(f"unknown memory policy {bad}; choose from {', '.join(POLICIES)}")

@@ -21,8 +21,23 @@ step's action tokens, so a policy that keeps that step in its memory can copy th
 latent_fact (the gate's blind spot): the same, except that the expert does not react to the light
 (it keeps ``WORK``; the action does not change), so only the frame of that step carries the fact.
 
+recall_previous (memory across tasks): no bin lights up in this task; the instruction asks for the
+bin that lit up in the previous task of the stream, so only memory carried over a task boundary
+solves it (an emptied memory is at chance). It exists only inside a stream.
+
 Episodes are deterministic by seed; ``distractor_steps`` (D) is free, from 0 to thousands (a step
 is a 64x64 render and a few numpy operations).
+
+A robot's episode never ends: ``TaskStream`` runs tasks back to back on one scene with no reset.
+After each drop the block is taken away and a new one is handed over where the gripper closes at
+``WORK``; the next task's first observation carries its instruction and ``new_task``. Tasks may be
+mixed, each with its own D; a recall_previous task follows another task.
+
+    stream = make_stream(seed=0, n_tasks=20, mix=(("cue_recall", 200),))
+    while not stream.done:
+        step = stream.observe()                # TaskStep(..., new_task, instruction)
+        stream.apply(policy_action(step))
+    stream.successes                           # one bool per task
 
     task = make_task("cue_recall", seed=3, distractor_steps=200)
     while not task.done:
@@ -32,6 +47,7 @@ is a 64x64 render and a few numpy operations).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -96,6 +112,8 @@ class TaskStep:
 
     image: np.ndarray  # HxWx3 uint8
     joint_state: np.ndarray  # [4] shoulder, elbow, wrist, gripper
+    new_task: bool = False  # the first step of a task in a stream (a task boundary)
+    instruction: str = ""  # the task's instruction
 
 
 @dataclass
@@ -116,6 +134,18 @@ class EpisodeRecord:
     seed: int = -1
     cue_step: int = -1
     recall_start_step: int = -1
+    # A stream of tasks (``expert_stream``): the first step of each task, its instruction and name.
+    # A single episode is a stream of one task.
+    task_starts: tuple[int, ...] = (0,)
+    task_instructions: tuple[str, ...] = ()
+    task_names: tuple[str, ...] = ()
+
+    def task_at(self, step: int) -> int:
+        """Index of the task that step ``step`` belongs to."""
+        return int(np.searchsorted(np.asarray(self.task_starts), step, side="right") - 1)
+
+    def instruction_at(self, step: int) -> str:
+        return self.task_instructions[self.task_at(step)] if self.task_instructions else self.instruction
 
 
 class MemoryTask:
@@ -124,9 +154,13 @@ class MemoryTask:
     name = "memory"
     instruction = ""
     expert_reacts = True
+    shows_light = True  # a bin lights up in this task (recall_previous: the fact is from the task before)
 
     def __init__(self, seed: int, distractor_steps: int, n_choices: int = N_BINS,
-                 image_size: int = IMAGE_SIZE) -> None:
+                 image_size: int = IMAGE_SIZE, scene: SimScene | None = None, target: int | None = None) -> None:
+        """scene: continue on this scene (a stream: the bins stay, the arm is where the last task
+        left it, a new block is handed over); target: the bin (recall_previous: the previous
+        task's)."""
         if distractor_steps < 0:
             raise ValueError(f"distractor_steps must be >= 0, got {distractor_steps}")
         if n_choices != N_BINS:
@@ -136,17 +170,29 @@ class MemoryTask:
         self.distractor_steps = int(distractor_steps)
         rng = np.random.default_rng([self.seed, 7919])
         self.target = int(rng.integers(n_choices))
+        if target is not None:
+            self.target = int(target)
+        elif not self.shows_light:
+            raise ValueError(f"{self.name} recalls the previous task's bin: it runs inside a stream (make_stream)")
         self.cue_step = int(rng.integers(*self._cue_range()))
         self.recall_start_step = self.cue_step + 1 + self.distractor_steps
         self.total_steps = self.recall_start_step + RECALL_STEPS
         self.step_index = 0
         self.success: bool | None = None
         self._rng = rng
-        self.scene = SimScene(width=image_size, height=image_size, seed=self.seed, event_period_steps=0)
-        for obj in self.scene.objects:
-            self.scene.remove_object(obj.name)
-        for k, xy in enumerate(BIN_POSITIONS):
-            self.scene.add_object(f"bin_{k}", "purple", xy, size=BIN_SIZE, shape="bin")
+        if scene is None:
+            self.scene = SimScene(width=image_size, height=image_size, seed=self.seed, event_period_steps=0)
+            for obj in self.scene.objects:
+                self.scene.remove_object(obj.name)
+            for k, xy in enumerate(BIN_POSITIONS):
+                self.scene.add_object(f"bin_{k}", "purple", xy, size=BIN_SIZE, shape="bin")
+        else:
+            # The last task's block is taken out of its bin (a block left there would show the
+            # previous task's answer in every later frame) and its props go.
+            self.scene = scene
+            for obj in self.scene.objects:
+                if obj.shape != "bin":
+                    self.scene.remove_object(obj.name)
         # The block lies where the gripper closes in the first step (the arm swings to WORK).
         self.scene.add_object("block", "red", WORK_POSITION, size=0.06, shape="box")
         self._distractors: list[tuple[str, int]] = []  # (name, step it vanishes)
@@ -180,7 +226,7 @@ class MemoryTask:
         s = self.step_index
         if s >= self.recall_start_step:
             return over_bin(self.target, open_gripper=s > self.recall_start_step)
-        if s == self.cue_step and self.expert_reacts:
+        if s == self.cue_step and self.expert_reacts and self.shows_light:
             return over_bin(self.target)
         return WORK.copy()
 
@@ -209,7 +255,7 @@ class MemoryTask:
         """Set what the frame of the step about to be observed shows: cue, go light, distractors."""
         s = self.step_index
         names = {o.name for o in self.scene.objects}
-        if s == self.cue_step:
+        if s == self.cue_step and self.shows_light:
             self.scene.add_object("light", LIGHT_COLOR, BIN_POSITIONS[self.target], size=LIGHT_SIZE, shape="box")
         elif "light" in names:
             self.scene.remove_object("light")
@@ -260,7 +306,18 @@ class LatentFactTask(MemoryTask):
         return WARMUP_STEPS + 1, WARMUP_STEPS + 5  # the light comes during the steady stretch
 
 
-TASKS: dict[str, type] = {"cue_recall": CueRecallTask, "latent_fact": LatentFactTask}
+class RecallPreviousTask(MemoryTask):
+    name = "recall_previous"
+    instruction = "put the block in the bin that lit up in the previous task when the go light is on"
+    expert_reacts = False
+    shows_light = False
+
+
+TASKS: dict[str, type] = {"cue_recall": CueRecallTask, "latent_fact": LatentFactTask,
+                          "recall_previous": RecallPreviousTask}
+# Tasks that need a task before them in a stream; the others also run as single episodes.
+CROSS_TASK = ("recall_previous",)
+EPISODE_TASKS = tuple(n for n in TASKS if n not in CROSS_TASK)
 
 
 def make_task(name: str, seed: int, distractor_steps: int, **kw) -> MemoryTask:
@@ -269,6 +326,152 @@ def make_task(name: str, seed: int, distractor_steps: int, **kw) -> MemoryTask:
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}") from None
     return cls(seed, distractor_steps, **kw)
+
+
+class TaskStream:
+    """Tasks back to back on one scene, no reset: the robot's endless episode, one task after another.
+
+    specs: (task name, D) per task, in order: a list, or an endless iterator (``iter_specs``). Task
+    i runs with seed ``seed * 1000 + i`` (its cue time, bin and distractors); a recall_previous
+    task's bin is the task before's.
+    """
+
+    def __init__(self, seed: int, specs, image_size: int = IMAGE_SIZE) -> None:
+        self.seed = int(seed)
+        self.image_size = image_size
+        self._specs = iter(specs)
+        first = self._next_spec()
+        if first is None:
+            raise ValueError("a stream needs at least one task")
+        if first[0] in CROSS_TASK:
+            raise ValueError(f"a stream cannot start with {first[0]}: it recalls the task before")
+        self.specs = [first]  # the tasks begun so far
+        self.index = 0  # the running task's index (the number of tasks done)
+        self.successes: list[bool] = []
+        self.task = self._make(first, None)
+        self.steps_total = 0
+        self._first = True
+        self._done = False
+
+    def _next_spec(self) -> tuple[str, int] | None:
+        spec = next(self._specs, None)
+        if spec is None:
+            return None
+        name, d = str(spec[0]), int(spec[1])
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+        return name, d
+
+    def _make(self, spec: tuple[str, int], scene: SimScene | None) -> MemoryTask:
+        name, d = spec
+        target = self.task.target if name in CROSS_TASK else None
+        return TASKS[name](self.seed * 1000 + self.index, d, image_size=self.image_size, scene=scene, target=target)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def observe(self) -> TaskStep:
+        step = self.task.observe()
+        step.new_task = self._first
+        step.instruction = self.task.instruction
+        return step
+
+    def expert_action(self) -> np.ndarray:
+        return self.task.expert_action()
+
+    def apply(self, action: np.ndarray) -> None:
+        if self.done:
+            raise RuntimeError("the stream is over")
+        self.task.apply(action)
+        self.steps_total += 1
+        self._first = False
+        if self.task.done:
+            self.successes.append(bool(self.task.success))
+            self.index += 1
+            spec = self._next_spec()
+            if spec is None:
+                self._done = True
+                return
+            self.specs.append(spec)
+            self.task = self._make(spec, self.task.scene)
+            self._first = True
+
+
+def parse_mix(text: str) -> tuple[tuple[str, int, float], ...]:
+    """"cue_recall:200,latent_fact:50:0.5" -> ((name, D, weight), ...); recall_previous is not drawn
+    from a mix (its share is ``cross_task``)."""
+    out = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        try:
+            if len(parts) not in (2, 3) or not parts[0]:
+                raise ValueError
+            name, d, w = parts[0], int(parts[1]), float(parts[2]) if len(parts) == 3 else 1.0
+        except ValueError:
+            raise ValueError(f"a mix entry is task:D or task:D:weight, got {item!r}") from None
+        if name not in EPISODE_TASKS:
+            raise ValueError(f"unknown task {name!r} in the mix; choose from {sorted(EPISODE_TASKS)} "
+                             "(recall_previous comes from the cross-task share)")
+        if d < 0 or w <= 0:
+            raise ValueError(f"{item!r}: D must be >= 0 and the weight > 0")
+        out.append((name, d, w))
+    return tuple(out)
+
+
+def iter_specs(seed: int, mix=(("cue_recall", 200),), cross_task: float = 0.0):
+    """(task, D) without end, deterministic by seed: each task drawn from ``mix`` ((name, D) or
+    (name, D, weight)); after the first, with probability ``cross_task`` a recall_previous task
+    with the D of the task it follows."""
+    rng = np.random.default_rng([int(seed), 4243])
+    entries = [(m[0], int(m[1]), float(m[2]) if len(m) > 2 else 1.0) for m in mix]
+    w = np.array([e[2] for e in entries])
+    w = w / w.sum()
+    last: tuple[str, int] | None = None
+    while True:
+        if last is not None and last[0] not in CROSS_TASK and rng.random() < cross_task:
+            last = ("recall_previous", last[1])
+        else:
+            name, d, _ = entries[int(rng.choice(len(entries), p=w))]
+            last = (name, d)
+        yield last
+
+
+def stream_specs(seed: int, n_tasks: int, mix=(("cue_recall", 200),), cross_task: float = 0.0) -> list[tuple[str, int]]:
+    """The first ``n_tasks`` of ``iter_specs``."""
+    return list(itertools.islice(iter_specs(seed, mix, cross_task), n_tasks))
+
+
+def make_stream(seed: int, n_tasks: int | None, mix=(("cue_recall", 200),), cross_task: float = 0.0,
+                **kw) -> TaskStream:
+    """A stream of ``n_tasks`` tasks (None: endless)."""
+    specs = iter_specs(seed, mix, cross_task) if n_tasks is None else stream_specs(seed, n_tasks, mix, cross_task)
+    return TaskStream(seed, specs, **kw)
+
+
+def expert_stream(seed: int, specs) -> EpisodeRecord:
+    """Roll out the scripted expert over a stream: one record, task boundaries in ``task_starts``.
+
+    ``events`` marks each task's first step (the task boundary the policy is told of)."""
+    stream = TaskStream(seed, specs)
+    images, states, actions, starts, instructions, names = [], [], [], [], [], []
+    while not stream.done:
+        step = stream.observe()
+        if step.new_task:
+            starts.append(len(actions))
+            instructions.append(step.instruction)
+            names.append(stream.task.name)
+        action = stream.expert_action()
+        images.append(step.image)
+        states.append(step.joint_state)
+        actions.append(action)
+        stream.apply(action)
+    events = np.zeros(len(actions), dtype=bool)
+    events[starts] = True
+    return EpisodeRecord(instruction=instructions[0], images=images, states=np.array(states),
+                         actions=np.array(actions), events=events, success=all(stream.successes),
+                         task="stream", seed=seed, task_starts=tuple(starts),
+                         task_instructions=tuple(instructions), task_names=tuple(names))
 
 
 def expert_episode(name: str, seed: int, distractor_steps: int, **kw) -> EpisodeRecord:

@@ -7,12 +7,12 @@ import pytest
 from aura_ros.core import arm
 from aura_ros.core.actions import ActionSpace
 from aura_ros.memory.gate import ActionGate
-from aura_ros.sim.tasks import N_BINS, TASKS, EpisodeRecord, TaskStep, expert_episode, make_task, over_bin
+from aura_ros.sim.tasks import EPISODE_TASKS, N_BINS, EpisodeRecord, TaskStep, expert_episode, make_task, over_bin
 
 SPACE = ActionSpace(arm.JOINT_NAMES, np.array(arm.LOW), np.array(arm.HIGH))
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(EPISODE_TASKS))
 @pytest.mark.parametrize("distractor_steps", [0, 3, 8, 30, 120])
 def test_expert_succeeds_on_fixed_seeds(name, distractor_steps):
     for seed in range(4):
@@ -78,7 +78,7 @@ def run_policy(task, choose) -> bool:
     return bool(task.success)
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(EPISODE_TASKS))
 def test_random_policies_sit_near_chance(name):
     rng = np.random.default_rng(0)
     n = 60
@@ -105,3 +105,67 @@ def test_long_distractor_is_cheap_and_bad_arguments_are_refused():
         make_task("nope", 0, 5)
     with pytest.raises(ValueError):
         make_task("cue_recall", 0, -1)
+
+
+# ---------------------------------------------------------------------- streams: tasks back to back
+def test_the_expert_succeeds_on_every_task_of_a_stream_with_no_reset():
+    from aura_ros.sim.tasks import expert_stream, stream_specs
+
+    specs = stream_specs(3, 8, mix=(("cue_recall", 6), ("latent_fact", 4)), cross_task=0.4)
+    assert "recall_previous" in {n for n, _ in specs} and specs[0][0] != "recall_previous"
+    rec = expert_stream(3, specs)
+    assert rec.success and len(rec.task_starts) == 8 and rec.task_names == tuple(n for n, _ in specs)
+    assert rec.events.sum() == 8 and all(rec.events[s] for s in rec.task_starts)
+    # Every task's first step is the boundary; instruction_at follows the task.
+    for i, s in enumerate(rec.task_starts):
+        assert rec.task_at(s) == i and rec.instruction_at(s) == rec.task_instructions[i]
+
+
+def test_a_stream_continues_on_one_scene_and_hands_over_a_new_block():
+    from aura_ros.sim.tasks import make_stream
+
+    stream = make_stream(0, 3, mix=(("cue_recall", 2),))
+    scene = stream.task.scene
+    firsts = []
+    while not stream.done:
+        step = stream.observe()
+        if step.new_task:
+            firsts.append(stream.index)
+            assert stream.task.scene is scene  # one scene: the arm is where the last task left it
+            assert [o.name for o in scene.objects if o.shape != "bin"] == ["block"]  # the old block is gone
+            assert step.instruction == stream.task.instruction
+        stream.apply(stream.expert_action())
+    assert firsts == [0, 1, 2] and stream.successes == [True, True, True]
+
+
+def test_streams_are_deterministic_by_seed():
+    from aura_ros.sim.tasks import expert_stream, stream_specs
+
+    a = expert_stream(5, stream_specs(5, 4, cross_task=0.5, mix=(("cue_recall", 3),)))
+    b = expert_stream(5, stream_specs(5, 4, cross_task=0.5, mix=(("cue_recall", 3),)))
+    assert np.array_equal(a.actions, b.actions) and all(np.array_equal(x, y) for x, y in zip(a.images, b.images))
+
+
+def test_recall_previous_needs_the_task_before_and_an_emptied_memory_cannot_know_its_bin():
+    from aura_ros.sim.tasks import TaskStream
+
+    with pytest.raises(ValueError, match="previous"):
+        make_task("recall_previous", 0, 5)
+    with pytest.raises(ValueError, match="cannot start"):
+        TaskStream(0, [("recall_previous", 3), ("cue_recall", 3)])
+    # Its bin is the one that lit up in the task before, and nothing in its own frames shows it.
+    for seed in range(6):
+        stream = TaskStream(seed, [("cue_recall", 2), ("recall_previous", 4)])
+        first_target = stream.task.target
+        while stream.index == 0:
+            stream.apply(stream.expert_action())
+        assert stream.task.target == first_target
+        frames = []
+        while not stream.done:
+            frames.append(stream.observe().image)
+            stream.apply(stream.expert_action())
+        from aura_ros.sim.scene import COLORS
+        from aura_ros.sim.tasks import LIGHT_COLOR
+
+        blue = np.array(COLORS[LIGHT_COLOR])
+        assert not any(np.any(np.all(f == blue, axis=-1)) for f in frames)
