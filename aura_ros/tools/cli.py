@@ -4,6 +4,7 @@
     aura-ros bench memory           # flat memory / latency per policy (20k steps by default)
     aura-ros bench recall           # what the memory keeps, with real SmolLM2-135M weights
     aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
+    aura-ros bench streams          # the endless run: tasks back to back without a reset
     aura-ros soak --steps 100000    # node + sim, invariants checked on every message
     aura-ros train --out DIR        # behaviour-clone a policy on the sim's memory tasks
     aura-ros export-gguf            # that policy as a GGUF pair for the llama.cpp backend
@@ -90,12 +91,35 @@ def _bench_tasks(args) -> int:
     return 0
 
 
+def _bench_streams(args) -> int:
+    from aura_ros.bench import streams
+
+    _threads(args.threads)
+    try:
+        streams.parse_mix(args.mix)  # a bad --mix: one line and exit code 2
+    except ValueError as exc:
+        print(f"aura-ros bench streams: {exc}")
+        return 2
+    summary = streams.run(policies=tuple(p for p in args.policies.split(",") if p),
+                          budgets_mb=tuple(float(b) for b in args.budget_mb.split(",")), mix=args.mix,
+                          tasks_per_stream=args.tasks, streams=args.streams, cross_task=args.cross_task,
+                          modes=("stream",) if args.no_reset_reference else streams.MODES,
+                          recent_steps=args.recent_steps, novelty_weight=args.novelty_weight,
+                          max_context_steps=args.max_context_steps, model=args.model, seed=args.seed,
+                          out=Path(args.out), progress=not args.no_progress, model_kwargs=_model_options(args))
+    out = Path(args.out)
+    print(f"\nwrote {out}/streams_tasks.csv, streams_by_index.csv, streams_table.md, streams_success.png, "
+          f"streams_summary.json ({len(summary['rows'])} rows)")
+    print((out / "streams_table.md").read_text())
+    return 0
+
+
 def _demo(args) -> int:
     from aura_ros.tools.demo import run_demo
 
-    return run_demo(episodes=args.episodes, distractors=args.distractors, budget_mb=args.budget_mb,
+    return run_demo(episodes=args.tasks, distractors=args.distractors, budget_mb=args.budget_mb,
                     rate_hz=args.rate_hz, out=Path(args.out), unbounded_steps=args.unbounded_steps, task=args.task,
-                    seed=args.seed, threads=args.threads,
+                    seed=args.seed, threads=args.threads, cross_task=args.cross_task,
                     foxglove_port=None if args.foxglove_port < 0 else args.foxglove_port)
 
 
@@ -191,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="run the sim and the policy node over real topics, then plot")
     demo.add_argument("--task", default="cue_recall", help="memory task the sim runs (cue_recall, latent_fact)")
-    demo.add_argument("--episodes", type=int, default=8, help="task episodes over DDS (and again in process)")
-    demo.add_argument("--distractors", type=int, default=60, help="distractor steps D of each episode")
-    demo.add_argument("--budget-mb", type=float, default=0.25, help="KV budget of the gated and window caches (MiB)")
+    demo.add_argument("--tasks", "--episodes", type=int, default=8, dest="tasks",
+                      help="tasks back to back with no reset, over DDS (and again in process)")
+    demo.add_argument("--cross-task", type=float, default=0.25,
+                      help="share of tasks (after the first) that ask for the bin that lit up in the task before")
+    demo.add_argument("--distractors", type=int, default=60, help="distractor steps D of each task")
+    demo.add_argument("--budget-mb", type=float, default=0.5, help="KV budget of the gated and window caches (MiB)")
     demo.add_argument("--rate-hz", type=float, default=10.0, help="control rate of the node (the sim follows it)")
     demo.add_argument("--unbounded-steps", type=int, default=400,
                       help="steps of the unbounded-cache comparison (it slows down as it grows)")
@@ -276,6 +303,31 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--out", default="out/bench_tasks")
     tb.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     tb.set_defaults(func=_bench_tasks)
+
+    bs = bench.add_parser("streams", help="the endless run: tasks back to back on one policy, no reset, "
+                                          "beside the same tasks with a reset (success by task index)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bs.add_argument("--tasks", type=int, default=20, help="tasks per stream (K)")
+    bs.add_argument("--streams", type=int, default=8, help="streams per (policy, budget, mode); stream i uses seed + i")
+    bs.add_argument("--mix", default="cue_recall:200",
+                    help="task:D[:weight],... each task of a stream is drawn from these")
+    bs.add_argument("--cross-task", type=float, default=0.0,
+                    help="share of tasks (after the first) that recall the previous task's bin (recall_previous)")
+    bs.add_argument("--policies", default="sliding_window,streaming_llm,action_gate",
+                    help="memory policies: sliding_window, streaming_llm, action_gate, action_gate_novelty")
+    bs.add_argument("--budget-mb", default="0.5", help="KV budget(s) in MiB, comma-separated for a sweep")
+    bs.add_argument("--recent-steps", type=int, default=8, help="recent steps every bounded policy keeps")
+    bs.add_argument("--novelty-weight", type=float, default=1.0, help="w_novelty of the action_gate_novelty row")
+    bs.add_argument("--max-context-steps", type=int, default=None,
+                    help="steps the policy reads at most (default: PolicyConfig's; 0: the budget alone)")
+    bs.add_argument("--no-reset-reference", action="store_true", help="skip the reference with a reset per task")
+    bs.add_argument("--model", default=None, help="model folder or .gguf file (default: the embedded trained policy)")
+    _gguf_arguments(bs)
+    bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bs.add_argument("--out", default="out/bench_streams")
+    bs.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    bs.set_defaults(func=_bench_streams)
 
     ex = sub.add_parser("export-gguf", help="write a policy this package built (default: the embedded one) as "
                                            "model.gguf + mmproj.gguf for the llama.cpp backend")
