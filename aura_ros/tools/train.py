@@ -1,8 +1,9 @@
-"""`aura-ros train`: behaviour cloning of a VLM policy on the sim's memory tasks.
+"""`aura-ros train`: behaviour cloning of a VLM policy on the sim's memory tasks, run as streams
+of tasks back to back without a reset (the robot's endless episode).
 
-    aura-ros train --out my-policy                      # the default's recipe (1,051 s on one core here)
+    aura-ros train --out my-policy                      # the default's recipe
     aura-ros train --out my-policy --model /models/vla  # any model load_model supports (with action tokens)
-    aura-ros train --out tiny --steps 20 --episodes 16  # a quick check
+    aura-ros train --out tiny --steps 20 --streams 4    # a quick check
 
 The recipe and the gated training contexts: aura_ros.backends.transformers.train. The result is
 a model folder that ``--model`` / ``model.path`` / ``VLMPolicy.from_pretrained`` accept.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from aura_ros.backends.transformers.train import TrainConfig
+    from aura_ros.backends.transformers.train import DEFAULT_CROSS_TASK, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="behaviour-clone a VLM policy on expert episodes of the memory tasks")
@@ -22,7 +23,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="model folder or hub id to fine-tune (default: the embedded default's architecture, fresh)")
     p.add_argument("--tasks", default="cue_recall:0.7,latent_fact:0.3", help="task:weight,... of the episodes")
-    p.add_argument("--episodes", type=int, default=200, help="expert episodes generated in the sim")
+    p.add_argument("--streams", type=int, default=50,
+                   help="expert streams generated in the sim (each 3-6 tasks back to back, no reset)")
+    p.add_argument("--cross-task", type=float, default=DEFAULT_CROSS_TASK,
+                   help="share of a stream's tasks (after its first) that recall the previous task's bin")
     p.add_argument("--max-distractor", type=int, default=30, help="distractor steps D are drawn from 0..this")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -40,7 +44,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from aura_ros.backends.transformers.train import TrainConfig, default_episodes, train
+    from aura_ros.backends.transformers.train import TrainConfig, default_streams, train
 
     tasks = []
     for item in args.tasks.split(","):
@@ -48,7 +52,8 @@ def run(args) -> int:
         tasks.append((name.strip(), float(weight or 1.0)))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, context_steps=args.context_steps,
                       seed=args.seed, threads=args.threads, log_every=args.log_every)
-    episodes = default_episodes(args.episodes, seed=args.seed, max_distractor=args.max_distractor, tasks=tuple(tasks))
+    episodes = default_streams(args.streams, seed=args.seed, max_distractor=args.max_distractor, tasks=tuple(tasks),
+                               cross_task=args.cross_task)
     result = train(episodes, Path(args.out), model=args.model, config=cfg, progress=not args.no_progress,
                    init_seed=args.seed)
     print(f"trained on {result.n_episodes} episodes in {result.seconds:.0f} s: loss {result.first_loss:.4f} -> "

@@ -97,7 +97,7 @@ def test_short_training_run_lowers_the_loss_and_loads(random_default, tmp_path):
     from aura_ros.tools.cli import main
 
     out = tmp_path / "policy"
-    rc = main(["train", "--out", str(out), "--model", str(random_default), "--steps", "8", "--episodes", "4",
+    rc = main(["train", "--out", str(out), "--model", str(random_default), "--steps", "8", "--streams", "2",
                "--max-distractor", "0", "--batch-size", "2", "--lr", "5e-3", "--log-every", "2",
                "--check-episodes", "1", "--no-progress"])
     assert rc == 0

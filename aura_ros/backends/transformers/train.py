@@ -1,8 +1,7 @@
 """Behaviour cloning of a transformers VLM policy, in the runtime's token layout, on gated contexts.
 
-    from aura_ros.sim.tasks import expert_episode
-    episodes = [expert_episode("cue_recall", seed, 20) for seed in range(200)]
-    result = train(episodes, out_dir="my-policy", model=None)      # None: the embedded default arch
+    streams = default_streams(50)          # expert streams: tasks back to back, no reset
+    result = train(streams, out_dir="my-policy", model=None)       # None: the embedded default arch
     policy = VLMPolicy.from_pretrained("my-policy")
 
 What the model reads in training is what the cache holds at run time. A training context for
@@ -22,6 +21,15 @@ observation-novelty term: a latent fact is then learnable when the cache keeps i
 serves every memory policy the benchmark compares.
 
 Long episodes cost nothing extra: a context never holds more than the kept steps.
+
+The endless run: the records are streams of tasks back to back without a reset
+(``sim.tasks.expert_stream``), each task's first step a task boundary. A context of a step in task
+j holds the long-term steps of task j and of the task before it, sometimes of older ones too (what
+a cache holds with the memory's stale rule, memory.planner), under the instruction of task j; the
+loss is taken over task j's actions only. So the policy learns to act on the newest fact with
+stale ones of earlier tasks in view, and to reach into the previous task when its instruction asks
+(recall_previous). Contexts never exceed ``max_context_steps`` (the node's view cap), so every
+budget a user may set shows the policy a context shape it was trained on.
 """
 from __future__ import annotations
 
@@ -75,6 +83,13 @@ class TrainConfig:
     # The recent window of a context is drawn from 1..context_steps: short contexts are cheap and
     # teach what each frame shows; the long ones are what a cache holds before it is full.
     random_window: bool = True
+    # Streams of tasks (the endless run): a context of a step in task j keeps the long-term steps of
+    # task j and of the task before it (memory.scorers: task_horizon 1), and with this probability
+    # also those of up to two tasks before that (stale ones a roomy cache still holds), so the
+    # policy learns to act on the newest fact with older ones in view.
+    stale_task_prob: float = 0.3
+    # The most steps a context holds (PolicyConfig.max_context_steps: the node reads no more).
+    max_context_steps: int = 32
     # torch CPU threads (0: leave torch's default). The result is deterministic by seed at a fixed
     # thread count (float sums are ordered by the threads); 1 makes it the same on every machine.
     threads: int = 1
@@ -111,12 +126,31 @@ def frame_change(images: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def gated_context(t: int, written: np.ndarray, recent_steps: int, extra_keep: Iterable[int] = ()) -> list[int]:
+def gated_context(t: int, written: np.ndarray, recent_steps: int, extra_keep: Iterable[int] = (),
+                  first_kept: int = 0, max_steps: int = 0) -> list[int]:
     """The steps the cache holds when step t is decided: written steps and ``extra_keep`` older than
-    the recent window, the recent window, and t itself (ascending)."""
+    the recent window (from step ``first_kept`` on: a stream's older tasks have left), the recent
+    window, and t itself (ascending).
+
+    max_steps > 0: at most that many steps, as the cache's view cap leaves them
+    (memory.budget.view_capacity): the window's oldest steps go first (a written one among them
+    stays, as long-term memory), then the oldest long-term steps.
+    """
+    extra = [int(s) for s in extra_keep]
+
+    def split(start: int) -> tuple[list[int], list[int]]:
+        old = {int(s) for s in np.flatnonzero(written[:start]) if s >= first_kept}
+        old |= {s for s in extra if first_kept <= s < start}
+        return sorted(old), list(range(start, t + 1))
+
     start = max(0, t - recent_steps)
-    old = {int(s) for s in np.flatnonzero(written[:start])} | {int(s) for s in extra_keep if s < start}
-    return sorted(old) + list(range(start, t + 1))
+    old, window = split(start)
+    while max_steps > 0 and len(old) + len(window) > max_steps and len(window) > 1:
+        start += 1
+        old, window = split(start)
+    if max_steps > 0 and len(old) + len(window) > max_steps:
+        old = old[len(old) + len(window) - max_steps:]
+    return old + window
 
 
 # ---------------------------------------------------------------------- encoding
@@ -177,13 +211,26 @@ def _positions(loaded, chunks: list[torch.Tensor], grids: list[torch.Tensor | No
     return torch.cat(out, dim=1), cur
 
 
+def _task_at(rec, step: int) -> int:
+    return rec.task_at(step) if hasattr(rec, "task_at") else 0
+
+
+def _instruction_at(rec, step: int) -> str:
+    return rec.instruction_at(step) if hasattr(rec, "instruction_at") else rec.instruction
+
+
+def _task_starts(rec) -> np.ndarray:
+    return np.asarray(getattr(rec, "task_starts", (0,)) or (0,), dtype=np.int64)
+
+
 def build_batch(loaded, encoder: _Encoder, samples: list[tuple[int, list[int]]], records: list,
                 pad_id: int, decision_weight: float = 1.0) -> dict:
     """Pad a batch of contexts: input ids, positions, mask, pixel inputs, label positions and bins."""
     seqs, positions, pixel, grids_all, labels = [], [], [], [], []
     for e, steps in samples:
         rec = records[e]
-        chunks, grids = [encoder.pinned(rec.instruction)], [None]
+        decided_task = _task_at(rec, steps[-1])
+        chunks, grids = [encoder.pinned(_instruction_at(rec, steps[-1]))], [None]
         label_pos, label_bins, label_w, offset = [], [], [], int(chunks[0].shape[0])
         acts = np.asarray(rec.actions)
         for s in steps:
@@ -196,12 +243,14 @@ def build_batch(loaded, encoder: _Encoder, samples: list[tuple[int, list[int]]],
             if grid is not None:
                 grids_all.append(grid)
             offset += int(ids.shape[0])
-            # The hidden state before each action token predicts it (the last observation token
-            # <act> predicts the first action token, and so on).
-            label_pos += list(range(offset - 1, offset - 1 + len(bins)))
-            label_bins += bins.tolist()
-            decision = s == 0 or not np.array_equal(acts[s], acts[s - 1])
-            label_w += [decision_weight if decision else 1.0] * len(bins)
+            if _task_at(rec, s) == decided_task:
+                # The hidden state before each action token predicts it (the last observation
+                # token <act> predicts the first action token, and so on). An earlier task's
+                # steps are context only: they were decided under that task's instruction.
+                label_pos += list(range(offset - 1, offset - 1 + len(bins)))
+                label_bins += bins.tolist()
+                decision = s == 0 or not np.array_equal(acts[s], acts[s - 1])
+                label_w += [decision_weight if decision else 1.0] * len(bins)
             offset += len(bins)
         pos, _ = _positions(loaded, chunks, grids)
         seqs.append(torch.cat(chunks))
@@ -265,10 +314,17 @@ class ContextSampler:
         self.written = [written_steps(r.actions, r.events, policy_config) for r in records]
         self.novel = []
         self.focus = []
-        for r in records:
+        self.starts = [_task_starts(r) for r in records]
+        for r, starts in zip(records, self.starts):
             change = frame_change(r.images)
-            k = min(cfg.novelty_top_k, len(change))
-            novel = np.argsort(-change, kind="stable")[:k] if k else np.array([], dtype=int)
+            # The frames that changed most, per task of a stream (each task has its own latent fact).
+            bounds = list(starts) + [len(change)]
+            novel_parts = []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                k = min(cfg.novelty_top_k, b - a)
+                if k > 0:
+                    novel_parts.append(a + np.argsort(-change[a:b], kind="stable")[:k])
+            novel = np.concatenate(novel_parts) if novel_parts else np.array([], dtype=int)
             self.novel.append(novel)
             # The steps worth practising most: where the action changes (the cue's reaction, the
             # recall) and the frames that changed most (a latent fact).
@@ -297,7 +353,13 @@ class ContextSampler:
         # decided one, and copying the previous step's action is a shortcut the runtime's window
         # never offers.
         window = int(rng.integers(1, max(1, hi) + 1)) if cfg.random_window else hi
-        return e, gated_context(t, self.written[e], window, extra)
+        # A stream: the task before this one stays (task_horizon 1); older ones sometimes too.
+        starts = self.starts[e]
+        j = int(np.searchsorted(starts, t, side="right") - 1)
+        back = 1 + (int(rng.integers(1, 3)) if rng.random() < cfg.stale_task_prob else 0)
+        first_kept = int(starts[max(0, j - back)])
+        return e, gated_context(t, self.written[e], window, extra, first_kept=first_kept,
+                                max_steps=cfg.max_context_steps)
 
 
 # ---------------------------------------------------------------------- the loop
@@ -400,24 +462,33 @@ def train(episodes: Iterable, out_dir: str | Path, model: str | Path | None = No
 
 # ---------------------------------------------------------------------- the default's recipe
 DEFAULT_TASKS = (("cue_recall", 0.7), ("latent_fact", 0.3))
+# The share of a stream's tasks (after its first) that recall the previous task's bin.
+DEFAULT_CROSS_TASK = 0.25
 
 
-def default_episodes(n_episodes: int = 200, seed: int = 0, max_distractor: int = 30,
-                     tasks=DEFAULT_TASKS) -> list:
-    """The expert episodes the default policy is trained on: the memory tasks, D mostly short
-    (gated contexts make a long D look like a short one), seeds disjoint from the test seeds
-    (evaluation uses seeds < 10_000; training uses 10_000 + ...)."""
-    from aura_ros.sim.tasks import expert_episode
+def default_streams(n_streams: int = 50, seed: int = 0, max_distractor: int = 30, tasks=DEFAULT_TASKS,
+                    tasks_per_stream: tuple[int, int] = (3, 6), cross_task: float = DEFAULT_CROSS_TASK) -> list:
+    """The expert streams the default policy is trained on: tasks back to back without a reset
+    (the robot's endless episode), mixed by ``tasks`` weights, D drawn per task from
+    0..``max_distractor``, a share of recall_previous tasks; seeds disjoint from the evaluation's
+    (training streams use 10_000 + ...)."""
+    from aura_ros.sim.tasks import expert_stream
 
-    rng = np.random.default_rng([seed, 11])
+    rng = np.random.default_rng([seed, 13])
     names = [t for t, _ in tasks]
     weights = np.array([w for _, w in tasks], dtype=float)
     weights /= weights.sum()
     out = []
-    for i in range(n_episodes):
-        name = names[int(rng.choice(len(names), p=weights))]
-        d = int(rng.integers(0, max_distractor + 1))
-        out.append(expert_episode(name, 10_000 + seed * 100_000 + i, d))
+    for i in range(n_streams):
+        k = int(rng.integers(tasks_per_stream[0], tasks_per_stream[1] + 1))
+        specs: list[tuple[str, int]] = []
+        for j in range(k):
+            d = int(rng.integers(0, max_distractor + 1))
+            if j > 0 and specs[-1][0] != "recall_previous" and rng.random() < cross_task:
+                specs.append(("recall_previous", d))
+            else:
+                specs.append((names[int(rng.choice(len(names), p=weights))], d))
+        out.append(expert_stream(10_000 + seed * 100_000 + i, specs))
     return out
 
 
@@ -463,7 +534,7 @@ def decision_accuracy(model: str | Path | None, records: list, policy_config: Po
 
 
 def held_out_episodes(n_per_task: int = 10, distractor_steps: int = 20, tasks=DEFAULT_TASKS) -> list:
-    """Expert episodes of the memory tasks on evaluation seeds (disjoint from ``default_episodes``)."""
+    """Expert episodes of the memory tasks on evaluation seeds (disjoint from ``default_streams``)."""
     from aura_ros.sim.tasks import expert_episode
 
     return [expert_episode(name, 5_000 + i, distractor_steps) for name, _ in tasks for i in range(n_per_task)]
