@@ -286,10 +286,15 @@ class ControlLoop:
                 gate=gate_config(s) if any(n.startswith("gate.") for n in pending) else None,
                 clear_memory_on_instruction=(s.clear_on_instruction if "memory.clear_on_instruction" in pending
                                              else None))
-        if instruction is not None and instruction != self.policy.instruction:
+        if instruction is not None:
             try:
-                self.policy.set_instruction(instruction)
-                self.out.info(f"new instruction ({len(instruction)} chars) pinned")
+                if instruction != self.policy.instruction:
+                    self.policy.set_instruction(instruction)
+                    self.out.info(f"new instruction ({len(instruction)} chars) pinned")
+                # Every instruction received is the next task, the same text too (the robot is asked
+                # again): the memory records the boundary and the previous tasks' facts turn stale.
+                task = self.policy.begin_task()
+                self.out.info(f"task {task} begins")
             except BudgetError as exc:
                 self.health.count("instruction_refused")
                 self.out.error(f"instruction refused, the previous one stays: {exc}")

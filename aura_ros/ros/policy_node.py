@@ -227,7 +227,8 @@ class PolicyNode(LifecycleNode):
             discrete_joints=tuple(s.discrete_joints), n_bins=s.n_bins, chunk=s.chunk,
             budget_bytes=int(s.budget_mb * MIB), recent_steps=s.recent_steps, eviction=s.eviction,
             block_fraction=s.block_fraction, gate=gate_config(s), clear_memory_on_instruction=s.clear_on_instruction,
-            utility=UtilityWeights(recent_share=s.recent_share))
+            max_context_steps=s.max_context_steps,
+            utility=UtilityWeights(recent_share=s.recent_share, task_horizon=s.task_horizon))
         instruction = s.instruction[: s.instruction_max_chars]
         if backend_for(s.model_path or None, s.backend) == "llama_cpp":
             return make_policy(s.model_path or None, config, backend="llama_cpp", instruction=instruction,
