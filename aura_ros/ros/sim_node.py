@@ -14,20 +14,23 @@ Subscribes to every command type the policy node can send, so it follows whichev
 The scene advances by exactly 1/rate_hz per tick rather than by measured wall time, so a run is
 deterministic given the seed and the commands; the timer only sets how fast that happens.
 
-With ``task`` set (a memory task of aura_ros.sim.tasks: cue_recall, latent_fact) the node runs
-seeded episodes of that task back to back, in lockstep with the policy: each command advances the
-task one step and the next observation is published at once; the timer only re-publishes the
-current observation (so the policy's inputs stay fresh while it thinks). Commands stamped before
-the observation they would answer are dropped (a policy's hold, or a step on an older frame).
-After each episode the node publishes the outcome on ``task/result`` (std_msgs/String, one JSON
-object: episode, seed, success, steps, cue_step, recall_start_step), publishes nothing for
-``task_pause_s`` (longer than the policy's image timeout, so the policy holds instead of stepping
-on the old frame), then calls ``task_reset_service`` (a std_srvs/Trigger, e.g.
-/aura_policy/reset_memory) so the policy starts the next episode with an empty memory, and
-starts the next episode (seed + 1) once the reset is acknowledged.
+With ``task`` set (a memory task of aura_ros.sim.tasks: cue_recall, latent_fact; or a mix,
+``task_mix``, with a share of recall_previous tasks, ``task_cross_task``) the node runs seeded
+tasks back to back on one scene, as a robot lives: no reset, a new block handed over after each
+drop, each task's instruction published on ``instruction`` as it begins (the policy node takes
+every instruction message as the next task). It runs in lockstep with the policy: each command
+advances the task one step and the next observation is published at once; the timer only
+re-publishes the current observation (so the policy's inputs stay fresh while it thinks).
+Commands stamped before the observation they would answer are dropped (a policy's hold, or a step
+on an older frame). After each task the node publishes the outcome on ``task/result``
+(std_msgs/String, one JSON object: task, episode (the task's index), seed, success, steps,
+cue_step, recall_start_step). For a run with resets instead, ``task_reset_service`` (a
+std_srvs/Trigger, e.g. /aura_policy/reset_memory) is called between tasks after ``task_pause_s``
+of silence (longer than the policy's image timeout, so the policy holds instead of stepping on the
+old frame); the next task starts once the reset is acknowledged.
 
-    python -m aura_ros.ros.sim_node --ros-args -p task:=cue_recall -p task_distractors:=200 \
-        -p task_reset_service:=/aura_policy/reset_memory
+    python -m aura_ros.ros.sim_node --ros-args -p task:=cue_recall -p task_distractors:=200
+
 All callbacks share the node's default (mutually exclusive) callback group, so the scene is only
 ever touched from one callback at a time and needs no lock.
 """
@@ -76,14 +79,21 @@ SIM_PARAMS = ParamTable((
     Spec("cmd_vel_timeout_s", "cmd_vel_timeout_s", 0.5, "The base stops when no cmd_vel arrived for this long",
          live=True, range=(0.01, 60.0)),
     Spec("frame_id", "frame_id", "aura_sim_camera", "frame_id of the image headers"),
-    Spec("task", "task", "", "A memory task (cue_recall, latent_fact) run in lockstep with the commands, episode "
-         "after episode; '' = the free scene"),
-    Spec("task_distractors", "task_distractors", 200, "Distractor steps D of each task episode",
+    Spec("task", "task", "", "Memory tasks (cue_recall, latent_fact) run in lockstep with the commands, one after "
+         "another on one scene with no reset (the robot's endless episode); '' = the free scene"),
+    Spec("task_distractors", "task_distractors", 200, "Distractor steps D of each task",
          range=(0, 10_000_000)),
+    Spec("task_mix", "task_mix", "",
+         "Tasks drawn per task from task:D[:weight],... (e.g. cue_recall:200,latent_fact:50); '' = task and "
+         "task_distractors alone"),
+    Spec("task_cross_task", "task_cross_task", 0.0,
+         "Share of tasks that ask for the bin that lit up in the previous task (recall_previous)", range=(0.0, 1.0)),
     Spec("task_reset_service", "task_reset_service", "",
-         "std_srvs/Trigger called between task episodes (the policy's reset_memory); '' = none"),
+         "std_srvs/Trigger called between tasks (the policy's reset_memory), for a run with resets; '' = none, "
+         "the memory goes on from task to task"),
     Spec("task_pause_s", "task_pause_s", 1.5,
-         "Pause between task episodes; longer than the policy's image timeout, so it holds", range=(0.0, 60.0)),
+         "With task_reset_service: pause between tasks, longer than the policy's image timeout, so it holds",
+         range=(0.0, 60.0)),
 ), "SimSettings")
 RESET_TIMEOUT_S = 5.0  # a reset service that does not answer: go on, warn
 
@@ -106,13 +116,21 @@ class SimSourceNode(Node):
         self._task_pause_s = float(p.task_pause_s)
         self.task = None  # the running MemoryTask in task mode
         self.task_results: list[dict] = []
+        self.stream = None  # the endless TaskStream in task mode
         if self._task_name:
-            from aura_ros.sim.tasks import TASKS
+            from aura_ros.sim.tasks import EPISODE_TASKS, TaskStream, iter_specs, parse_mix
 
-            if self._task_name not in TASKS:
-                raise ParameterException(f"task must be one of {sorted(TASKS)} or '', got {self._task_name!r}",
-                                         ["task"])
-            self._start_episode(0)
+            if self._task_name not in EPISODE_TASKS:
+                raise ParameterException(f"task must be one of {sorted(EPISODE_TASKS)} or '', got "
+                                         f"{self._task_name!r}", ["task"])
+            mix = ((self._task_name, self._task_distractors),)
+            if p.task_mix:
+                try:
+                    mix = parse_mix(str(p.task_mix))
+                except ValueError as exc:
+                    raise ParameterException(f"task_mix: {exc}", ["task_mix"]) from None
+            self.stream = TaskStream(self._seed, iter_specs(self._seed, mix, float(p.task_cross_task)))
+            self._begin_task()
         else:
             self.scene = SimScene(width=int(p.width), height=int(p.height), seed=self._seed,
                                   event_period_steps=int(p.event_period_steps))
@@ -142,7 +160,7 @@ class SimSourceNode(Node):
         if self.task is not None:
             self._result_pub = self.create_publisher(String, "task/result", qos.STATS)
             self._instruction_pub = self.create_publisher(String, "instruction", qos.INSTRUCTION)
-            self._instruction_pub.publish(String(data=self.task.instruction))
+            self._publish_instruction()
             if p.task_reset_service:
                 self._reset_client = self.create_client(Trigger, str(p.task_reset_service))
         # Ranges and read-only are enforced by rclpy itself; this applies the live ones.
@@ -264,17 +282,20 @@ class SimSourceNode(Node):
         self.counters["steps"] += 1
 
     # ------------------------------------------------------------------ task mode
-    def _start_episode(self, episode: int) -> None:
-        from aura_ros.sim.tasks import make_task
-
-        self.episode = episode
-        self.task = make_task(self._task_name, self._seed + episode, self._task_distractors)
+    def _begin_task(self) -> None:
+        """The stream's current task becomes the running one (same scene: the arm stays where it is)."""
+        self.task = self.stream.task
+        self.episode = self.stream.index
         self.scene = self.task.scene
         _, q, _ = self.scene.joint_state()
         self._task_targets = np.asarray(q, dtype=np.float64)  # joints a partial command leaves as they are
         self._between_episodes = False
         self._obs_stamp = -math.inf
         self._obs = None
+
+    def _publish_instruction(self) -> None:
+        """Each task's instruction, the same text too: for the policy a message is the next task."""
+        self._instruction_pub.publish(String(data=self.task.instruction))
 
     def _publish_observation(self, fresh: bool) -> None:
         """Publish the current task step's frame and joint state; ``fresh``: a new step (new stamp floor)."""
@@ -316,7 +337,8 @@ class SimSourceNode(Node):
             if now - self._reset_sent <= RESET_TIMEOUT_S:
                 return
             self.get_logger().warn(f"no answer from the reset service after {RESET_TIMEOUT_S:g} s; next episode anyway")
-        self._start_episode(self.episode + 1)
+        self._begin_task()
+        self._publish_instruction()
         self._publish_observation(fresh=True)
 
     def _task_command(self, kind: str, targets: dict[str, float], stamp: float | None) -> None:
@@ -330,23 +352,29 @@ class SimSourceNode(Node):
         self.counters[f"accepted_{kind}"] += 1
         for name, value in targets.items():
             self._task_targets[JOINT_NAMES.index(name)] = value
-        self.task.apply(self._task_targets.copy())
-        if self.task.done:
-            return self._end_episode()
+        task = self.task
+        self.stream.apply(self._task_targets.copy())
+        if task.done:
+            return self._end_episode(task)
         self._publish_observation(fresh=True)
 
-    def _end_episode(self) -> None:
-        t = self.task
-        result = {"task": self._task_name, "episode": self.episode, "seed": self._seed + self.episode,
-                  "success": bool(t.success), "steps": int(t.step_index), "distractors": self._task_distractors,
+    def _end_episode(self, t) -> None:
+        result = {"task": t.name, "episode": self.episode, "seed": int(t.seed),
+                  "success": bool(t.success), "steps": int(t.step_index), "distractors": int(t.distractor_steps),
                   "cue_step": int(t.cue_step), "recall_start_step": int(t.recall_start_step),
-                  "n_choices": int(t.n_choices)}
+                  "n_choices": int(t.n_choices), "reset": self._reset_client is not None}
         self.task_results.append(result)
         self.counters["episodes"] += 1
         self.counters["successes"] += int(bool(t.success))
         self._result_pub.publish(String(data=json.dumps(result)))
-        self.get_logger().info(f"episode {self.episode} (seed {result['seed']}): "
+        self.get_logger().info(f"task {self.episode} ({t.name}, seed {result['seed']}): "
                                f"{'success' if t.success else 'failure'} after {t.step_index} steps")
+        if self._reset_client is None:
+            # The endless run: the next task starts on the same scene with its instruction; its
+            # first frame goes out on the next tick, after the instruction.
+            self._begin_task()
+            self._publish_instruction()
+            return
         self._between_episodes = True
         self._pause_start = time.monotonic()
         self._reset_future = None

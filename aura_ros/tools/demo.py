@@ -1,18 +1,21 @@
-"""The demo (the README's first command): the trained policy doing a memory task, over real topics.
+"""The demo (the README's first command): the trained policy doing memory tasks back to back, with
+no reset between them, over real topics.
 
-1. Starts the simulated arm running a memory task (sim_node with ``task``: cue_recall by default;
-   a bin lights up once, D distractor steps follow, then the robot must drop its block into the
-   bin that lit up) and the policy node (the embedded default policy, the action-gated KV cache at
-   a small budget) as separate processes on a private, localhost-only ROS domain. The sim runs in
-   lockstep with the policy's commands, episode after episode, and resets the policy's memory
-   between episodes (the node's ~/reset_memory).
+1. Starts the simulated arm running a stream of memory tasks (sim_node with ``task``: cue_recall by
+   default, and a share of recall_previous tasks, ``--cross-task``; in each, a bin lights up once,
+   D distractor steps follow, then the robot must drop its block into the bin that lit up, or into
+   the one that lit up in the task before) and the policy node (the embedded default policy, the
+   action-gated KV cache at its default budget) as separate processes on a private,
+   localhost-only ROS domain. The sim runs in lockstep with the policy's commands, one task after
+   another on one scene; nobody resets the memory: each task's instruction is the only boundary.
 2. Listens to the node's ~/memory and ~/gate_stats and the sim's task/result like rqt would,
-   printing a live line: episodes, successes, step, KV bytes, writes, evictions, step time.
-3. Runs the same episodes (same seeds, same budget) in process through the Policy seam with the
+   printing a live line: task, successes, step, KV bytes, writes, evictions, step time.
+3. Runs the same stream (same seeds, same budget) in process through the Policy seam with the
    action-gated cache and with a sliding window, so the two are compared at equal memory; then a
    stretch with an unbounded cache, to show what a growing cache costs.
-4. Writes out/demo/demo.png (KV memory, step latency, success per cache with 95% intervals),
-   demo.csv (per step), demo_episodes.csv (per episode) and demo_summary.json.
+4. Writes out/demo/demo.png (KV memory, step latency, success by task over the stream, success
+   per cache with 95% intervals), demo.csv (per step), demo_episodes.csv (per task) and
+   demo_summary.json.
 """
 from __future__ import annotations
 
@@ -29,17 +32,19 @@ DEFAULT_TASK = "cue_recall"
 
 
 def _gated_run(task: str, episodes: int, distractors: int, budget_mb: float, rate_hz: float, seed: int,
-               out: Path, foxglove_port: int | None = 0) -> tuple[list[dict], list[dict], dict[str, str], object]:
-    """The live run over DDS: per-step rows from the node's topics, per-episode results, the sim's
+               out: Path, foxglove_port: int | None = 0,
+               cross_task: float = 0.0) -> tuple[list[dict], list[dict], dict[str, str], object]:
+    """The live run over DDS: per-step rows from the node's topics, per-task results, the sim's
     counters (its last /diagnostics: steps, commands dropped as older than their observation, ...)
     and the last memory-map image. Everything the node publishes is also served live to Foxglove
     (``foxglove_port``; None: off) and recorded to out/demo.mcap."""
     with private_domain() as env:
-        return _gated_run_in(env, task, episodes, distractors, budget_mb, rate_hz, seed, out, foxglove_port)
+        return _gated_run_in(env, task, episodes, distractors, budget_mb, rate_hz, seed, out, foxglove_port,
+                             cross_task)
 
 
 def _gated_run_in(env: dict, task: str, episodes: int, distractors: int, budget_mb: float, rate_hz: float,
-                  seed: int, out: Path, foxglove_port: int | None):
+                  seed: int, out: Path, foxglove_port: int | None, cross_task: float = 0.0):
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
@@ -56,13 +61,11 @@ def _gated_run_in(env: dict, task: str, episodes: int, distractors: int, budget_
     instruction = make_task(task, seed, distractors).instruction
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    # The node holds (no step) once the newest frame is older than image_s; the sim pauses longer
-    # than that between episodes, so no step of one episode's last frame lands in the next one's memory.
     image_timeout_s = max(0.25, 3.0 / rate_hz)
+    # No reset service: the tasks follow one another and the memory goes on (the endless run).
     sim = start_process("aura_ros.ros.sim_node", {
         "rate_hz": rate_hz, "task": task, "task_distractors": distractors, "seed": seed,
-        "task_reset_service": f"/{topics.NODE_NAME}/reset_memory", "task_pause_s": round(image_timeout_s + 0.3, 3)},
-        env, logs / "sim_node.log")
+        "task_cross_task": cross_task}, env, logs / "sim_node.log")
     node = start_process("aura_ros.ros.policy_node", {
         "control.rate_hz": rate_hz, "memory.vram_budget_mb": budget_mb, "memory.eviction": "action_gate",
         "timeouts.image_s": image_timeout_s, "instruction": f"'{instruction}'"}, env, logs / "policy_node.log")
@@ -129,8 +132,9 @@ def _gated_run_in(env: dict, task: str, episodes: int, distractors: int, budget_
                 hz = (len(rows) - last_count) / (now - last_t)
                 r = rows[max(rows)]
                 ok = sum(x["success"] for x in results)
-                print(f"\repisode {min(len(results) + 1, episodes):>2}/{episodes} | "
-                      f"successes {ok:>2}/{len(results):<2} | "
+                marks = "".join("+" if x["success"] else "-" for x in results)
+                print(f"\rtask {min(len(results) + 1, episodes):>2}/{episodes} (no reset) | "
+                      f"successes {ok:>2}/{len(results):<2} {marks:<{episodes}} | "
                       f"step {r['step']:>6} | {hz:5.1f} Hz | KV {r['used_bytes'] / 2**20:6.3f}/"
                       f"{r['budget_bytes'] / 2**20:.3f} MiB | writes {r['writes']:>4} | "
                       f"evictions {r['evictions']:>5} | "
@@ -144,26 +148,29 @@ def _gated_run_in(env: dict, task: str, episodes: int, distractors: int, budget_
         stop_process(node)
         stop_process(sim)
     ok = sum(x["success"] for x in results[:episodes])
-    print(f"over DDS: {ok}/{min(len(results), episodes)} episodes succeeded")
+    print(f"over DDS: {ok}/{min(len(results), episodes)} tasks succeeded, back to back with no reset")
     memory_map = image_to_rgb(last_map[0]) if last_map else None
     return [rows[k] for k in sorted(rows)], results[:episodes], sim_counters, memory_map
 
 
-def _in_process(task: str, episodes: int, distractors: int, budget_bytes: int, seed: int) -> list:
-    """The same seeds through the Policy seam: the action gate and a sliding window at one budget."""
-    from aura_ros.bench.tasks import policy_config, run_episode
+def _in_process(task: str, episodes: int, distractors: int, budget_bytes: int, seed: int,
+                cross_task: float = 0.0) -> list:
+    """The same stream through the Policy seam, no reset: the action gate and a sliding window at one budget."""
+    from aura_ros.bench.streams import run_stream
+    from aura_ros.bench.tasks import policy_config
+    from aura_ros.core.registry import make_policy
+    from aura_ros.sim.tasks import stream_specs
 
+    specs = stream_specs(seed, episodes, ((task, distractors),), cross_task)
     out = []
     for pol in ("action_gate", "sliding_window"):
-        config = policy_config(pol, budget_bytes, recent_steps=8, novelty_weight=0.0)
-        for i in range(episodes):
-            r = run_episode(task, pol, distractors, i, seed + i, config)
-            out.append(r)
-            done = [x for x in out if x.policy == pol]
-            print(f"\rin process, {pol:>14}: episode {i + 1:>2}/{episodes} | "
-                  f"successes {sum(x.success for x in done):>2} | "
-                  f"cue kept at recall {sum(x.cue_kept == 1 for x in done):>2}", end="", flush=True)
-        print()
+        policy = make_policy(None, policy_config(pol, budget_bytes, recent_steps=8, novelty_weight=0.0))
+        rs = run_stream(seed, specs, policy, mode="stream", label=pol, budget_mb=budget_bytes / 2**20,
+                        gated=pol == "action_gate")
+        out += rs
+        print(f"in process, {pol:>14}: {len(rs)} tasks, no reset | successes {sum(r.success for r in rs):>2} | "
+              f"cue kept at recall {sum(r.cue_kept == 1 for r in rs):>2} | "
+              + "".join("+" if r.success else "-" for r in rs))
     return out
 
 
@@ -201,7 +208,7 @@ def _success_bars(dds: list[dict], local: list) -> list[tuple[str, int, int]]:
 
 
 def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: str, path: Path,
-          memory_map: np.ndarray | None = None) -> None:
+          memory_map: np.ndarray | None = None, dds: list[dict] | None = None, local: list | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,15 +216,29 @@ def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: 
 
     from aura_ros.bench.tasks import wilson
 
-    fig = plt.figure(figsize=(17, 7.2 if memory_map is not None else 4.6))
+    fig = plt.figure(figsize=(22, 7.2 if memory_map is not None else 4.6))
     rows = 2 if memory_map is not None else 1
-    grid = fig.add_gridspec(rows, 3, height_ratios=[4.6, 2.6][:rows])
-    ax1, ax2, ax3 = (fig.add_subplot(grid[0, i]) for i in range(3))
+    grid = fig.add_gridspec(rows, 4, height_ratios=[4.6, 2.6][:rows])
+    ax1, ax2, ax5, ax3 = (fig.add_subplot(grid[0, i]) for i in range(4))
+    # Success by task over the stream (no reset): cumulative success rate after each task.
+    series = [("action gate, over DDS", [bool(r["success"]) for r in dds or []])]
+    for pol, label in (("action_gate", "action gate, in process"), ("sliding_window", "sliding window, in process")):
+        series.append((label, [r.success for r in local or [] if r.policy == pol]))
+    for label, ok in series:
+        if ok:
+            idx = np.arange(1, len(ok) + 1)
+            ax5.plot(idx, np.cumsum(ok) / idx, marker="o", ms=3, label=label)
+    ax5.axhline(chance, color="grey", ls=":", lw=1)
+    ax5.set(xlabel="task index (back to back, no reset)", ylabel="success so far", ylim=(-0.03, 1.03),
+            title="success by task over the stream")
+    ax5.grid(alpha=0.3)
+    ax5.legend(fontsize=8)
     if memory_map is not None:
         ax4 = fig.add_subplot(grid[1, :])
         ax4.imshow(memory_map, interpolation="nearest", aspect="auto")
         ax4.set_axis_off()
         ax4.set_title("what the cache holds at the end of the run over DDS (~/memory_map)")
+    title = title + " (no reset)"
     gated = [r for r in gated if r["allocated_bytes"] >= 0]
     for rows, label in ((unbounded, "unbounded DynamicCache"), (gated, "aura_ros action-gated cache")):
         if not rows:
@@ -252,9 +273,11 @@ def _plot(gated: list[dict], unbounded: list[dict], bars, chance: float, title: 
     plt.close(fig)
 
 
-def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, rate_hz: float = 10.0,
+def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.5, rate_hz: float = 10.0,
              out: Path = Path("out/demo"), unbounded_steps: int = 400, task: str = DEFAULT_TASK, seed: int = 0,
-             threads: int = 1, foxglove_port: int | None = 0) -> int:
+             threads: int = 1, foxglove_port: int | None = 0, cross_task: float = 0.25) -> int:
+    """``episodes`` tasks back to back with no reset (``cross_task`` of them, after the first, ask for
+    the previous task's bin)."""
     import torch
 
     from aura_ros.bench.tasks import wilson
@@ -266,15 +289,16 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
     out.mkdir(parents=True, exist_ok=True)
     probe = make_task(task, seed, distractors)
     chance = 1.0 / probe.n_choices
-    print(f"aura_ros demo: the trained default policy on the memory task {task!r} (D = {distractors} distractor "
-          f"steps: a bin lights up once, then the robot must use it {distractors} steps later)")
-    print(f"sim + policy node over ROS 2 (localhost only), {episodes} episodes at {rate_hz:g} Hz, "
-          f"action-gated KV cache at {budget_mb:g} MiB")
+    print(f"aura_ros demo: the trained default policy on {episodes} memory tasks back to back with no reset "
+          f"({task}, D = {distractors}: a bin lights up once, then the robot must use it {distractors} steps later; "
+          f"a share {cross_task:g} of the tasks ask for the bin of the task before)")
+    print(f"sim + policy node over ROS 2 (localhost only) at {rate_hz:g} Hz, action-gated KV cache at "
+          f"{budget_mb:g} MiB")
     t0 = time.time()
     gated, dds_results, sim_counters, memory_map = _gated_run(task, episodes, distractors, budget_mb, rate_hz, seed,
-                                                              out, foxglove_port)
-    print(f"the same {episodes} episodes in process at the same budget: action gate, then sliding window")
-    local = _in_process(task, episodes, distractors, int(budget_mb * 2**20), seed)
+                                                              out, foxglove_port, cross_task)
+    print(f"the same {episodes} tasks in process at the same budget, no reset: action gate, then sliding window")
+    local = _in_process(task, episodes, distractors, int(budget_mb * 2**20), seed, cross_task)
     print(f"unbounded comparison: the same task with a DynamicCache, {unbounded_steps} steps")
     unbounded = _unbounded_run(task, unbounded_steps, seed)
 
@@ -286,15 +310,16 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
                 w.writerow([name, r["step"], r["allocated_bytes"], r["used_bytes"], f"{r['latency_ms']:.3f}"])
     with open(out / "demo_episodes.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run", "episode", "seed", "success", "steps", "cue_kept_at_recall", "write_rate"])
+        w.writerow(["run", "task_index", "task", "seed", "success", "steps", "cue_kept_at_recall",
+                    "stale_cues_kept", "write_rate"])
         for r in dds_results:
-            w.writerow(["action_gate_dds", r["episode"], r["seed"], r["success"], r["steps"], "", ""])
+            w.writerow(["action_gate_dds", r["episode"], r["task"], r["seed"], r["success"], r["steps"], "", "", ""])
         for r in local:
-            w.writerow([f"{r.policy}_in_process", r.episode, r.seed, r.success, r.steps, r.cue_kept,
-                        f"{r.write_rate:.4f}"])
+            w.writerow([f"{r.policy}_in_process", r.index - 1, r.task, r.seed, r.success, r.steps, r.cue_kept,
+                        r.stale_cues_kept, f"{r.writes / max(r.steps, 1):.4f}"])
     bars = _success_bars(dds_results, local)
     _plot(gated, unbounded, bars, chance, f"{task}, D = {distractors}, KV budget {budget_mb:g} MiB", out / "demo.png",
-          memory_map)
+          memory_map, dds_results, local)
 
     g_alloc = {r["allocated_bytes"] for r in gated if r["allocated_bytes"] >= 0}
     n = min(len(unbounded), len(gated))
@@ -302,8 +327,13 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
     u_late = float(np.median([r["latency_ms"] for r in unbounded[max(0, n - 50): n]])) if n else float("nan")
     writes = gated[-1]["writes"] if gated else 0
     lines = ["", "summary",
-             f"  task {task}, D = {distractors}, {episodes} episodes (seeds {seed}..{seed + episodes - 1}), "
-             f"KV budget {budget_mb:g} MiB, chance {chance:.2f}"]
+             f"  {episodes} tasks back to back, no reset ({task}, D = {distractors}, recall_previous share "
+             f"{cross_task:g}, stream seed {seed}), KV budget {budget_mb:g} MiB, chance {chance:.2f}",
+             "  by task (+ success, - failure): " + " | ".join(
+                 f"{label} {''.join('+' if ok else '-' for ok in oks)}" for label, oks in (
+                     ("DDS", [r["success"] for r in dds_results]),
+                     ("gate", [r.success for r in local if r.policy == "action_gate"]),
+                     ("window", [r.success for r in local if r.policy == "sliding_window"])))]
     for label, k, m in bars:
         lo, hi = wilson(k, m) if m else (float("nan"), float("nan"))
         lines.append(f"  success, {label:<27} {k:>2}/{m:<2} = {k / max(m, 1):.2f}  "
@@ -320,8 +350,8 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
                      f"p50 {np.median([r['latency_ms'] for r in gated]):.1f} ms/step")
     task_steps = sum(r["steps"] for r in dds_results)
     lines.append(f"  lockstep over DDS: {len(gated)} policy steps for {task_steps} task steps "
-                 f"(the extra ones: steps on an "
-                 f"episode's last frame before the node held); commands dropped by the sim: "
+                 f"(the extra ones: steps on a frame the sim re-sent while the policy thought); commands dropped "
+                 f"by the sim: "
                  f"{sim_counters.get('commands_older_than_observation', '0')} older than their observation, "
                  f"{sim_counters.get('commands_between_episodes', '0')} between episodes (its last diagnostics)")
     if unbounded:
@@ -334,7 +364,12 @@ def run_demo(episodes: int = 8, distractors: int = 60, budget_mb: float = 0.25, 
                  f"{out / 'demo_episodes.csv'}   node logs: {out / 'logs'}")
     print("\n".join(lines))
     summary = {"task": task, "distractors": distractors, "episodes": episodes, "seed": seed, "budget_mb": budget_mb,
-               "rate_hz": rate_hz, "chance": chance,
+               "rate_hz": rate_hz, "chance": chance, "cross_task": cross_task,
+               "memory_reset_between_tasks": [bool(r.get("reset")) for r in dds_results],
+               "tasks_dds": [r["task"] for r in dds_results],
+               "success_by_task": {"action gate, over DDS": [bool(r["success"]) for r in dds_results],
+                                   **{f"{pol}, in process": [r.success for r in local if r.policy == pol]
+                                      for pol in ("action_gate", "sliding_window")}},
                "success": {label: {"successes": k, "episodes": m} for label, k, m in bars},
                "cue_kept_at_recall": {pol: sum(r.cue_kept == 1 for r in local if r.policy == pol)
                                       for pol in ("action_gate", "sliding_window")},

@@ -1,10 +1,12 @@
 """The sim node in task mode, in its own process, driven over real DDS by the scripted expert.
 
-The test keeps its own copy of each seeded episode (aura_ros.sim.tasks) and checks that the sim
-runs in lockstep with the commands: every command advances the task exactly one step and the
-next frame is the one the local copy renders; a command stamped before the current observation
-is dropped; after each episode the outcome arrives on task/result, the reset service is called,
-and the next episode (seed + 1) begins.
+The test keeps its own copy of the seeded stream of tasks (aura_ros.sim.tasks) and checks that
+the sim runs in lockstep with the commands: every command advances the task exactly one step and
+the next frame is the one the local copy renders; a command stamped before the current
+observation is dropped; after each task the outcome arrives on task/result and each task's
+instruction on instruction. By default the tasks follow one another with no reset (the endless
+run: the same scene, the arm where it was); with task_reset_service the service is called between
+tasks.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 import uuid
 
 import numpy as np
+import pytest
 import rclpy
 from helpers.ros_proc import PythonRunner
 from rclpy.context import Context
@@ -26,19 +29,21 @@ from aura_ros.ros import qos
 from aura_ros.ros.env import local_ros_env
 from aura_ros.ros.image_conversion import image_to_rgb
 from aura_ros.sim.scene import JOINT_NAMES
-from aura_ros.sim.tasks import make_task
+from aura_ros.sim.tasks import TaskStream, iter_specs
 
 TIMEOUT_S = 20.0
 DISTRACTORS = 3
 RUN_SIM = "from aura_ros.ros.sim_node import main; main()"
 
 
-def test_task_mode_runs_episodes_in_lockstep_with_the_commands(tmp_path):
+@pytest.mark.parametrize("with_reset", [False, True], ids=["stream", "reset_service"])
+def test_task_mode_runs_tasks_in_lockstep_with_the_commands(tmp_path, with_reset):
     ns = f"/aura_sim_task_{uuid.uuid4().hex[:10]}"
     runner = PythonRunner(env=local_ros_env(), cwd=tmp_path)
     args = ["--ros-args", "-r", f"__ns:={ns}", "-p", "task:=cue_recall", "-p", f"task_distractors:={DISTRACTORS}",
-            "-p", "seed:=5", "-p", "rate_hz:=20.0", "-p", "task_pause_s:=0.2",
-            "-p", f"task_reset_service:={ns}/reset_memory"]
+            "-p", "seed:=5", "-p", "rate_hz:=20.0", "-p", "task_pause_s:=0.2"]
+    if with_reset:
+        args += ["-p", f"task_reset_service:={ns}/reset_memory"]
     context = Context()
     rclpy.init(context=context)
     node = rclpy.create_node(f"aura_task_driver_{uuid.uuid4().hex[:8]}", context=context)
@@ -47,6 +52,7 @@ def test_task_mode_runs_episodes_in_lockstep_with_the_commands(tmp_path):
     frames: list[Image] = []
     results: list[dict] = []
     resets: list[float] = []
+    instructions: list[str] = []
 
     def on_reset(request, response):
         resets.append(time.monotonic())
@@ -56,6 +62,7 @@ def test_task_mode_runs_episodes_in_lockstep_with_the_commands(tmp_path):
     node.create_subscription(Image, f"{ns}/image", frames.append, qos.SENSOR)
     node.create_subscription(String, f"{ns}/task/result", lambda m: results.append(json.loads(m.data)), qos.STATS)
     node.create_service(Trigger, f"{ns}/reset_memory", on_reset)
+    node.create_subscription(String, f"{ns}/instruction", lambda m: instructions.append(m.data), qos.INSTRUCTION)
     pub = node.create_publisher(JointTrajectory, f"{ns}/joint_trajectory", qos.COMMANDS)
     try:
         with runner.spawn(RUN_SIM, *args, name="sim_node") as sim:
@@ -84,25 +91,33 @@ def test_task_mode_runs_episodes_in_lockstep_with_the_commands(tmp_path):
                 pub.publish(msg)
 
             assert spin_until(lambda: pub.get_subscription_count() > 0), sim.output()
-            for episode in range(2):
-                task = make_task("cue_recall", 5 + episode, DISTRACTORS)
-                wait_frame(task.observe().image)
+            stream = TaskStream(5, iter_specs(5, (("cue_recall", DISTRACTORS),)))
+            for episode in range(3):
+                task = stream.task
+                wait_frame(stream.observe().image)
                 if episode == 0:
                     # a command from before this observation (a hold, a step on an older frame) is dropped
                     command(task.expert_action() * 0 + 1.0, stamp=rclpy.time.Time(seconds=1).to_msg())
                     assert not spin_until(lambda: frames[-1].header.stamp.sec != last_stamp[0][0]
                                           or frames[-1].header.stamp.nanosec != last_stamp[0][1], timeout=1.0)
                 while not task.done:
-                    action = task.expert_action()
-                    task.apply(action)
+                    action = stream.expert_action()
+                    stream.apply(action)
                     command(action)
                     if not task.done:
-                        wait_frame(task.observe().image)
+                        wait_frame(stream.observe().image)
                 assert spin_until(lambda e=episode: len(results) > e), sim.output()
                 r = results[episode]
-                assert r["success"] is True and r["seed"] == 5 + episode and r["episode"] == episode
+                assert r["success"] is True and r["seed"] == task.seed and r["episode"] == episode
                 assert r["steps"] == task.total_steps and r["cue_step"] == task.cue_step
-                assert spin_until(lambda e=episode: len(resets) > e), "the reset service was not called"
+                assert r["reset"] is with_reset
+                if with_reset:
+                    assert spin_until(lambda e=episode: len(resets) > e), "the reset service was not called"
+                # Each task's instruction went out as it began (the next one's too, once this one ended).
+                assert spin_until(lambda e=episode: len(instructions) >= e + 2), sim.output()
+            # The local copy continues one scene from task to task, and the sim's frames matched it
+            # at every step: the sim's tasks share a scene too.
+            assert len(resets) == (3 if with_reset else 0)
     finally:
         executor.shutdown()
         node.destroy_node()
