@@ -20,6 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -331,25 +332,30 @@ class PolicyNode(LifecycleNode):
         self.warn(reason, f"dropped {reason.replace('_', ' ')}: {detail} "
                           f"({self.health.counters[f'dropped_{reason}']} so far)")
 
+    # The input callbacks read self.loop once: a cleanup on the other executor thread may set it
+    # to None meanwhile.
     def _on_image(self, msg: Image) -> None:
-        if self.loop is None:
+        loop = self.loop
+        if loop is None:
             return
         try:
             rgb = prepare_for_model(image_to_rgb(msg, max_pixels=self.settings.max_pixels))
         except ImageConversionError as exc:
             return self._drop("image", str(exc))
-        self.loop.store.put_frame(rgb, time.monotonic())
+        loop.store.put_frame(rgb, time.monotonic())
         self.health.count("frames")
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        if self.loop is None:
+        loop = self.loop
+        if loop is None:
             return
         max_pixels = self.settings.max_pixels
-        self.loop.decode_later(lambda: prepare_for_model(compressed_to_rgb(msg, max_pixels=max_pixels)),
+        loop.decode_later(lambda: prepare_for_model(compressed_to_rgb(msg, max_pixels=max_pixels)),
                                time.monotonic())
 
     def _on_joint_state(self, msg: JointState) -> None:
-        if self.loop is None:
+        loop = self.loop
+        if loop is None:
             return
         s = self.settings
         wanted = self._state_joint_names(msg.name)
@@ -359,13 +365,13 @@ class PolicyNode(LifecycleNode):
         if isinstance(result, guards.Drop):
             return self._drop("joint_state", result.reason)
         now = self.get_clock().now().nanoseconds * 1e-9
-        order = self.loop.store.stamps.check(result.stamp, now)
+        order = loop.store.stamps.check(result.stamp, now)
         if order is not None:
             return self._drop("joint_state", order.reason)
         if result.clipped:
             self.health.count("joint_state_clipped", result.clipped)
             self.warn("joint_state_clipped", f"{result.clipped} joint value(s) outside the limits clipped")
-        self.loop.store.put_state(result, time.monotonic())
+        loop.store.put_state(result, time.monotonic())
         unknown = len(msg.name) - len(wanted)
         if unknown > 0 and s.action_type != "twist":
             extra = [n for n in msg.name if n not in set(wanted)]
@@ -534,7 +540,7 @@ def main(args=None) -> None:
     try:
         node = PolicyNode()
         executor.add_node(node)
-        executor.spin()
+        _spin(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except StartupError as exc:
@@ -555,6 +561,22 @@ def main(args=None) -> None:
         rclpy.try_shutdown()
     if code:
         sys.exit(code)
+
+
+def _spin(executor) -> None:
+    """executor.spin(), surviving rclpy's race between its wait loop and a lifecycle transition.
+
+    The transition (a service callback on one executor thread) destroys the subscriptions and
+    timers that configure created, while the spinning thread may be reading the handles of the
+    wait set it just built: rclpy then raises InvalidHandle ("destruction was requested") out of
+    spin(), and the process died after a few deactivate/cleanup/configure/activate cycles. The
+    entity is gone from the node's lists by the next pass, so waiting again is correct.
+    """
+    while rclpy.ok():
+        try:
+            executor.spin_once()
+        except InvalidHandle:
+            continue
 
 
 def _ignore_signals() -> None:
