@@ -262,12 +262,15 @@ class ControlLoop:
         self.health.count("hold_commands")
 
     # ------------------------------------------------------------------ changes between steps
+    def reset_memory(self) -> None:
+        """Worker: forget the episode (the instruction stays) and restart the stamp order. Run through
+        run(), so a ~/load_memory called right after it finds the reset done, not still pending."""
+        self.policy.reset()
+        self.store.stamps.reset()
+        self.out.info("episode memory cleared (instruction kept)")
+
     def apply_pending(self) -> None:
         pending, instruction = self.store.take_pending()
-        if pending.pop("__reset__", False):
-            self.policy.reset()
-            self.store.stamps.reset()
-            self.out.info("episode memory cleared (instruction kept)")
         if pending:
             old = self.settings
             self.settings = s = self.replace_settings(old, pending)

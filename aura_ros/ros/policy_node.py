@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -62,6 +63,7 @@ class PolicyNode(LifecycleNode):
         self._process = psutil.Process()
         self._warned: dict[str, float] = {}
         self._instruction_repeats = guards.RepeatFilter()
+        self._loop_setting = threading.local()  # set while the control loop itself sets a parameter
         # Created in on_configure, destroyed in on_cleanup / on_shutdown (mirror order).
         self.policy = None
         self.loop: ControlLoop | None = None
@@ -310,13 +312,19 @@ class PolicyNode(LifecycleNode):
             self._diag_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
 
     def _setting_echo(self, name: str, value) -> bool:
-        """A budget the loop itself set (out of memory, or a refusal put back) is not a new change."""
-        return (name == "memory.vram_budget_mb" and self.loop is not None
-                and abs(self.loop.settings.budget_mb - float(value)) < 1e-12)
+        """A budget the loop itself set (out of memory, or a refusal put back) is not a new change.
+
+        Told by who sets it, not by comparing values: a user's 0.1 then 2.0 in quick succession
+        has 2.0 equal to the loop's budget before the 0.1 is applied, and that 2.0 is a change."""
+        return name == "memory.vram_budget_mb" and getattr(self._loop_setting, "active", False)
 
     def _budget_changed(self, budget_mb: float) -> None:
         """Keep the parameter truthful when the loop changes or restores the budget itself."""
-        self.set_parameters([Parameter("memory.vram_budget_mb", value=float(budget_mb))])
+        self._loop_setting.active = True  # set_parameters runs the callbacks in this thread
+        try:
+            self.set_parameters([Parameter("memory.vram_budget_mb", value=float(budget_mb))])
+        finally:
+            self._loop_setting.active = False
 
     def _restart_snapshot_timer(self) -> None:
         if self._snapshot_timer is not None:
@@ -402,8 +410,12 @@ class PolicyNode(LifecycleNode):
         if self.loop is None:
             response.success, response.message = False, "policy not configured"
             return response
-        self.loop.store.put_change("__reset__", True)
-        response.success, response.message = True, "episode memory will be cleared before the next step"
+        try:
+            self.loop.run(self.loop.reset_memory)
+        except Exception as exc:
+            response.success, response.message = False, f"reset failed: {exc}"
+            return response
+        response.success, response.message = True, "episode memory cleared (instruction kept)"
         return response
 
     # Snapshots touch the cache, so they run on the inference worker, between steps.
