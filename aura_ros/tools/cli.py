@@ -139,6 +139,43 @@ def _soak(args) -> int:
     return 1 if rep.violations else 130 if rep.interrupted else 0
 
 
+def _replay_floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise _ReplayUsage(f"{flag} takes comma-separated numbers; got {text!r}") from None
+
+
+class _ReplayUsage(Exception):
+    """Bad replay arguments: one line, exit code 2."""
+
+
+def _replay_robot(args) -> dict:
+    """The policy's joints and limits from --joint-names/--low/--high (default: the sim arm's),
+    checked the way the node checks its action.* parameters."""
+    import math
+
+    from aura_ros.core import arm
+
+    names = tuple(n.strip() for n in args.joint_names.split(",")) if args.joint_names else arm.JOINT_NAMES
+    low = _replay_floats(args.low, "--low") if args.low is not None else None
+    high = _replay_floats(args.high, "--high") if args.high is not None else None
+    if args.joint_names and (low is None or high is None):
+        raise _ReplayUsage(f"--joint-names has {len(names)} joints: give one limit each with --low=... and --high=...")
+    low = arm.LOW if low is None else low
+    high = arm.HIGH if high is None else high
+    if not len(names) == len(low) == len(high) or not all(names):
+        raise _ReplayUsage(f"{'--joint-names has' if args.joint_names else 'the default arm has'} {len(names)} "
+                           f"joints ({','.join(names)}); --low and --high need one limit each (got {len(low)} and "
+                           f"{len(high)})")
+    bad = [f"{n} ({lo:g} .. {hi:g})" for n, lo, hi in zip(names, low, high)
+           if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi)]
+    if bad:
+        raise _ReplayUsage(f"--low must be below --high, both finite, for every joint; not for {', '.join(bad)}")
+    return dict(joint_names=names, low=low, high=high,
+                discrete_joints=tuple(n for n in names if n in arm.DISCRETE_JOINTS))
+
+
 def _replay(args) -> int:
     """Replay a bag; several budgets/evictions run side by side and print a comparison table."""
     from aura_ros.core.config import PolicyConfig
@@ -146,19 +183,15 @@ def _replay(args) -> int:
     from aura_ros.tools import replay
 
     _threads(args.threads)
-    budgets = [float(b) for b in args.budget_mb.split(",")]
+    try:
+        budgets = _replay_floats(args.budget_mb, "--budget-mb")
+        if not budgets or any(not b > 0 for b in budgets):
+            raise _ReplayUsage(f"--budget-mb takes positive sizes in MiB; got {args.budget_mb!r}")
+        robot = _replay_robot(args)
+    except _ReplayUsage as exc:
+        print(f"aura-ros replay: error: {exc}", file=sys.stderr)
+        return 2
     evictions = args.eviction.split(",")
-    robot = {}
-    if args.joint_names:
-        names = tuple(args.joint_names.split(","))
-        low = tuple(float(v) for v in (args.low or "").split(",") if v)
-        high = tuple(float(v) for v in (args.high or "").split(",") if v)
-        if not len(names) == len(low) == len(high):
-            print(f"aura-ros replay: error: --joint-names has {len(names)} joints; --low and --high need one limit "
-                  f"each (got {len(low)} and {len(high)})", file=sys.stderr)
-            return 2
-        robot = dict(joint_names=names, low=low, high=high,
-                     discrete_joints=tuple(n for n in names if n in PolicyConfig.discrete_joints))
     variants = []
     for e in evictions:
         for b in budgets:
@@ -170,8 +203,17 @@ def _replay(args) -> int:
     kwargs = dict(model=args.model, instruction=args.instruction, camera_topic=args.camera_topic,
                   joints_topic=args.joints_topic, command_topic=args.command_topic, rate_hz=args.rate,
                   map_period_s=args.map_period, max_steps=args.max_steps, progress=not args.no_progress,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, zero_joints=args.zero_joints)
     try:
+        sel = replay.inspect_bag(bag, args.camera_topic, args.joints_topic, args.command_topic, args.zero_joints)
+        print(f"aura-ros replay: camera {sel.camera} ({sel.camera_type}, {sel.camera_count} frames), joint states "
+              + (sel.joints or "none (--zero-joints: every joint at zero)")
+              + (f", recorded commands {sel.commands}" if sel.commands else "")
+              + (f", instructions {sel.instruction}" if sel.instruction else ""), flush=True)
+        if args.zero_joints:
+            print(f"aura-ros replay: warning: --zero-joints: the policy sees {', '.join(robot['joint_names'])} at "
+                  f"zero (clipped into --low/--high) on every step, an arm that never moves; its commands are not "
+                  f"what it would send on the robot", file=sys.stderr)
         if len(variants) == 1:
             results = [replay.replay(bag, out, variants[0][1], name=variants[0][0], **kwargs)]
         else:
@@ -336,36 +378,49 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--text-only", action="store_true", help="no mmproj.gguf (the policy then reads joint states only)")
     ex.set_defaults(func=_export_gguf)
 
-    rp = sub.add_parser("replay", help="run the policy over a recorded rosbag2 (MCAP or sqlite3), write an MCAP")
+    from aura_ros.ros.params import POLICY_PARAMS
+
+    node_budget_mb = POLICY_PARAMS.by_name["memory.vram_budget_mb"].default
+    rp = sub.add_parser("replay", help="run the policy over a recorded rosbag2 (MCAP or sqlite3), write an MCAP",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        epilog="A bag without joint states (camera only) replays with --zero-joints. Bad input "
+                               "exits with code 2 and a one-line reason.")
     rp.add_argument("bag", help="rosbag2 folder, or a .mcap / .db3 file")
     rp.add_argument("--out", default=None,
-                    help="output bag (a folder per run when comparing; default out/replay/<bag>)")
-    rp.add_argument("--budget-mb", default="1.0", help="KV budget(s) in MiB, comma-separated to compare")
+                    help="output bag (a folder per run when comparing; None: out/replay/<bag>)")
+    rp.add_argument("--budget-mb", default=f"{node_budget_mb:g}",
+                    help="KV budget(s) in MiB, comma-separated to compare (the node's memory.vram_budget_mb)")
     rp.add_argument("--eviction", default="action_gate",
                     help="eviction polic(ies), comma-separated to compare: action_gate, sliding_window, streaming_llm, "
                          "h2o, unbounded")
-    rp.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    rp.add_argument("--model", default=None, help="model folder (None: the embedded model)")
     rp.add_argument("--instruction", default="", help="the instruction (an /instruction topic in the bag replaces it)")
-    rp.add_argument("--camera-topic", default=None, help="default: /image, /image/compressed, or the only image topic")
-    rp.add_argument("--joints-topic", default=None, help="default: /joint_states or the only JointState topic")
+    rp.add_argument("--camera-topic", default=None, help="None: /image, /image/compressed, or the only image topic")
+    rp.add_argument("--joints-topic", default=None, help="None: /joint_states or the only JointState topic")
+    rp.add_argument("--zero-joints", action="store_true",
+                    help="no joint states (a camera-only bag): every joint at zero, clipped into the limits, with "
+                         "a warning; the policy then sees an arm that never moves")
     rp.add_argument("--command-topic", default=None,
-                    help="recorded commands to compare with (default: /joint_trajectory or /commands if present)")
+                    help="recorded commands to compare with (None: /joint_trajectory or /commands if present)")
     rp.add_argument("--joint-names", default=None,
-                    help="the robot's joints in the policy's order, comma-separated (default: the sim arm's)")
-    rp.add_argument("--low", default=None, help="lower position limits, one per --joint-names (--low=-3,-2.5,...)")
-    rp.add_argument("--high", default=None, help="upper position limits, one per --joint-names")
-    rp.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: one step per camera frame)")
-    rp.add_argument("--recent-steps", type=int, default=8)
+                    help="the robot's joints in the policy's order, comma-separated (None: the sim arm's); "
+                         "give --low and --high with it")
+    rp.add_argument("--low", default=None,
+                    help="lower position limits, one per joint (--low=-3,-2.5,...; None: the sim arm's)")
+    rp.add_argument("--high", default=None, help="upper position limits, one per joint (None: the sim arm's)")
+    rp.add_argument("--rate", type=float, default=None, help="control rate in Hz (None: one step per camera frame)")
+    rp.add_argument("--recent-steps", type=int, default=POLICY_PARAMS.by_name["memory.recent_steps"].default,
+                    help="the last N steps are always kept (the node's memory.recent_steps)")
     rp.add_argument("--map-period", type=float, default=1.0, help="seconds of recorded time between memory maps")
-    rp.add_argument("--max-steps", type=int, default=None)
+    rp.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (None: the whole bag)")
     rp.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
-    rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     rp.set_defaults(func=_replay)
 
     fg = sub.add_parser("foxglove", help="run the policy on the sim and serve it live to Foxglove (ws://127.0.0.1)")
     fg.add_argument("--steps", type=int, default=0, help="control steps (0: until Ctrl-C)")
-    fg.add_argument("--budget-mb", type=float, default=0.5)
+    fg.add_argument("--budget-mb", type=float, default=node_budget_mb, help="KV budget in MiB (default: the node's)")
     fg.add_argument("--rate-hz", type=float, default=10.0)
     fg.add_argument("--port", type=int, default=8765, help="websocket port on 127.0.0.1 (0: a free port)")
     fg.add_argument("--mcap", default=None, help="also record the run to this MCAP file")

@@ -10,12 +10,16 @@ Reading and writing use the ``rosbags`` package (pure Python: rosbag2 MCAP and s
 message types built in, aura_ros's messages registered from the .msg text in msg/).
 
 Schedule: one control step per camera frame (default), at the frame's recorded time, with the
-newest joint state recorded at or before it; or, with ``rate_hz``, steps on a fixed grid from
-the first frame, each with the newest frame and joint state at that time. Frames before the first
-joint state are skipped (the node holds too). Everything is deterministic given the bag.
+newest joint state recorded at or before it (one recorded at the same time counts, whichever was
+written first); or, with ``rate_hz``, steps on a fixed grid from the first frame, each with the
+newest frame and joint state at that time. Frames before the first joint state are skipped (the
+node holds too). A bag without joint states replays only with ``zero_joints``: every joint at zero
+(clipped into the limits), so the policy sees an arm that never moves. Everything is
+deterministic given the bag.
 
-The output bag (MCAP) has, at the recorded times: the inputs as the node sees them (``/image`` or
-``/image/compressed``, ``/joint_states``), the commands (``/joint_trajectory``), MemoryBudget
+The output bag (MCAP) has, at the recorded times: the inputs as the node sees them (``/joint_states``
+paired with each frame, ``/image`` or ``/image/compressed``, ``/instruction``), so that a replay of
+the output pairs the same frames with the same joint states; the commands (``/joint_trajectory``), MemoryBudget
 (``/aura_policy/memory``), GateStats (``/aura_policy/gate_stats``), the memory-map image
 (``/aura_policy/memory_map``, every ``map_period_s`` of recorded time and at the last step) and
 ``/diagnostics`` (every ``map_period_s``).
@@ -46,8 +50,12 @@ COMMAND_TYPES = ("trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/Float64Mul
 
 
 class BagError(Exception):
-    """A bag that replay cannot use: missing, truncated or corrupt, without a camera or joint-state
-    topic, or with a topic of an unexpected type. The message says which and what the bag has."""
+    """A bag that replay cannot use: missing, not a rosbag2 bag, truncated or corrupt, without a
+    camera or joint-state topic, or with a topic of an unexpected type. The message says which and
+    what the bag has."""
+
+
+JOINTS_HINT = "pass --zero-joints to replay it with every joint at zero (the policy then sees an arm that never moves)"
 
 
 # ----------------------------------------------------------------------------- types
@@ -87,7 +95,7 @@ def deserialize(store, rawdata: bytes | memoryview, typename: str):
 class BagTopics:
     camera: str
     camera_type: str  # IMAGE_TYPE or COMPRESSED_TYPE
-    joints: str
+    joints: str | None  # None: zero joints (the bag's joint states, if any, are not read)
     commands: str | None
     command_type: str | None
     instruction: str | None
@@ -121,9 +129,50 @@ def _open(bag: Path) -> AnyReader:
     except BagError:
         raise
     except _read_errors() as exc:
+        what = _not_a_bag(bag)
+        if what:
+            raise BagError(f"{bag}: {what}") from exc
         raise BagError(f"{bag}: cannot read the bag, it looks truncated or corrupt "
                        f"({type(exc).__name__}: {exc})") from exc
     return reader
+
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+def _not_a_bag(bag: Path) -> str | None:
+    """What ``bag`` is, when rosbags refused it because it is no ROS 2 bag rather than a damaged
+    one (None: it looks like a bag, so it is damaged)."""
+    if bag.is_dir():
+        if (bag / "metadata.yaml").exists():
+            return None
+        inner = sorted(p.name for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+        if inner:  # a recording stopped before rosbag2 wrote metadata.yaml
+            return (f"a folder without metadata.yaml, so not a rosbag2 bag; it holds {', '.join(inner)}: "
+                    f"pass that file instead")
+        return ("a folder without metadata.yaml and without .mcap or .db3 files: not a rosbag2 bag "
+                "(expected a rosbag2 folder, or a .mcap or .db3 file)")
+    with bag.open("rb") as f:
+        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            return None
+    from mcap.exceptions import McapError
+    from mcap.reader import make_reader
+
+    try:
+        with bag.open("rb") as f:
+            reader = make_reader(f)
+            header = reader.get_header()
+            if header.profile == "ros2":
+                return None
+            summary = reader.get_summary()
+    except (McapError, struct.error, EOFError, ValueError, OSError):
+        return None
+    encodings = sorted({c.message_encoding for c in summary.channels.values()}) if summary else []
+    kind = (f"messages encoded {', '.join(encodings)}" if encodings else "no channel summary")
+    source = "Foxglove SDK" if header.library.startswith("foxglove") else header.library or "unknown library"
+    return (f"an MCAP file but not ROS 2 (profile {header.profile!r}, written by {source}, {kind}), "
+            f"such as the demo's or `aura-ros foxglove --mcap` recording: open it in Foxglove as it is; "
+            f"replay reads ROS 2 bags (ros2 bag record, or replay's own output)")
 
 
 def _listing(reader: AnyReader) -> str:
@@ -157,20 +206,25 @@ def _pick(reader: AnyReader, wanted: str | None, types: tuple[str, ...], what: s
 
 
 def inspect_bag(bag: Path, camera_topic: str | None = None, joints_topic: str | None = None,
-                command_topic: str | None = None) -> BagTopics:
+                command_topic: str | None = None, zero_joints: bool = False) -> BagTopics:
     """Which topics replay will use, checked (BagError says what is missing and what the bag has)."""
     reader = _open(bag)
     try:
-        return _topics(reader, camera_topic, joints_topic, command_topic)
+        return _topics(reader, camera_topic, joints_topic, command_topic, zero_joints)
     finally:
         reader.close()
 
 
-def _topics(reader: AnyReader, camera_topic, joints_topic, command_topic) -> BagTopics:
+def _topics(reader: AnyReader, camera_topic, joints_topic, command_topic, zero_joints: bool = False) -> BagTopics:
     camera, camera_type = _pick(reader, camera_topic, (IMAGE_TYPE, COMPRESSED_TYPE), "camera",
                                 (topics.IMAGE, topics.IMAGE_COMPRESSED, "/camera/image_raw",
                                  "/camera/color/image_raw", "/camera/image_raw/compressed"))
-    joints, _ = _pick(reader, joints_topic, (JOINT_STATE_TYPE,), "joints", (topics.JOINT_STATES,))
+    joints = None
+    if not zero_joints:
+        if not joints_topic and not any(c.msgtype == JOINT_STATE_TYPE for c in reader.connections):
+            raise BagError(f"the bag has no joint states (a {JOINT_STATE_TYPE} topic); it has: {_listing(reader)}; "
+                           f"record {topics.JOINT_STATES} with the camera, or {JOINTS_HINT}")
+        joints, _ = _pick(reader, joints_topic, (JOINT_STATE_TYPE,), "joints", (topics.JOINT_STATES,))
     commands, command_type = _pick(reader, command_topic, COMMAND_TYPES, "command",
                                    tuple(topics.COMMANDS.values()), required=False)
     instruction, _ = _pick(reader, None, (STRING_TYPE,), "instruction", (topics.INSTRUCTION,), required=False)
@@ -202,12 +256,26 @@ def _joint_vector(msg, names: tuple[str, ...], topic: str) -> np.ndarray:
     if got:
         missing = [n for n in names if n not in got]
         if missing:
-            raise BagError(f"joint states on {topic} name {got}, without the policy's joints {missing}")
+            raise BagError(f"joint states on {topic} name {got}, without the policy's joints {missing}; to run "
+                           f"the policy on this robot's joints pass --joint-names {','.join(got)} with one limit "
+                           f"each in --low=... and --high=...")
         return np.array([pos[got.index(n)] for n in names])
     if pos.size != len(names):
         raise BagError(f"joint states on {topic} have no names and {pos.size} positions; the policy has "
-                       f"{len(names)} joints {list(names)}")
+                       f"{len(names)} joints {list(names)}: pass the robot's {pos.size} joints in recorded order "
+                       f"with --joint-names a,b,... and one limit each in --low=... and --high=...")
     return pos
+
+
+def _zero_joint_state(store, names: tuple[str, ...], positions: np.ndarray, t_ns: int) -> bytes:
+    """The JointState that stands in for the missing ones (written to the output as the input)."""
+    T = store.types
+    header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=t_ns // 1_000_000_000,
+                                                                              nanosec=t_ns % 1_000_000_000),
+                                      frame_id="")
+    msg = T[JOINT_STATE_TYPE](header=header, name=list(names), position=np.asarray(positions, dtype=np.float64),
+                              velocity=np.array([], dtype=np.float64), effort=np.array([], dtype=np.float64))
+    return bytes(store.serialize_cdr(msg, JOINT_STATE_TYPE))
 
 
 def _command_vector(msg, msgtype: str, names: tuple[str, ...]) -> np.ndarray | None:
@@ -222,28 +290,39 @@ def _command_vector(msg, msgtype: str, names: tuple[str, ...]) -> np.ndarray | N
 
 def iter_ticks(bag: Path, joint_names: tuple[str, ...], *, camera_topic: str | None = None,
                joints_topic: str | None = None, command_topic: str | None = None, rate_hz: float | None = None,
-               on_dropped: Callable[[str], None] | None = None) -> Iterator[Tick]:
-    """The control steps of a recording, in recorded time order (see the module docstring)."""
+               on_dropped: Callable[[str], None] | None = None,
+               zero_joints: tuple[np.ndarray] | None = None) -> Iterator[Tick]:
+    """The control steps of a recording, in recorded time order (see the module docstring).
+
+    ``zero_joints``: ``(positions,)`` to use instead of joint states (the bag's are not read)."""
     from aura_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
 
     reader = _open(bag)
     try:
-        sel = _topics(reader, camera_topic, joints_topic, command_topic)
-        wanted = {sel.camera, sel.joints} | ({sel.commands} if sel.commands else set()) \
-            | ({sel.instruction} if sel.instruction else set())
+        sel = _topics(reader, camera_topic, joints_topic, command_topic, zero_joints is not None)
+        wanted = {sel.camera} | ({sel.joints} if sel.joints else set()) \
+            | ({sel.commands} if sel.commands else set()) | ({sel.instruction} if sel.instruction else set())
         conns = [c for c in reader.connections if c.topic in wanted]
         to_rgb = image_to_rgb if sel.camera_type == IMAGE_TYPE else compressed_to_rgb
         joints = joints_raw = command = None
+        if zero_joints is not None:
+            joints = np.asarray(zero_joints[0], dtype=np.float64)
+            store = make_typestore()  # the reader's has only the bag's own types
         instruction: str | None = None
         frame: tuple[int, np.ndarray, bytes] | None = None  # newest frame (rate mode)
+        # Frames wait until every message of their timestamp is read: a joint state or instruction
+        # recorded at the same time belongs to the frame whichever was written first.
+        pending: list[tuple[int, np.ndarray, bytes]] = []
         period = int(round(1e9 / rate_hz)) if rate_hz else None
         next_tick: int | None = None
         last_seen = 0
 
         def make(t_ns: int, image: np.ndarray, raw: bytes) -> Tick:
             nonlocal instruction
+            raw_joints = joints_raw if zero_joints is None else \
+                _zero_joint_state(store, joint_names, joints, t_ns)
             tick = Tick(t_ns, image, joints.copy(), instruction, None if command is None else command.copy(), raw,
-                        joints_raw)
+                        raw_joints)
             instruction = None
             return tick
 
@@ -255,6 +334,18 @@ def iter_ticks(bag: Path, joint_names: tuple[str, ...], *, camera_topic: str | N
                 raise BagError(f"{bag}: reading stopped part-way, the bag looks truncated or corrupt "
                                f"({type(exc).__name__}: {exc})") from exc
             t = item[1] if item is not None else None
+            if pending and (t is None or t > pending[0][0]):
+                for ft, image, raw in pending:
+                    if joints is None:
+                        if on_dropped:
+                            on_dropped(f"frame at {ft} ns before the first joint state")
+                    elif period:
+                        frame = (ft, image, raw)
+                        if next_tick is None:
+                            next_tick = ft
+                    else:
+                        yield make(ft, image, raw)
+                pending.clear()
             # Rate mode: every grid time before this message (up to the last message at the end)
             # is a step with the frame and joint state that were newest then.
             while period and next_tick is not None and joints is not None \
@@ -278,21 +369,10 @@ def iter_ticks(bag: Path, joint_names: tuple[str, ...], *, camera_topic: str | N
                 instruction = str(msg.data)
             elif conn.topic == sel.camera:
                 try:
-                    image = to_rgb(msg)
+                    pending.append((t, to_rgb(msg), bytes(raw)))
                 except ImageConversionError as exc:
                     if on_dropped:
                         on_dropped(f"bad frame at {t} ns: {exc}")
-                    continue
-                if joints is None:
-                    if on_dropped:
-                        on_dropped(f"frame at {t} ns before the first joint state")
-                    continue
-                if period:
-                    frame = (t, image, bytes(raw))
-                    if next_tick is None:
-                        next_tick = t
-                else:
-                    yield make(t, image, bytes(raw))
     finally:
         reader.close()
 
@@ -353,13 +433,15 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
            name: str = "replay", camera_topic: str | None = None, joints_topic: str | None = None,
            command_topic: str | None = None, rate_hz: float | None = None, map_period_s: float = 1.0,
            map_size: tuple[int, int] = (640, 160), max_steps: int | None = None, action_type: str = "joint_trajectory",
-           progress: bool = True, overwrite: bool = False, policy=None) -> ReplayResult:
+           progress: bool = True, overwrite: bool = False, policy=None, zero_joints: bool = False) -> ReplayResult:
     """Run a policy over ``bag``; write the output bag to ``out`` (None: no output bag).
 
     ``config``: a PolicyConfig (budget, eviction, ...); ``policy``: an already built Policy
-    (then ``config``/``model``/``instruction`` are not used). Raises BagError for a bag it cannot use.
+    (then ``config``/``model``/``instruction`` are not used). ``zero_joints``: every joint at zero
+    (clipped into the limits) instead of the bag's joint states. Raises BagError for a bag it
+    cannot use.
     """
-    from std_msgs.msg import Header
+    from std_msgs.msg import Header, String
 
     from aura_ros.core.config import PolicyConfig
     from aura_ros.core.registry import make_policy
@@ -370,10 +452,11 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
     from aura_ros.tools.memory_map import policy_memory_map
 
     bag = Path(bag)
-    sel = inspect_bag(bag, camera_topic, joints_topic, command_topic)  # fail before loading a model
+    sel = inspect_bag(bag, camera_topic, joints_topic, command_topic, zero_joints)  # fail before loading a model
     if policy is None:
         policy = make_policy(model, config or PolicyConfig(), instruction=instruction)
     names = tuple(policy.config.joint_names)
+    zeros = (np.clip(np.zeros(len(names)), policy.config.low, policy.config.high),) if zero_joints else None
     cmd_type = command_type(action_type)
     cmd_msgtype = f"{cmd_type.__module__.split('.')[0]}/msg/{cmd_type.__name__}"
     input_topic = topics.IMAGE if sel.camera_type == IMAGE_TYPE else topics.IMAGE_COMPRESSED
@@ -401,7 +484,8 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
     try:
         last_t = None
         for tick in iter_ticks(bag, names, camera_topic=sel.camera, joints_topic=sel.joints,
-                               command_topic=sel.commands, rate_hz=rate_hz, on_dropped=dropped.append):
+                               command_topic=sel.commands, rate_hz=rate_hz, on_dropped=dropped.append,
+                               zero_joints=zeros):
             if max_steps is not None and len(commands) >= max_steps:
                 break
             action = policy.step(Observation(tick.image, tick.joints, instruction=tick.instruction))
@@ -415,8 +499,12 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
             last_t = tick.t_ns
             if writer is not None:
                 header = Header(stamp=_stamp(tick.t_ns), frame_id="")
-                writer.write_raw_clean(input_topic, sel.camera_type, tick.t_ns, tick.camera_raw)
+                # The step's inputs at its time, joint state first: a reader that pairs by write
+                # order alone (not only replay) pairs this frame with this joint state.
                 writer.write_raw_clean(topics.JOINT_STATES, JOINT_STATE_TYPE, tick.t_ns, tick.joints_raw)
+                if tick.instruction is not None:
+                    writer.write_msg(topics.INSTRUCTION, STRING_TYPE, tick.t_ns, String(data=tick.instruction))
+                writer.write_raw_clean(input_topic, sel.camera_type, tick.t_ns, tick.camera_raw)
                 writer.write_msg(topics.COMMANDS[action_type], cmd_msgtype, tick.t_ns,
                                  command_msg(action_type, names, action.positions, header))
                 writer.write_msg(topics.MEMORY, "aura_ros/msg/MemoryBudget", tick.t_ns, memory_msg(stats, header))

@@ -95,15 +95,21 @@ def trajectory_msg(pos: np.ndarray, names: tuple[str, ...], t_ns: int):
 
 
 def write_bag(path: Path, rec: Recording, camera: str | None = "raw", storage: str = "mcap",
-              camera_topic: str | None = None, commands: bool = True, rmw_joints: bool = False) -> Path:
+              camera_topic: str | None = None, commands: bool = True, rmw_joints: bool = False,
+              joints: bool = True, instructions: list[tuple[int, str]] = ()) -> Path:
     """camera: 'raw' (sensor_msgs/Image rgb8), 'compressed' (PNG), 'jpeg', or None (no camera topic).
-    rmw_joints: joint states as rclpy's serialize_message bytes (what ``ros2 bag record`` stores)."""
+    rmw_joints: joint states as rclpy's serialize_message bytes (what ``ros2 bag record`` stores).
+    joints: False for a camera-only recording. instructions: (time, text) on /instruction."""
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     msgs = []
     with Writer(path, version=9, storage_plugin=plugin) as w:
-        js = w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=STORE)
-        msgs += [(t, js, "sensor_msgs/msg/JointState", joint_msg(p, rec.joint_names, t))
-                 for t, p in zip(rec.joint_times, rec.joints)]
+        if joints:
+            js = w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=STORE)
+            msgs += [(t, js, "sensor_msgs/msg/JointState", joint_msg(p, rec.joint_names, t))
+                     for t, p in zip(rec.joint_times, rec.joints)]
+        if instructions:
+            ins = w.add_connection("/instruction", "std_msgs/msg/String", typestore=STORE)
+            msgs += [(t, ins, "std_msgs/msg/String", T["std_msgs/msg/String"](data=text)) for t, text in instructions]
         if camera is not None:
             typ = "sensor_msgs/msg/Image" if camera == "raw" else "sensor_msgs/msg/CompressedImage"
             topic = camera_topic or ("/camera/image_raw" if camera == "raw" else "/camera/image_raw/compressed")

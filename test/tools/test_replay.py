@@ -13,7 +13,7 @@ from aura_ros.core.config import PolicyConfig
 from aura_ros.core.registry import make_policy
 from aura_ros.core.types import Observation
 from aura_ros.tools.cli import main
-from aura_ros.tools.replay import BagError, compare, comparison_table, make_typestore, read_topics, replay
+from aura_ros.tools.replay import BagError, compare, comparison_table, iter_ticks, make_typestore, read_topics, replay
 
 BUDGET = 128 * 1024  # small: evictions within a few steps
 INSTRUCTION = "pick up the red block"
@@ -191,3 +191,144 @@ def test_cli_replay_with_the_robots_joint_names(tmp_path, rec, capsys):
     assert len(cmds) == 3 and list(cmds[0].joint_names) == names.split(",") and len(cmds[0].points[0].positions) == 5
     assert main(["replay", str(bag), "--joint-names", names, "--low", "0", "--high", "1", "--no-progress"]) == 2
     assert "--low and --high need one limit each" in capsys.readouterr().err
+
+
+def _ticks(bag, rec, **kwargs):
+    return list(iter_ticks(bag, rec.joint_names, **kwargs))
+
+
+def test_replay_of_a_replay_pairs_the_same_frames_with_the_same_joint_states(tmp_path, rec):
+    """The output writes each frame and its joint state at one stamp: read back, every frame still
+    has its own joint state (and the instruction it came with), so the round trip is lossless."""
+    said = (rec.frame_times[2] - 100, "put the block in the bin")
+    bag = write_bag(tmp_path / "in", rec, camera="raw", commands=False, instructions=[said])
+    first = replay(bag, tmp_path / "out1", PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION, progress=False)
+    second = replay(first.out, tmp_path / "out2", PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION,
+                    progress=False)
+    original, again = _ticks(bag, rec), _ticks(first.out, rec)
+    assert [t.t_ns for t in again] == [t.t_ns for t in original] == rec.frame_times
+    for a, b in zip(original, again):
+        np.testing.assert_array_equal(b.joints, a.joints)
+        np.testing.assert_array_equal(b.image, a.image)
+        assert b.instruction == a.instruction
+    assert [t.instruction for t in again].count(said[1]) == 1
+    assert second.stamps_ns == first.stamps_ns and not second.dropped
+    np.testing.assert_array_equal(second.commands, first.commands)
+
+
+def test_a_frame_pairs_with_the_joint_state_of_its_own_stamp_whichever_was_written_first(tmp_path, rec):
+    from bag_helpers import STORE, image_msg, joint_msg
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    path = tmp_path / "same_stamp"
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        cam = w.add_connection("/image", "sensor_msgs/msg/Image", typestore=STORE)
+        js = w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=STORE)
+        for k, (t, frame, pos) in enumerate(zip(rec.frame_times[:3], rec.frames, rec.joints)):
+            msgs = [(cam, "sensor_msgs/msg/Image", image_msg(frame, t)),
+                    (js, "sensor_msgs/msg/JointState", joint_msg(pos, rec.joint_names, t))]
+            for conn, typ, msg in (msgs if k % 2 == 0 else msgs[::-1]):  # image first, then joints first
+                w.write(conn, t, STORE.serialize_cdr(msg, typ))
+    ticks = _ticks(path, rec)
+    assert [t.t_ns for t in ticks] == rec.frame_times[:3]
+    for tick, pos in zip(ticks, rec.joints):
+        np.testing.assert_array_equal(tick.joints, pos)
+
+
+@pytest.mark.parametrize("kind", ["folder", "folder_with_mcap", "foxglove_mcap"])
+def test_what_is_not_a_ros2_bag_is_named_not_called_corrupt(tmp_path, rec, kind, capsys):
+    from aura_ros.tools.foxglove_live import LiveView
+
+    if kind == "folder":
+        path = tmp_path / "photos"
+        path.mkdir()
+        (path / "notes.txt").write_text("not a bag")
+        expected = "a folder without metadata.yaml and without .mcap or .db3 files: not a rosbag2 bag"
+    elif kind == "folder_with_mcap":  # a recording stopped before rosbag2 wrote metadata.yaml
+        path = write_bag(tmp_path / "in", rec, camera="raw")
+        (path / "metadata.yaml").unlink()
+        expected = "a folder without metadata.yaml, so not a rosbag2 bag; it holds in.mcap: pass that file instead"
+    else:  # what `aura-ros foxglove --mcap` and the demo record: intact, but Foxglove's own messages
+        path = tmp_path / "demo.mcap"
+        with LiveView(port=None, mcap_path=path) as view:
+            view.log_step(rec.frames[0], None, diagnostics={"step": "0"}, t_ns=rec.frame_times[0])
+        expected = "an MCAP file but not ROS 2 (profile '', written by Foxglove SDK, messages encoded json, protobuf)"
+    with pytest.raises(BagError) as info:
+        replay(path, None, PolicyConfig(budget_bytes=BUDGET), progress=False)
+    assert expected in str(info.value) and "truncated" not in str(info.value)
+    assert main(["replay", str(path), "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err
+
+
+def test_a_camera_only_bag_says_what_to_do_and_replays_with_zero_joints(tmp_path, rec, capsys):
+    bag = write_bag(tmp_path / "in", rec, camera="raw", joints=False)
+    with pytest.raises(BagError, match="no joint states .* pass --zero-joints"):
+        replay(bag, None, PolicyConfig(budget_bytes=BUDGET), progress=False)
+    assert main(["replay", str(bag), "--no-progress", "--out", str(tmp_path / "o0")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--zero-joints" in err and not (tmp_path / "o0").exists()
+
+    assert main(["replay", str(bag), "--no-progress", "--zero-joints", "--out", str(tmp_path / "o"),
+                 "--instruction", INSTRUCTION, "--budget-mb", str(BUDGET / 2**20)]) == 0
+    cap = capsys.readouterr()
+    assert "warning: --zero-joints" in cap.err and "joint states none" in cap.out
+    zeros = [np.zeros(len(rec.joint_names))] * len(rec.frames)
+    with AnyReader([tmp_path / "o"], default_typestore=make_typestore()) as reader:
+        conns = {c.topic: c for c in reader.connections}
+        states = [reader.deserialize(raw, c.msgtype)
+                  for c, _, raw in reader.messages(connections=[conns[topics.JOINT_STATES]])]
+        cmds = [reader.deserialize(raw, c.msgtype).points[0].positions
+                for c, _, raw in reader.messages(connections=[conns[topics.COMMANDS["joint_trajectory"]]])]
+    assert len(states) == len(rec.frames) and all(list(s.name) == list(rec.joint_names) for s in states)
+    assert all(np.all(np.asarray(s.position) == 0) for s in states)
+    np.testing.assert_allclose(np.array(cmds), direct_commands(rec.frames, zeros))
+
+
+def test_cli_replay_help_defaults_and_the_topics_it_chose(tmp_path, rec, capsys):
+    from aura_ros.ros.params import POLICY_PARAMS
+
+    node_budget = POLICY_PARAMS.by_name["memory.vram_budget_mb"].default
+    with pytest.raises(SystemExit) as done:
+        main(["replay", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {node_budget:g})" in text and "(default: action_gate)" in text and "--zero-joints" in text
+
+    bag = write_bag(tmp_path / "in", rec, camera="compressed")
+    assert main(["replay", str(bag), "--no-progress", "--max-steps", "2", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert ("camera /camera/image_raw/compressed (sensor_msgs/msg/CompressedImage, 8 frames), joint states "
+            "/joint_states, recorded commands /joint_trajectory") in out
+    with AnyReader([tmp_path / "o"], default_typestore=make_typestore()) as reader:
+        conns = [c for c in reader.connections if c.topic == topics.MEMORY]
+        budgets = {reader.deserialize(raw, c.msgtype).budget_bytes for c, _, raw in reader.messages(connections=conns)}
+    assert budgets == {int(node_budget * 2**20)}
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--low=1,1,1,1", "--high=-1,-1,-1,-1"], "--low must be below --high, both finite, for every joint; not for "
+                                              "shoulder (1 .. -1)"),
+    (["--joint-names", "a,b", "--low=0,nan", "--high=1,1"], "not for b (nan .. 1)"),
+    (["--low=a"], "--low takes comma-separated numbers; got 'a'"),
+    (["--low=0,0"], "the default arm has 4 joints (shoulder,elbow,wrist,gripper); --low and --high need one "
+                    "limit each"),
+    (["--joint-names", "a,b"], "--joint-names has 2 joints: give one limit each with --low=... and --high=..."),
+    (["--budget-mb", "0.5,x"], "--budget-mb takes comma-separated numbers; got '0.5,x'"),
+    (["--budget-mb", "-1"], "--budget-mb takes positive sizes in MiB"),
+])
+def test_cli_replay_bad_limits_and_budgets_are_one_line_and_exit_2(tmp_path, rec, capsys, args, says):
+    bag = write_bag(tmp_path / "in", rec, camera="raw")
+    assert main(["replay", str(bag), "--no-progress", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("aura-ros replay: error: ") and says in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_joint_name_mismatch_points_to_the_robot_options(tmp_path, rec, capsys):
+    bag = write_bag(tmp_path / "in", rec, camera="raw")
+    assert main(["replay", str(bag), "--no-progress", "--joint-names", "a,b", "--low=0,0", "--high=1,1",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "without the policy's joints ['a', 'b']" in err
+    assert "--joint-names gripper,wrist,elbow,shoulder,head_pan" in err and "--low=" in err and "--high=" in err
