@@ -62,6 +62,16 @@ class PolicyBase:
         self._task_event = True
         return self.kv_store.table.begin_task()
 
+    def reserve_step(self, image, state) -> int:
+        """Count a step with this observation (observation + action tokens; nothing is written) in
+        every budget check from now on: a budget or an instruction that leaves no room for it is
+        refused, where a check that knew only the steps seen so far let a first step, or one
+        whose joint text has more digits, fail every tick. Returns the step's tokens."""
+        n = int(self._step_tokens(image, np.asarray(state, dtype=np.float64).reshape(-1)))
+        store = self.kv_store
+        store.min_step_tokens = max(int(store.min_step_tokens), n)
+        return n
+
     def stats(self) -> MemoryStats:
         return self.kv_store.stats()
 

@@ -36,6 +36,10 @@ class Policy(Protocol):
     def budget_error(self, budget_bytes: int) -> str | None:
         """Why ``budget_bytes`` would be refused now, or None when it fits."""
 
+    def reserve_step(self, image, state) -> int:
+        """Count a step with this observation in every budget check from now on (the node passes
+        its worst case: the widest joint text); returns its tokens. Nothing is written."""
+
     def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
                     clear_memory_on_instruction: bool | None = None) -> None:
         """Apply live memory settings between steps."""

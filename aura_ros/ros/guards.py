@@ -92,6 +92,20 @@ class StampOrder:
         self.newest = 0.0
 
 
+def widest_states(low, high, decimals: int = 2, samples: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Joint states whose text is the longest the policy can be shown (values are clipped to
+    [low, high] first, see check_joint_state): both limits, per joint the limit with more
+    characters, and a few seeded draws in between (a tokenizer may split some digits more).
+    The node counts the largest of their steps in every budget check."""
+    lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+
+    def width(v: float) -> int:
+        return len(f"{v:.{decimals}f}")
+    wide = np.array([a if width(a) >= width(b) else b for a, b in zip(lo, hi)])
+    rng = np.random.default_rng(seed)
+    return [lo, hi, wide, *(rng.uniform(lo, hi) for _ in range(samples))]
+
+
 def stale_inputs(now: float, image_time: float, state_time: float, image_timeout: float,
                  state_timeout: float, has_state: bool) -> list[str]:
     """Which inputs are too old to act on (times are monotonic receive times)."""

@@ -78,6 +78,18 @@ class ParamTable:
                 overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
             node.declare_parameter(spec.name, spec.default, self.descriptor(spec))
 
+    def whole_numbers_as_doubles(self, params: list[Parameter]) -> list[Parameter]:
+        """A pre-set callback: a whole number set on a double parameter (``ros2 param set /node
+        memory.vram_budget_mb 2`` sends an INTEGER) becomes that double instead of being refused
+        as the wrong type, as at start (declare())."""
+        out = []
+        for p in params:
+            spec = self.by_name.get(p.name)
+            if spec is not None and isinstance(spec.default, float) and p.type_ == Parameter.Type.INTEGER:
+                p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+            out.append(p)
+        return out
+
     def read(self, node: Node, overrides: dict | None = None):
         values = {s.field: _coerce(node.get_parameter(s.name).value) for s in self.specs}
         for name, value in (overrides or {}).items():

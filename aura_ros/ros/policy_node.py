@@ -9,6 +9,7 @@ schedules the control loop (aura_ros.ros.control) and reports; input checks are 
 from __future__ import annotations
 
 import gc
+import math
 import signal
 import sys
 import threading
@@ -21,7 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import InvalidHandle
+from rclpy.exceptions import InvalidHandle, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -48,6 +49,9 @@ from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, param_value
 # ~/memory_map (a picture of what the cache holds) is published this often, and on each
 # ~/get_memory_map call.
 MEMORY_MAP_PERIOD_S = 1.0
+# The largest frame side the model is handed (prepare_for_model's default max_side): budget checks
+# count a step with a square frame of this side.
+MAX_FRAME_SIDE = 512
 
 
 class StartupError(RuntimeError):
@@ -81,6 +85,7 @@ class PolicyNode(LifecycleNode):
         self._services_group = MutuallyExclusiveCallbackGroup()
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
         self._diag_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
+        self.add_pre_set_parameters_callback(POLICY_PARAMS.whole_numbers_as_doubles)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         if self.settings.autostart:
@@ -102,8 +107,14 @@ class PolicyNode(LifecycleNode):
             return self._fail_configure(reason)
         try:
             self.policy = self._load_policy(s)
+            self._reserve_widest_step(s)
         except Exception as exc:  # a missing model, a bad folder, a budget too small: report, do not crash
+            self.policy = None
             return self._fail_configure(f"could not load the policy: {exc}")
+        reason = self._budget_refusal(s.budget_mb)
+        if reason:
+            self.policy = None
+            return self._fail_configure(reason)
         self._cmd_pub = self.create_lifecycle_publisher(command_type(s.action_type), topics.REL_COMMANDS[s.action_type],
                                                         qos.COMMANDS)
         self._memory_pub = self.create_lifecycle_publisher(self._msg("MemoryBudget"), topics.REL_MEMORY, qos.STATS)
@@ -239,6 +250,29 @@ class PolicyNode(LifecycleNode):
         return make_policy(s.model_path or None, config, backend=s.backend, instruction=instruction,
                            dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
 
+    def _reserve_widest_step(self, s) -> None:
+        """Make every budget check count the largest step the inputs can produce: the joint states
+        with the widest text (values are clipped to these limits, see _on_joint_state) beside the
+        largest frame prepare_for_model hands over. A check that counted only the steps seen so
+        far accepted budgets in which the first step, or a later one with more digits, failed
+        every tick."""
+        names = [n for n in s.state_joint_names if n] or list(s.joint_names)
+        if tuple(names) == tuple(s.joint_names):
+            low, high = list(s.low), list(s.high)
+        else:
+            low, high = [-s.state_limit] * len(names), [s.state_limit] * len(names)
+        frame = np.zeros((MAX_FRAME_SIDE, MAX_FRAME_SIDE, 3), dtype=np.uint8)
+        for state in guards.widest_states(low, high, decimals=self.policy.config.state_decimals):
+            self.policy.reserve_step(frame, state)
+
+    def _budget_refusal(self, budget_mb: float) -> str | None:
+        """Why the loaded policy cannot run at ``budget_mb``, with the smallest budget that it can."""
+        reason = self.policy.budget_error(int(budget_mb * MIB))
+        if not reason:
+            return None
+        return (f"memory.vram_budget_mb={budget_mb:g}: {reason}; raise memory.vram_budget_mb to at least "
+                f"{_smallest_budget_mb(self.policy):.4f}")
+
     # ------------------------------------------------------------------ Outputs (for the control loop)
     def command(self, joint_names, positions) -> None:
         if self._cmd_pub is not None:
@@ -283,8 +317,7 @@ class PolicyNode(LifecycleNode):
             value = param_value(p)
             reason = POLICY_PARAMS.check(p.name, value)
             if not reason and p.name == "memory.vram_budget_mb" and self.policy is not None:
-                reason = self.policy.budget_error(int(value * MIB)) or _allocation_error(value, self.settings.device)
-                reason = reason and f"memory.vram_budget_mb={value}: {reason}"
+                reason = self._budget_refusal(value) or _allocation_error(value, self.settings.device)
             if not reason and p.name == "instruction" and not str(value).strip() and self.policy is not None:
                 reason = "instruction must not be empty"
             if reason:
@@ -517,6 +550,22 @@ class PolicyNode(LifecycleNode):
                 raise
 
 
+def _smallest_budget_mb(policy) -> float:
+    """The smallest budget, in steps of 0.0001 MiB (what a refusal prints), that ``policy`` accepts
+    now: that exact value, set as the parameter, is then accepted."""
+    high = MIB // 1024
+    while policy.budget_error(high):
+        high *= 2
+    low = 0  # refused (or nothing)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if policy.budget_error(mid) is None else (mid, high)
+    mb = math.ceil(high / MIB * 1e4) / 1e4
+    while policy.budget_error(int(mb * MIB)):  # float rounding of the printed value
+        mb += 1e-4
+    return mb
+
+
 def _allocation_error(budget_mb: float, device: str) -> str | None:
     """A budget larger than the memory the device has free cannot be allocated: refuse it now,
     not in the worker after the parameter already says it."""
@@ -555,7 +604,9 @@ def main(args=None) -> None:
         _spin(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except StartupError as exc:
+    except StartupError:  # the node has logged the reason (console, log file, /rosout): one line
+        code = 2
+    except ParameterException as exc:  # a start-up value rclpy refused at declaration: one line
         print(f"aura_policy: not started: {exc}", file=sys.stderr)
         code = 2
     except Exception as exc:

@@ -86,3 +86,10 @@ def test_hold_positions_clipped_and_only_for_the_policy_joints():
     assert np.allclose(held, [3.14, 0.0, 0.0, 1.0])
     assert guards.hold_positions(None, (), JOINTS, LOW, HIGH) is None
     assert guards.hold_positions(np.zeros(2), ["a", "b"], JOINTS, LOW, HIGH) is None
+
+
+def test_widest_states_include_the_longest_joint_text():
+    states = guards.widest_states([-3.14, 0.0, -100.0], [3.14, 1.0, 5.0], decimals=2, samples=4)
+    texts = [" ".join(f"{v:.2f}" for v in s) for s in states]
+    assert max(len(t) for t in texts) == len("-3.14 1.00 -100.00")
+    assert all(np.all(s >= [-3.14, 0.0, -100.0]) and np.all(s <= [3.14, 1.0, 5.0]) for s in states)

@@ -4,6 +4,7 @@ real DDS on localhost, each test asserting what the node does and reports afterw
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 from helpers.policy_process import Operator
@@ -79,3 +80,38 @@ def test_reset_then_load_keeps_the_loaded_memory(started, operator, tmp_path):
     assert op.spin_until(lambda: len(op.gates) > n + 3, 30), node.output()
     kept = list(op.memory_map().kept_steps)
     assert set(saved) <= set(kept), (saved, kept)
+
+
+def test_budget_checks_count_the_widest_step(started, operator):
+    """A start-up budget that holds the instruction but not a step with the widest joint text is
+    refused (code 2, one line naming the smallest budget); that exact budget then runs every step,
+    also those whose joint text has the most digits; a live set below it is refused too."""
+    instruction = "pick up the red block and put it in the bin"
+    node = started({"memory.vram_budget_mb": 0.02, "instruction": instruction}, name="small")
+    assert node.wait(60) == 2, node.output()
+    out = node.output()
+    found = re.search(r"raise memory\.vram_budget_mb to at least ([0-9.]+)", out)
+    assert found and "Traceback" not in out, out
+    assert len([line for line in out.splitlines() if "raise memory.vram_budget_mb" in line]) == 1, out
+    smallest = float(found.group(1))
+
+    node = started({"memory.vram_budget_mb": smallest, "instruction": instruction, "control.rate_hz": 20.0})
+    op = operator
+    assert op.spin_until(lambda: len(op.mems) >= 5, 60), node.output()
+    widest = (-3.14, -2.5, -3.14, 1.0)
+    n = len(op.mems)
+    assert op.spin_until(lambda: len(op.mems) > n + 10, 30, joints=widest), node.output()
+    assert op.spin_until(lambda: op.counter("steps") > 0, 10)
+    assert op.counter("model_errors") == 0 and "policy step failed" not in node.output(), node.output()
+    refused = op.set_param("memory.vram_budget_mb", round(smallest - 0.002, 4))
+    assert not refused.successful and "raise memory.vram_budget_mb to at least" in refused.reason, refused.reason
+    # A whole number for a double parameter, as `ros2 param set ... memory.vram_budget_mb 2` sends it.
+    assert op.set_param("memory.vram_budget_mb", 2).successful
+    assert op.spin_until(lambda: op.mems[-1].budget_bytes == 2 * 2**20, 20), node.output()
+
+
+def test_out_of_range_start_value_exits_with_code_2(started):
+    node = started({"memory.vram_budget_mb": 0.0001})
+    assert node.wait(60) == 2, node.output()
+    out = node.output()
+    assert "memory.vram_budget_mb" in out and "Traceback" not in out, out

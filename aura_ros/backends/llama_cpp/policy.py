@@ -317,6 +317,16 @@ class LlamaCppPolicy(PolicyBase):
         self.store.commit(Kind.PINNED, -1)
         self.instruction = instruction
 
+    def _step_tokens(self, image, state: np.ndarray) -> int:
+        n_act = self.space.tokens_per_step
+        if self.mtmd is not None and image is not None:
+            chunks = self.mtmd.tokenize(f"<obs>{self.mtmd.marker}<state>{self.state_text(state)}<act>", image)
+            try:
+                return int(self.mtmd.n_tokens(chunks)) + n_act
+            finally:
+                self.mtmd.free_chunks(chunks)
+        return len(self.encode_observation(state)) + n_act
+
     def set_budget(self, budget_bytes: int) -> None:
         self.store.set_budget(budget_bytes)
         self.config = replace(self.config, budget_bytes=int(budget_bytes))

@@ -252,6 +252,10 @@ class VLMPolicy(PolicyBase):
         self._forward(inputs, (Kind.PINNED, -1))
         self.instruction = instruction
 
+    def _step_tokens(self, image, state: np.ndarray) -> int:
+        inputs = encode_observation(self.processor, self.config, self._image_prompt, self.is_mrope, image, state)
+        return int(inputs["input_ids"].shape[1]) + self.space.tokens_per_step
+
     def set_budget(self, budget_bytes: int) -> None:
         self.cache.set_budget(budget_bytes)
         self.config = replace(self.config, budget_bytes=int(budget_bytes))
