@@ -4,7 +4,9 @@ The laptop route has no foxglove_bridge; this serves the same topic names and fi
 node does on a robot (``aura_ros.core.topics``), so config/foxglove_layout.json works for both,
 and for the replay and demo MCAPs:
 
-- ``/image`` and ``/aura_policy/memory_map``: foxglove.RawImage (rgb8),
+- ``/image`` and ``/aura_policy/memory_map``: foxglove.RawImage (rgb8); ``/image/compressed``:
+  foxglove.CompressedImage, advertised only once a compressed frame is forwarded (the sim renders
+  raw frames, so a client never sees a camera topic that stays silent),
 - ``/aura_policy/memory`` and ``/aura_policy/gate_stats``: JSON with the fields of
   msg/MemoryBudget.msg and msg/GateStats.msg (same names, so ``/aura_policy/memory.used_bytes``
   plots in both places),
@@ -19,7 +21,10 @@ Use per control step::
     ...
     view.close()
 
-The server listens on 127.0.0.1 only: nothing leaves the machine.
+The server listens on 127.0.0.1 only: nothing leaves the machine. It speaks only the websocket
+subprotocol ``foxglove.sdk.v1`` (foxglove-sdk has no option for another): clients that offer only
+``foxglove.websocket.v1`` (older Foxglove releases, Lichtblick before its late-2025 release) get
+HTTP 400 and should open the MCAP recording instead.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from aura_ros.core import topics
 from aura_ros.tools.msgdefs import json_schema, stats_fields
 
 SUBPROTOCOL = "foxglove.sdk.v1"
+LEGACY_SUBPROTOCOL = "foxglove.websocket.v1"  # refused by the server (HTTP 400)
 DIAGNOSTIC_LEVELS = {"OK": 0, "WARN": 1, "ERROR": 2, "STALE": 3}
 
 _DIAGNOSTICS_SCHEMA = {
@@ -110,7 +116,7 @@ class LiveView:
             self.mcap = foxglove.open_mcap(str(self.mcap_path), allow_overwrite=True, context=self.context)
         self.host = host
         self.image = RawImageChannel(topics.IMAGE, context=self.context)
-        self.image_compressed = CompressedImageChannel(topics.IMAGE_COMPRESSED, context=self.context)
+        self.image_compressed: CompressedImageChannel | None = None  # created by the first compressed frame
         self.memory_map = RawImageChannel(topics.MEMORY_MAP, context=self.context)
         self.memory = foxglove.Channel(topics.MEMORY, schema=_schema("aura_ros/msg/MemoryBudget",
                                                                      json_schema("MemoryBudget")),
@@ -164,6 +170,8 @@ class LiveView:
         elif topic == topics.IMAGE_COMPRESSED:
             stamp = msg.header.stamp
             fmt = "png" if "png" in msg.format.lower() else "jpeg"
+            if self.image_compressed is None:
+                self.image_compressed = CompressedImageChannel(topics.IMAGE_COMPRESSED, context=self.context)
             self.image_compressed.log(CompressedImage(timestamp=Timestamp(int(stamp.sec), int(stamp.nanosec)),
                                                       frame_id=msg.header.frame_id, data=bytes(msg.data), format=fmt),
                                       log_time=t)
@@ -208,8 +216,9 @@ def run_sim_live(steps: int = 0, budget_mb: float = 0.5, rate_hz: float = 10.0, 
     dt = 1.0 / rate_hz
     view = LiveView(port=port, mcap_path=mcap_path)
     print(f"Foxglove: open {view.url} (Open connection -> Foxglove WebSocket), then import "
-          f"config/foxglove_layout.json" + (f"; recording {mcap_path}" if mcap_path else "") + ". Ctrl-C stops.",
-          flush=True)
+          f"config/foxglove_layout.json" + (f"; recording {mcap_path}" if mcap_path else "") + ". Ctrl-C stops. "
+          f"(Clients that speak only {LEGACY_SUBPROTOCOL}, such as older Foxglove or Lichtblick releases, are "
+          f"refused: open the MCAP instead.)", flush=True)
     next_map = 0.0
     i = 0
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aura_ros.core import topics
@@ -58,20 +59,40 @@ def test_the_issue_asks_for_these_plots(layout):
         assert needed in paths
 
 
+def image_panel_topics(layout) -> set[str]:
+    return {cfg["imageMode"]["imageTopic"] for pid, cfg in layout["configById"].items() if pid.startswith("Image!")}
+
+
 def test_image_and_diagnostics_panels_use_existing_topics(layout):
-    images = {cfg["imageMode"]["imageTopic"] for pid, cfg in layout["configById"].items() if pid.startswith("Image!")}
-    assert images == {topics.IMAGE, topics.MEMORY_MAP} and images <= IMAGE_TOPICS
+    assert image_panel_topics(layout) == IMAGE_TOPICS
     diags = [cfg["topicToRender"] for pid, cfg in layout["configById"].items() if pid.startswith("Diagnostic")]
     assert diags == [topics.DIAGNOSTICS]
 
 
+@pytest.mark.parametrize("camera", ["raw", "compressed"])
+def test_a_replay_output_shows_its_camera_in_the_layout(layout, tmp_path, camera):
+    """Replay writes the camera as the node sees it (/image or /image/compressed): either shows."""
+    from bag_helpers import make_recording, write_bag
+
+    from aura_ros.core.config import PolicyConfig
+    from aura_ros.tools.replay import read_topics, replay
+
+    bag = write_bag(tmp_path / "in", make_recording(n_frames=2), camera=camera, commands=False)
+    result = replay(bag, tmp_path / "out", PolicyConfig(budget_bytes=128 * 1024), progress=False)
+    cameras = set(read_topics(result.out)) & {topics.IMAGE, topics.IMAGE_COMPRESSED}
+    assert len(cameras) == 1 and cameras <= image_panel_topics(layout)
+
+
 def test_the_live_server_serves_every_topic_of_the_layout(layout):
+    from aura_ros.ros.image_conversion import rgb_to_compressed_msg
     from aura_ros.tools.foxglove_live import LiveView
 
     view = LiveView(port=None)
     try:
-        served = {ch.topic() for ch in (view.image, view.memory_map, view.memory, view.gate, view.diagnostics)}
+        view.log_message(topics.IMAGE_COMPRESSED, rgb_to_compressed_msg(np.zeros((4, 4, 3), np.uint8), "png"))
+        served = {ch.topic() for ch in (view.image, view.image_compressed, view.memory_map, view.memory, view.gate,
+                                        view.diagnostics)}
     finally:
         view.close()
-    used = {p.partition(".")[0] for p in plot_paths(layout)} | {topics.IMAGE, topics.MEMORY_MAP, topics.DIAGNOSTICS}
+    used = {p.partition(".")[0] for p in plot_paths(layout)} | image_panel_topics(layout) | {topics.DIAGNOSTICS}
     assert used <= served

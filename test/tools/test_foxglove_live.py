@@ -6,11 +6,13 @@ import json
 import struct
 
 import numpy as np
+import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from aura_ros.core import topics
 from aura_ros.memory.stats import StepStats
-from aura_ros.tools.foxglove_live import SUBPROTOCOL, LiveView
+from aura_ros.tools.foxglove_live import LEGACY_SUBPROTOCOL, SUBPROTOCOL, LiveView
 from aura_ros.tools.memory_map import render_memory_map
 from aura_ros.tools.msgdefs import msg_fields
 
@@ -114,10 +116,8 @@ def test_ros_messages_from_the_node_builders_are_forwarded(tmp_path):
         view.log_message(topics.MEMORY_MAP, rgb_to_image_msg(MAP, "rgb8", stamp=header.stamp), t_ns=4)
         view.log_message(topics.IMAGE_COMPRESSED, rgb_to_compressed_msg(FRAME, "png", stamp=header.stamp), t_ns=5)
         view.log_message(topics.DIAGNOSTICS, diagnostics_msg("aura_policy", health, header.stamp, True), t_ns=6)
-        try:
+        with pytest.raises(ValueError, match="LiveView has no channel for topic '/elsewhere'"):
             view.log_message("/elsewhere", None)
-        except ValueError as exc:
-            assert "no channel" in str(exc)
     with path.open("rb") as f:
         msgs = {ch.topic: (schema.name, m.data) for schema, ch, m in make_reader(f).iter_messages()}
     memory = json.loads(msgs[topics.MEMORY][1])
@@ -145,3 +145,66 @@ def test_aura_ros_foxglove_runs_the_sim_and_records(tmp_path, capsys):
         seen = [ch.topic for _, ch, _ in make_reader(f).iter_messages()]
     assert seen.count(topics.IMAGE) == seen.count(topics.MEMORY) == seen.count(topics.GATE_STATS) == 3
     assert seen.count(topics.MEMORY_MAP) >= 1 and seen.count(topics.DIAGNOSTICS) >= 1
+
+
+def test_a_client_offering_only_the_legacy_subprotocol_is_refused():
+    """What the README tells users of older Foxglove and Lichtblick: foxglove-sdk answers HTTP 400."""
+    async def legacy(url):
+        async with connect(url, subprotocols=[LEGACY_SUBPROTOCOL], open_timeout=10):
+            pass
+
+    with LiveView(port=0) as view:
+        with pytest.raises(InvalidStatus) as refused:
+            asyncio.run(legacy(view.url))
+    assert refused.value.response.status_code == 400
+
+
+async def _advertised(ws, until: set[str], view: LiveView, log, timeout_s: float = 10.0) -> set[str]:
+    """Topics advertised to ``ws`` while ``log()`` runs, until ``until`` are all there."""
+    seen: set[str] = set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not until <= seen and loop.time() < deadline:
+        log()
+        try:
+            msg = await asyncio.wait_for(ws.recv(), 0.1)
+        except asyncio.TimeoutError:
+            continue
+        if isinstance(msg, str) and json.loads(msg).get("op") == "advertise":
+            seen |= {c["topic"] for c in json.loads(msg)["channels"]}
+    return seen
+
+
+def test_the_live_sim_advertises_only_what_it_publishes():
+    """The sim's steps (LiveView.log_step) carry raw frames: /image/compressed is advertised only
+    once a compressed frame is forwarded, and then it carries that frame."""
+    from aura_ros.ros.image_conversion import rgb_to_compressed_msg
+
+    compressed = rgb_to_compressed_msg(FRAME, "png")
+
+    async def client(view: LiveView) -> bytes:
+        async with connect(view.url, subprotocols=[SUBPROTOCOL], open_timeout=10) as ws:
+            sim = {topics.IMAGE, topics.MEMORY, topics.GATE_STATS, topics.MEMORY_MAP, topics.DIAGNOSTICS}
+            before = await _advertised(ws, sim, view, lambda: view.log_step(FRAME, STATS, MAP, {"step": "1"}))
+            for _ in range(5):  # more sim steps: still nothing new
+                view.log_step(FRAME, STATS, MAP, {"step": "1"})
+            before |= await _advertised(ws, {topics.IMAGE_COMPRESSED}, view, lambda: None, timeout_s=0.5)
+            assert topics.IMAGE in before and topics.IMAGE_COMPRESSED not in before
+            later = await _advertised(ws, {topics.IMAGE_COMPRESSED}, view,
+                                      lambda: view.log_message(topics.IMAGE_COMPRESSED, compressed))
+            assert topics.IMAGE_COMPRESSED in later
+            channel = view.image_compressed.id()
+            await ws.send(json.dumps({"op": "subscribe", "subscriptions": [{"id": 7, "channelId": channel}]}))
+            for _ in range(100):
+                view.log_message(topics.IMAGE_COMPRESSED, compressed)
+                try:
+                    data = await asyncio.wait_for(ws.recv(), 0.1)
+                except asyncio.TimeoutError:
+                    continue
+                if isinstance(data, bytes) and data[0] == 0x01 and struct.unpack_from("<I", data, 1)[0] == 7:
+                    return data[13:]
+        raise AssertionError("no compressed frame arrived")
+
+    with LiveView(port=0) as view:
+        payload = asyncio.run(client(view))
+    assert bytes(compressed.data) in payload
