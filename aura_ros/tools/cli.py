@@ -139,6 +139,29 @@ def _soak(args) -> int:
     return 1 if rep.violations else 130 if rep.interrupted else 0
 
 
+class _NodeDefault:
+    """The default of one of the policy node's parameters (aura_ros/ros/params.py, their one home),
+    read only when a command uses it or --help shows it: the table imports rclpy, which most
+    subcommands run without."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def value(self):
+        from aura_ros.ros.params import POLICY_PARAMS
+
+        return POLICY_PARAMS.by_name[self.name].default
+
+    def __str__(self) -> str:
+        return f"{self.value:g}" if isinstance(self.value, float) else str(self.value)
+
+
+def _value(arg):
+    """An option's value: what was given, or the node's default."""
+    return arg.value if isinstance(arg, _NodeDefault) else arg
+
+
 def _replay_floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -184,7 +207,7 @@ def _replay(args) -> int:
 
     _threads(args.threads)
     try:
-        budgets = _replay_floats(args.budget_mb, "--budget-mb")
+        budgets = _replay_floats(str(args.budget_mb), "--budget-mb")
         if not budgets or any(not b > 0 for b in budgets):
             raise _ReplayUsage(f"--budget-mb takes positive sizes in MiB; got {args.budget_mb!r}")
         robot = _replay_robot(args)
@@ -197,7 +220,7 @@ def _replay(args) -> int:
         for b in budgets:
             name = "_".join(([e] if len(evictions) > 1 else []) + ([f"budget_{b:g}MB"] if len(budgets) > 1 else []))
             variants.append((name or "replay", PolicyConfig(budget_bytes=int(b * 2**20), eviction=e,
-                                                            recent_steps=args.recent_steps, **robot)))
+                                                            recent_steps=_value(args.recent_steps), **robot)))
     bag = Path(args.bag)
     out = Path(args.out) if args.out else Path("out/replay") / (bag.stem or bag.name)
     kwargs = dict(model=args.model, instruction=args.instruction, camera_topic=args.camera_topic,
@@ -246,7 +269,7 @@ def _foxglove(args) -> int:
     from aura_ros.tools.foxglove_live import run_sim_live
 
     _threads(args.threads)
-    return run_sim_live(steps=args.steps, budget_mb=args.budget_mb, rate_hz=args.rate_hz, port=args.port,
+    return run_sim_live(steps=args.steps, budget_mb=_value(args.budget_mb), rate_hz=args.rate_hz, port=args.port,
                         mcap_path=Path(args.mcap) if args.mcap else None)
 
 
@@ -378,9 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--text-only", action="store_true", help="no mmproj.gguf (the policy then reads joint states only)")
     ex.set_defaults(func=_export_gguf)
 
-    from aura_ros.ros.params import POLICY_PARAMS
-
-    node_budget_mb = POLICY_PARAMS.by_name["memory.vram_budget_mb"].default
+    node_budget_mb = _NodeDefault("memory.vram_budget_mb")
     rp = sub.add_parser("replay", help="run the policy over a recorded rosbag2 (MCAP or sqlite3), write an MCAP",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                         epilog="A bag without joint states (camera only) replays with --zero-joints. Bad input "
@@ -388,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("bag", help="rosbag2 folder, or a .mcap / .db3 file")
     rp.add_argument("--out", default=None,
                     help="output bag (a folder per run when comparing; None: out/replay/<bag>)")
-    rp.add_argument("--budget-mb", default=f"{node_budget_mb:g}",
+    rp.add_argument("--budget-mb", default=node_budget_mb,
                     help="KV budget(s) in MiB, comma-separated to compare (the node's memory.vram_budget_mb)")
     rp.add_argument("--eviction", default="action_gate",
                     help="eviction polic(ies), comma-separated to compare: action_gate, sliding_window, streaming_llm, "
@@ -409,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="lower position limits, one per joint (--low=-3,-2.5,...; None: the sim arm's)")
     rp.add_argument("--high", default=None, help="upper position limits, one per joint (None: the sim arm's)")
     rp.add_argument("--rate", type=float, default=None, help="control rate in Hz (None: one step per camera frame)")
-    rp.add_argument("--recent-steps", type=int, default=POLICY_PARAMS.by_name["memory.recent_steps"].default,
+    rp.add_argument("--recent-steps", type=int, default=_NodeDefault("memory.recent_steps"),
                     help="the last N steps are always kept (the node's memory.recent_steps)")
     rp.add_argument("--map-period", type=float, default=1.0, help="seconds of recorded time between memory maps")
     rp.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (None: the whole bag)")
@@ -420,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fg = sub.add_parser("foxglove", help="run the policy on the sim and serve it live to Foxglove (ws://127.0.0.1)")
     fg.add_argument("--steps", type=int, default=0, help="control steps (0: until Ctrl-C)")
-    fg.add_argument("--budget-mb", type=float, default=node_budget_mb, help="KV budget in MiB (default: the node's)")
+    fg.add_argument("--budget-mb", type=float, default=node_budget_mb,
+                    help="KV budget in MiB (default: %(default)s, the node's memory.vram_budget_mb)")
     fg.add_argument("--rate-hz", type=float, default=10.0)
     fg.add_argument("--port", type=int, default=8765, help="websocket port on 127.0.0.1 (0: a free port)")
     fg.add_argument("--mcap", default=None, help="also record the run to this MCAP file")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -294,6 +296,10 @@ def test_cli_replay_help_defaults_and_the_topics_it_chose(tmp_path, rec, capsys)
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default: {node_budget:g})" in text and "(default: action_gate)" in text and "--zero-joints" in text
+    # The node's defaults are read from its table only when used: the other subcommands run without rclpy.
+    probe = ("import sys; from aura_ros.tools.cli import main; main(['version']); "
+             "sys.exit(3 if 'rclpy' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60).returncode == 0
 
     bag = write_bag(tmp_path / "in", rec, camera="compressed")
     assert main(["replay", str(bag), "--no-progress", "--max-steps", "2", "--out", str(tmp_path / "o")]) == 0
