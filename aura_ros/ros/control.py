@@ -86,6 +86,7 @@ class Outputs(Protocol):
     def info(self, text: str) -> None: ...
     def warn(self, key: str, text: str) -> None: ...  # throttled per key
     def error(self, text: str) -> None: ...
+    def step_error(self, text: str) -> None: ...  # a failing step repeats every tick: throttled
 
 
 @dataclass
@@ -210,7 +211,7 @@ class ControlLoop:
                 if self.going_down:
                     return
                 self.health.model_error(f"{type(exc).__name__}: {exc}")
-                self.out.error(f"policy step failed: {type(exc).__name__}: {exc}")
+                self.out.step_error(f"policy step failed: {type(exc).__name__}: {exc}")
                 self.hold(snap)
                 return
             self.health.model_ok()
@@ -224,7 +225,7 @@ class ControlLoop:
         except Exception as exc:  # nothing may kill the worker thread silently
             if not self.going_down:
                 self.health.model_error(f"{type(exc).__name__}: {exc}")
-                self.out.error(f"control step failed: {type(exc).__name__}: {exc}")
+                self.out.step_error(f"control step failed: {type(exc).__name__}: {exc}")
         finally:
             self._busy = False
 

@@ -40,6 +40,7 @@ class Health:
         self._period_s = 0.0
         self.values: dict[str, str] = {}  # extra key-values (e.g. the last decode time)
         self.lifecycle = "unconfigured"
+        self.snapshot_problem: str = ""  # a snapshot not written (until one is), or one kept unloaded
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -94,6 +95,8 @@ class Health:
             if recent_error:
                 return DiagnosticStatus.ERROR, f"model error: {self.last_error}", values
             warnings = []
+            if self.snapshot_problem:
+                warnings.append(self.snapshot_problem)
             if self.stale:
                 warnings.append(f"stale input: {', '.join(self.stale)} (holding)")
             if window["long_term_evictions"]:

@@ -52,6 +52,13 @@ MEMORY_MAP_PERIOD_S = 1.0
 # The largest frame side the model is handed (prepare_for_model's default max_side): budget checks
 # count a step with a square frame of this side.
 MAX_FRAME_SIDE = 512
+# A fault that repeats every tick or period (a failing step, an unwritable snapshot path) is logged
+# at most once in this many seconds; counters and /diagnostics carry every occurrence.
+LOG_THROTTLE_S = 5.0
+
+
+class SnapshotKept(RuntimeError):
+    """An automatic snapshot was not written over a snapshot that was refused at start."""
 
 
 class StartupError(RuntimeError):
@@ -79,6 +86,7 @@ class PolicyNode(LifecycleNode):
         self._own_subscriptions: list = []
         self._own_services: list = []
         self._snapshot_timer = None
+        self._kept_snapshot = ""  # why the snapshot at the path was refused at start; "" = none kept
         # Created in on_activate, destroyed in on_deactivate.
         self._control_timer = None
         # For the node's whole life: diagnostics (also while unconfigured or inactive).
@@ -143,6 +151,7 @@ class PolicyNode(LifecycleNode):
             self.create_service(Trigger, "~/load_memory", self._srv_load_memory, qos_profile=qos.SERVICES,
                                 callback_group=g),
         ]
+        self._kept_snapshot = self.health.snapshot_problem = ""
         if s.snapshot_path and s.load_on_start:
             self.loop.run(self._load_snapshot_at_start)
         self._restart_snapshot_timer()
@@ -201,10 +210,9 @@ class PolicyNode(LifecycleNode):
         if self.loop is not None:
             self.loop.stop()  # the step in flight finishes: no half-written state
             if snapshot and self.settings.snapshot_path and self.settings.snapshot_on_shutdown:
-                try:
-                    self._save_snapshot()
+                try:  # here on the calling thread: the worker has ended
+                    self._save_snapshot(automatic=True)
                 except Exception as exc:  # an unwritable path must not skip the rest of the teardown
-                    self.health.count("snapshots_failed")
                     self._log().error(f"final snapshot not written: {exc}")
             self.loop = None
         for pub in (self._map_pub, self._gate_pub, self._memory_pub, self._cmd_pub):
@@ -294,6 +302,9 @@ class PolicyNode(LifecycleNode):
     def error(self, text: str) -> None:
         self._log().error(text)
 
+    def step_error(self, text: str) -> None:
+        self._log().error(text, throttle_duration_sec=LOG_THROTTLE_S)
+
     def warn(self, key: str, text: str, period: float = 5.0) -> None:
         # Throttled per key (rclpy's throttle_duration_sec throttles per call site, and one call
         # site here reports many different drops).
@@ -365,7 +376,8 @@ class PolicyNode(LifecycleNode):
             self._snapshot_timer = None
         s = self.settings
         if self.loop is not None and s.snapshot_path and s.snapshot_period_s > 0:
-            self._snapshot_timer = self.create_timer(s.snapshot_period_s, lambda: self.loop.submit(self._save_snapshot))
+            self._snapshot_timer = self.create_timer(s.snapshot_period_s,
+                                                     lambda: self.loop.submit(self._save_snapshot_periodic))
 
     # ------------------------------------------------------------------ input callbacks
     def _drop(self, reason: str, detail: str) -> None:
@@ -452,11 +464,41 @@ class PolicyNode(LifecycleNode):
         return response
 
     # Snapshots touch the cache, so they run on the inference worker, between steps.
-    def _save_snapshot(self) -> str:
-        path = self.policy.save_memory(self.settings.snapshot_path)
+    def _save_snapshot(self, automatic: bool = False) -> str:
+        """Write the snapshot; a failure is counted (snapshots_failed), stays on /diagnostics until a
+        save succeeds, and is raised for the caller to log. The periodic and the final snapshot
+        (``automatic``) do not overwrite a snapshot that was refused at start: the memory running
+        now could not take it in, and overwriting it would lose it (~/save_memory does replace it)."""
+        path = self.settings.snapshot_path
+        if automatic and self._kept_snapshot:
+            raise SnapshotKept(f"the snapshot at {path} was refused at start and is kept ({self._kept_snapshot}); "
+                               "~/save_memory replaces it, ~/load_memory retries it")
+        try:
+            written = self.policy.save_memory(path)
+        except Exception as exc:
+            self.health.count("snapshots_failed")
+            self.health.snapshot_problem = f"snapshot not written: {exc}"
+            raise
         self.health.count("snapshots_saved")
-        self._log().info(f"memory snapshot written: {path}")
-        return path
+        self.health.snapshot_problem = ""
+        self._kept_snapshot = ""
+        self._log().info(f"memory snapshot written: {written}")
+        return written
+
+    def _save_snapshot_periodic(self) -> None:
+        try:
+            self._save_snapshot(automatic=True)
+        except SnapshotKept as exc:
+            self._log().warning(f"periodic snapshot skipped: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
+        except Exception as exc:  # counted and on /diagnostics; the log would repeat it every period
+            self._log().error(f"periodic snapshot not written: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _save_snapshot_service(self) -> str:
+        try:
+            return self._save_snapshot()
+        except Exception as exc:
+            self._log().error(f"~/save_memory: snapshot not written: {exc}")
+            raise
 
     def _load_snapshot(self) -> str:
         from aura_ros.backends.transformers.snapshot import SnapshotError
@@ -469,6 +511,8 @@ class PolicyNode(LifecycleNode):
             self._log().error(f"snapshot refused: {exc}")
             raise
         self.health.count("snapshots_loaded")
+        if self._kept_snapshot:
+            self._kept_snapshot = self.health.snapshot_problem = ""
         if configured and self.policy.instruction != configured:
             # The configured instruction wins over the one the snapshot was saved with.
             self.policy.set_instruction(configured)
@@ -480,14 +524,21 @@ class PolicyNode(LifecycleNode):
         return msg
 
     def _load_snapshot_at_start(self) -> None:
-        from aura_ros.backends.transformers.snapshot import exists
+        """Resume from the snapshot if there is one. Which files make a snapshot is the backend's
+        business (transformers: ``<path>.json`` + tensors; llama.cpp: ``<path>`` itself): the node
+        asks the policy to load and tells a missing snapshot (SnapshotMissing) from a refused one."""
+        from aura_ros.backends.transformers.snapshot import SnapshotMissing
 
-        if not exists(self.settings.snapshot_path):
-            return
         try:
             self._load_snapshot()
-        except Exception:
-            self._log().warning("starting with a fresh memory")
+        except SnapshotMissing:
+            self._log().info(f"no snapshot at {self.settings.snapshot_path}: starting with a fresh memory")
+        except Exception as exc:
+            self._kept_snapshot = str(exc)
+            self.health.snapshot_problem = (f"snapshot at {self.settings.snapshot_path} refused at start, kept "
+                                            "(not overwritten)")
+            self._log().warning("starting with a fresh memory; the refused snapshot is kept (periodic and final "
+                                "snapshots do not overwrite it; ~/save_memory does)")
 
     def _srv_snapshot(self, response, fn, verb: str):
         if self.loop is None or not self.settings.snapshot_path:
@@ -502,7 +553,7 @@ class PolicyNode(LifecycleNode):
         return response
 
     def _srv_save_memory(self, request, response):
-        return self._srv_snapshot(response, self._save_snapshot, "save")
+        return self._srv_snapshot(response, self._save_snapshot_service, "save")
 
     def _srv_load_memory(self, request, response):
         return self._srv_snapshot(response, self._load_snapshot, "load")

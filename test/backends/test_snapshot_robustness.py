@@ -25,7 +25,7 @@ from safetensors.torch import save as tensors_to_bytes
 from aura_ros.backends.transformers import snapshot
 from aura_ros.backends.transformers.cache import GatedKVCache
 from aura_ros.backends.transformers.rope import RopeRotator
-from aura_ros.backends.transformers.snapshot import SnapshotError, load, meta_path, save
+from aura_ros.backends.transformers.snapshot import SnapshotError, SnapshotMissing, load, meta_path, save
 from aura_ros.memory import Kind, KVLayout
 
 FP = "f" * 32
@@ -221,6 +221,9 @@ TENSOR_CRAFTS = {
     "keys of another dtype": lambda t: t.__setitem__("keys.0", t["keys.0"].half()),
     "attention negative": lambda t: t["attention"].__setitem__(0, -1.0),
     "attention of another shape": lambda t: t.__setitem__("attention", torch.zeros(3)),
+    # Finite but absurd: a step on such keys saturates every action at a joint limit.
+    "keys finite but absurd": lambda t: t["keys.0"].__setitem__((0, 0, 1, 1), 3e38),
+    "values finite but absurd": lambda t: t["values.1"].mul_(1e6),
 }
 
 
@@ -248,11 +251,24 @@ def test_damaged_or_missing_tensor_file_is_refused(saved):
     assert_same(state(target), before)
 
 
+def test_metadata_larger_than_any_snapshot_for_this_cache_is_refused_unread(saved, monkeypatch):
+    """60 MB of JSON held the control loop for 2.6 s before its refusal: a size no snapshot for this
+    cache can have is refused from stat alone, before any byte is read or parsed."""
+    base, target = saved
+    meta = json.loads(meta_path(base).read_text())
+    meta["extra"]["padding"] = "x" * 60_000_000
+    meta_path(base).write_text(json.dumps(meta))
+    assert snapshot._max_meta_bytes(target) < 8 * 2**20
+    monkeypatch.setattr(snapshot.json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(SnapshotError, match="allowed"):
+        load(target, base, FP)
+
+
 def test_a_snapshot_larger_than_the_budget_is_refused_with_the_reason(saved):
     base, _ = saved
     small = fill(fresh(tokens=20), steps=1, seed=3)
     before = state(small)
-    with pytest.raises(SnapshotError, match="raise the budget"):
+    with pytest.raises(SnapshotError, match="raise memory.vram_budget_mb to at least"):
         load(small, base, FP)
     assert_same(state(small), before)
 
@@ -610,5 +626,7 @@ def test_an_unusable_snapshot_folder_is_a_snapshot_error(tmp_path):
         save(cache, tmp_path / "file" / "mem", FP)
     with pytest.raises(SnapshotError, match="names no file"):
         save(cache, "", FP)
-    with pytest.raises(SnapshotError, match="not usable"):
+    # Nothing can be at a path under a file: that is no snapshot (a node starts fresh and may
+    # save there), not a refused one that it must keep.
+    with pytest.raises(SnapshotMissing, match="no snapshot at"):
         load(fresh(), tmp_path / "file" / "mem", FP)

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from helpers.policy_process import Operator
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
@@ -115,3 +116,53 @@ def test_out_of_range_start_value_exits_with_code_2(started):
     assert node.wait(60) == 2, node.output()
     out = node.output()
     assert "memory.vram_budget_mb" in out and "Traceback" not in out, out
+
+
+def _level(op: Operator):
+    return op.diag[-1][1] if op.diag else None
+
+
+def test_failed_snapshots_are_counted_reported_and_logged_throttled(started, operator, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the snapshot folder should be")
+    node = started({"control.rate_hz": 20.0, "memory.snapshot_path": str(blocker / "mem"),
+                    "memory.snapshot_period_s": 0.1})
+    op = operator
+    assert op.spin_until(lambda: len(op.gates) >= 3, 60), node.output()
+    op.spin_until(lambda: False, 4.0)
+    assert op.counter("snapshots_failed") >= 10, node.output()
+    status = _level(op)
+    assert status.level == DiagnosticStatus.WARN and "snapshot not written" in status.message, status
+    assert node.output().count("periodic snapshot not written") <= 2, node.output()
+    before = op.counter("snapshots_failed")
+    answer = op.call(Trigger, "/aura_policy/save_memory", Trigger.Request())
+    assert not answer.success and "blocker" in answer.message, answer.message
+    assert op.spin_until(lambda: "~/save_memory: snapshot not written" in node.output(), 5), node.output()
+    assert op.spin_until(lambda: op.counter("snapshots_failed") > before, 5)
+    os.killpg(node.proc.pid, signal.SIGINT)
+    assert node.wait(30) == 0, node.output()
+    assert "final snapshot not written" in node.output() and "Traceback" not in node.output(), node.output()
+
+
+def test_snapshot_too_large_for_the_budget_is_kept_and_names_the_budget(started, operator, tmp_path):
+    path = tmp_path / "mem"
+    params = {"control.rate_hz": 20.0, "memory.snapshot_path": str(path)}
+    node = started({**params, "memory.vram_budget_mb": 2.0}, name="large")
+    op = operator
+    assert op.spin_until(lambda: len(op.mems) >= 40, 60), node.output()
+    os.killpg(node.proc.pid, signal.SIGINT)
+    assert node.wait(30) == 0, node.output()
+    meta = tmp_path / "mem.json"
+    saved = meta.read_bytes()
+
+    node = started({**params, "memory.vram_budget_mb": 0.5}, name="small")
+    assert op.spin_until(lambda: "snapshot refused" in node.output(), 60), node.output()
+    found = re.search(r"raise memory\.vram_budget_mb to at least ([0-9.]+) to load it", node.output())
+    assert found, node.output()
+    assert op.spin_until(lambda: _level(op) is not None and "refused at start" in _level(op).message, 10)
+    os.killpg(node.proc.pid, signal.SIGINT)
+    assert node.wait(30) == 0, node.output()
+    assert meta.read_bytes() == saved, "the refused snapshot was overwritten at shutdown"
+
+    node = started({**params, "memory.vram_budget_mb": float(found.group(1))}, name="resumed")
+    assert op.spin_until(lambda: "memory resumed from" in node.output(), 60), node.output()

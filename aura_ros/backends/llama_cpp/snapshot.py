@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from aura_ros.backends.transformers.snapshot import SnapshotError
+from aura_ros.backends.transformers.snapshot import SnapshotError, SnapshotMissing
 from aura_ros.memory.segments import Kind, Segment
 
 MAGIC = b"AURA-LLAMA-CPP-SNAPSHOT\x00v1\n"
 MAX_HEADER = 64 * 1024 * 1024
 
-__all__ = ["SnapshotError", "save", "load", "read"]
+__all__ = ["SnapshotError", "SnapshotMissing", "save", "load", "read"]
 
 
 def _header(policy) -> dict:
@@ -84,6 +84,8 @@ def _fail(path, why: str):
 def read(policy, path) -> tuple[dict, list[Segment], np.ndarray, bytes]:
     """Read and validate ``path`` for ``policy``; nothing is changed. (header, segments, tokens, state)."""
     path = Path(path)
+    if not os.path.lexists(path):
+        raise SnapshotMissing(f"no snapshot at {path}")
     if not path.is_file():
         _fail(path, "not a regular file")
     data = path.read_bytes()

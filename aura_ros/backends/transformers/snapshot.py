@@ -45,8 +45,16 @@ META_SUFFIX = ".json"
 TENSOR_SUFFIX = ".safetensors"
 # Largest integer a snapshot may hold anywhere (exact in JSON readers that use doubles).
 MAX_INT = 2**53 - 1
-# Metadata bigger than this is refused unread (a segment entry is ~150 bytes; extra is small).
+# Metadata bigger than this is refused unread (a segment entry is ~150 bytes; extra is small). A
+# snapshot for a given cache is refused unread above _max_meta_bytes(cache), far less: reading and
+# parsing 60 MB of JSON held the control loop for 2.6 s before the refusal.
 MAX_META_BYTES = 64 * 2**20
+# Keys and values of a snapshot may be at most this many times larger in magnitude than the largest
+# the model has put into the cache now (its pinned prompt at least), and never need be refused below
+# MAGNITUDE_FLOOR: finite but absurd values (3e38) pass a finiteness check and then saturate every
+# action at a joint limit.
+MAGNITUDE_FACTOR = 100.0
+MAGNITUDE_FLOOR = 1e4
 MAX_EXTRA_BYTES = 2**20
 MAX_INSTRUCTION_CHARS = 100_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -59,6 +67,11 @@ _POLICY_EXTRA_KEYS = {"step_index", "writes_total", "write_rate", "instruction",
 class SnapshotError(ValueError):
     """A snapshot that cannot be written or loaded here (corrupt, crafted, for another model,
     or a path that is not a regular file); the message says why. Memory is never changed."""
+
+
+class SnapshotMissing(SnapshotError):
+    """Nothing at all at the snapshot's path (every backend raises it from load_memory), told apart
+    from a snapshot that is there and refused: a node resumes only from the one, keeps the other."""
 
 
 def model_fingerprint(model) -> str:
@@ -129,7 +142,7 @@ def _regular_or_absent(path: Path) -> bool:
     Uses stat only: a FIFO is never opened (opening one blocks until a writer appears)."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file where a folder of the path should be: nothing here
         return False
     except OSError as exc:
         raise SnapshotError(f"snapshot path {path} is not usable: {exc}") from None
@@ -415,7 +428,6 @@ def _validate(meta, cache: GatedKVCache, fingerprint: str, where: str) -> list[S
     tensors = _keys(meta["tensors"], {"sha256", "bytes"}, "tensors", where)
     if not isinstance(tensors["sha256"], str) or not _HEX64.fullmatch(tensors["sha256"]):
         raise _fail(where, "tensors.sha256 is not a SHA-256 hex digest")
-    _int(tensors["bytes"], "tensors.bytes", where, 1, _max_tensor_bytes(cache))
     if meta["layout"] != _layout(cache):
         raise SnapshotError(f"{where} was written for another cache layout: {str(meta['layout']):.200} "
                             f"!= {_layout(cache)}")
@@ -436,7 +448,25 @@ def _validate(meta, cache: GatedKVCache, fingerprint: str, where: str) -> list[S
         raise _fail(where, "extra is not plain JSON") from None
     if extra_bytes > MAX_EXTRA_BYTES:
         raise _fail(where, f"extra is larger than {MAX_EXTRA_BYTES} bytes")
-    return _segments(meta["segments"], cache, current, where)
+    _fits(meta, cache, where)
+    segments = _segments(meta["segments"], cache, current, where)
+    # After the segments: a snapshot too large for this budget is refused with the budget it needs
+    # (above), not with its byte count.
+    _int(tensors["bytes"], "tensors.bytes", where, 1, _max_tensor_bytes(cache))
+    return segments
+
+
+def _fits(meta: dict, cache: GatedKVCache, where: str) -> None:
+    """A snapshot of more tokens than this cache holds: refused with the budget that holds them."""
+    raw = meta["segments"]
+    if not isinstance(raw, list) or not all(isinstance(s, dict) and type(s.get("length")) is int for s in raw):
+        return  # _segments says what is wrong
+    tokens = sum(s["length"] for s in raw)
+    if tokens > cache.capacity:
+        need = cache.layout.bytes_for(tokens) / 2**20
+        raise _fail(where, f"it holds {tokens} tokens (saved at a budget of {meta['budget_bytes'] / 2**20:.4f} "
+                           f"MiB), this cache only {cache.capacity} ({cache.budget_bytes / 2**20:.4f} MiB); raise "
+                           f"memory.vram_budget_mb to at least {math.ceil(need * 1e4) / 1e4:.4f} to load it")
 
 
 def _max_tensor_bytes(cache: GatedKVCache) -> int:
@@ -445,7 +475,24 @@ def _max_tensor_bytes(cache: GatedKVCache) -> int:
     return cache.capacity * per_token + 64 * 1024 + 256 * (2 * len(cache.layers) + 1)
 
 
-def _validate_tensors(tensors: dict, cache: GatedKVCache, n: int, where: str) -> None:
+def _max_meta_bytes(cache: GatedKVCache) -> int:
+    """The largest metadata a snapshot for ``cache`` can have: a segment per slot (~200 bytes each
+    as written, indented), the extra (an indented file spends up to ~4 bytes per compact byte), and
+    the fixed fields."""
+    return min(MAX_META_BYTES, 256 * 1024 + 4 * MAX_EXTRA_BYTES + 400 * cache.capacity)
+
+
+def _magnitude_bound(cache: GatedKVCache) -> float:
+    """The largest key or value magnitude a snapshot for ``cache`` may hold (see MAGNITUDE_FACTOR)."""
+    largest = 0.0
+    for layer in cache.layers:
+        if layer.length:
+            state = layer.state_dict()
+            largest = max(largest, float(state["keys"].abs().max()), float(state["values"].abs().max()))
+    return max(MAGNITUDE_FLOOR, MAGNITUDE_FACTOR * largest)
+
+
+def _validate_tensors(tensors: dict, cache: GatedKVCache, n: int, where: str, bound: float | None = None) -> None:
     expected = {"attention"} | {f"{kind}.{i}" for i in range(len(cache.layers)) for kind in ("keys", "values")}
     if set(tensors) != expected:
         raise _fail(where, f"tensor names {sorted(set(tensors) ^ expected)[:6]} missing or unexpected")
@@ -462,6 +509,9 @@ def _validate_tensors(tensors: dict, cache: GatedKVCache, n: int, where: str) ->
                 raise _fail(where, f"{kind}.{i} is {t.dtype} {tuple(t.shape)}, expected {layer.dtype} {shape}")
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise _fail(where, f"{kind}.{i} holds NaN or infinite values")
+            if bound is not None and t.numel() and float(t.abs().max()) > bound:
+                raise _fail(where, f"{kind}.{i} holds values up to {float(t.abs().max()):.3g}, more than "
+                                   f"{bound:.3g} (this model's own are at most 1/{MAGNITUDE_FACTOR:g} of that)")
 
 
 def read(cache: GatedKVCache, base: str | os.PathLike, fingerprint: str) -> Snapshot:
@@ -473,8 +523,8 @@ def read(cache: GatedKVCache, base: str | os.PathLike, fingerprint: str) -> Snap
     meta_file = meta_path(stem)
     where = str(meta_file)
     if not _regular_or_absent(meta_file):
-        raise SnapshotError(f"no snapshot at {meta_file}")
-    raw = _read_regular(meta_file, MAX_META_BYTES, "metadata")
+        raise SnapshotMissing(f"no snapshot at {meta_file}")
+    raw = _read_regular(meta_file, _max_meta_bytes(cache), "metadata")
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
@@ -490,7 +540,7 @@ def read(cache: GatedKVCache, base: str | os.PathLike, fingerprint: str) -> Snap
         tensors = tensors_from_bytes(blob)
     except Exception as exc:  # safetensors raises its own error types for a bad header
         raise SnapshotError(f"corrupt snapshot tensors {tensors_file}: {str(exc):.200}") from None
-    _validate_tensors(tensors, cache, n, where)
+    _validate_tensors(tensors, cache, n, where, bound=_magnitude_bound(cache))
     kv = []
     for i, layer in enumerate(cache.layers):
         # Moved to the cache's device here, so apply() only copies (no allocation can fail there).

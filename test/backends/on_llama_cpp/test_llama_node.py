@@ -113,3 +113,21 @@ def test_node_runs_the_exported_policy_with_frames_through_libmtmd(run_python, o
     per_step = [(mems[g.step].used_tokens - mems[g.step].pinned_tokens) / g.steps_kept
                 for g in gates if g.step in mems and g.steps_kept]
     assert per_step and min(per_step) > 35, per_step
+
+
+def test_node_resumes_at_start_from_its_final_snapshot(run_python, observer, tmp_path):
+    """llama.cpp writes its snapshot at the path itself (no .json beside it): the node's resume at
+    start asks the backend to load, so it finds it (it looked for <path>.json and never resumed)."""
+    snap = tmp_path / "llama.snap"
+    params = {"model.path": str(default_gguf()), "memory.vram_budget_mb": TOKENS * BYTES_PER_TOKEN / 2**20,
+              "control.rate_hz": 10.0, "memory.snapshot_path": str(snap), "instruction": "stack the red cube"}
+    gates: list[GateStats] = []
+    observer.create_subscription(GateStats, "/aura_policy/gate_stats", gates.append, qos.STATS)
+    with run_python.spawn(RUN_MODULE, SIM, *ros_args({"rate_hz": 10.0}), name="sim"):
+        with run_python.spawn(RUN_MODULE, NODE, *ros_args(params), name="first") as first:
+            assert spin_until(observer, lambda: len(gates) >= 5, 120), first.output()
+            assert "no snapshot at" in first.output(), first.output()
+            first.assert_ok(first.interrupt(timeout=60))
+        assert snap.is_file() and not (tmp_path / "llama.snap.json").exists()
+        with run_python.spawn(RUN_MODULE, NODE, *ros_args(params), name="second") as second:
+            assert spin_until(observer, lambda: "memory resumed from" in second.output(), 120), second.output()
