@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from aura_ros.core.types import Action, Observation
+from aura_ros.memory.budget import budget_error
 from aura_ros.memory.gate import GateConfig
 from aura_ros.memory.stats import MemoryStats
 
@@ -23,10 +24,10 @@ class PolicyBase:
     def step(self, obs: Observation) -> Action:
         """One control step: observe, decode an action chunk, gate the step."""
         t0 = time.perf_counter()
-        if obs.instruction is not None and obs.instruction != self.instruction:
-            self.set_instruction(obs.instruction)
         if obs.new_task:
-            self.begin_task()
+            self.begin_task(obs.instruction)
+        elif obs.instruction is not None and obs.instruction != self.instruction:
+            self.set_instruction(obs.instruction)
         event = obs.event or self._task_event
         self._task_event = False
         state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
@@ -54,11 +55,19 @@ class PolicyBase:
         if clear_memory_on_instruction is not None:
             self.config = replace(self.config, clear_memory_on_instruction=bool(clear_memory_on_instruction))
 
-    def begin_task(self) -> int:
-        """A task boundary: the next steps belong to a new task; the memory keeps what it holds
-        and ranks the finished tasks' steps below the new one's (stale ones leave first).
+    def begin_task(self, instruction: str | None = None) -> int:
+        """A task boundary: the next steps belong to a new task. Returns the new task's index.
+
+        The memory keeps what it holds and ranks the finished tasks' steps below the new one's
+        (stale ones leave first). The instruction (``instruction``, or the pinned one again) is
+        pinned anew after everything the cache holds, so the pinned segment itself marks the
+        boundary in what the model reads: older tasks' steps before it, the new task's after it.
+        (Through the causal mask a token knows whether the instruction precedes it: the trained
+        policy tells the current task's facts from stale ones by that, not by distance alone.)
         The next step is a gate event (written): the task's first step is where it began.
-        Returns the new task's index."""
+        Raises BudgetError, with no boundary recorded, when the instruction cannot fit.
+        """
+        self.set_instruction(self.instruction if instruction is None else instruction)
         self._task_event = True
         return self.kv_store.table.begin_task()
 
@@ -71,6 +80,14 @@ class PolicyBase:
         store = self.kv_store
         store.min_step_tokens = max(int(store.min_step_tokens), n)
         return n
+
+    def instruction_error(self, instruction: str) -> str | None:
+        """Why ``instruction`` would be refused by set_instruction now (it cannot fit beside one
+        step), or None; nothing changes. A node checks a parameter with it before accepting it."""
+        store = self.kv_store
+        n = int(self._instruction_tokens(instruction))
+        reason = budget_error(store.layout, store.budget_bytes, n, store.step_tokens)
+        return reason and f"instruction of {n} tokens refused: {reason}"
 
     def stats(self) -> MemoryStats:
         return self.kv_store.stats()

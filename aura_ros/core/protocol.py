@@ -27,6 +27,9 @@ class Policy(Protocol):
     def set_instruction(self, instruction: str) -> None:
         """Pin a new instruction; raises BudgetError (old one kept) when it cannot fit."""
 
+    def instruction_error(self, instruction: str) -> str | None:
+        """Why set_instruction(instruction) would be refused now, or None; nothing changes."""
+
     def begin_task(self) -> int:
         """Record a task boundary (the episode goes on); returns the new task's index."""
 

@@ -97,6 +97,9 @@ class ControlLoop:
     out: Outputs
     replace_settings: Callable[[object, dict], object]
     on_budget_changed: Callable[[float], None] = lambda mb: None
+    # Called with the instruction pinned after each one the loop applied (or refused), so that the
+    # node's parameter says what the policy follows, whichever way the instruction came.
+    on_instruction: Callable[[str], None] = lambda text: None
     # False once a signal has shut the ROS context down: from then on nothing is published and
     # a failed publish is not a model error (the node is going down, stop() follows).
     alive: Callable[[], bool] = lambda: True
@@ -292,16 +295,16 @@ class ControlLoop:
                                              else None))
         if instruction is not None:
             try:
-                if instruction != self.policy.instruction:
-                    self.policy.set_instruction(instruction)
-                    self.out.info(f"new instruction ({len(instruction)} chars) pinned")
                 # Every instruction received is the next task, the same text too (the robot is asked
                 # again): the memory records the boundary and the previous tasks' facts turn stale.
-                task = self.policy.begin_task()
-                self.out.info(f"task {task} begins")
+                new_text = instruction != self.policy.instruction
+                task = self.policy.begin_task(instruction)
+                self.out.info(f"task {task} begins" + (f" (new instruction, {len(instruction)} chars, pinned)"
+                                                       if new_text else ""))
             except BudgetError as exc:
                 self.health.count("instruction_refused")
                 self.out.error(f"instruction refused, the previous one stays: {exc}")
+            self.on_instruction(self.policy.instruction)
 
 
 def gate_config(s) -> GateConfig:

@@ -6,6 +6,7 @@ and logs drops (throttled), so nothing is lost silently.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,10 +119,13 @@ def stale_inputs(now: float, image_time: float, state_time: float, image_timeout
 
 
 def clean_instruction(text: str, max_chars: int) -> tuple[str, bool] | Drop:
-    """(text, truncated) or a Drop for an empty instruction."""
+    """(text, truncated) or a Drop for an instruction with nothing visible in it: empty, white
+    space, or only zero-width and other format or control characters (U+200B, U+FEFF, ...)."""
     text = text.strip()
     if not text:
         return Drop("empty instruction")
+    if not any(unicodedata.category(c)[0] not in "CZ" for c in text):
+        return Drop(f"instruction of {len(text)} invisible characters only (zero-width, format or control)")
     if len(text) > max_chars:
         return text[:max_chars], True
     return text, False
@@ -148,3 +152,8 @@ class RepeatFilter:
     def repeat(self, text: str, now: float) -> bool:
         last, self._last = self._last, (text, now)
         return last is not None and last[0] == text and now - last[1] <= self.window
+
+    def forget(self) -> None:
+        """The instruction changed another way (the parameter): the next message, even the text of
+        the previous one, is a new command."""
+        self._last = None

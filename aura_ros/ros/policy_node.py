@@ -129,7 +129,8 @@ class PolicyNode(LifecycleNode):
         self._gate_pub = self.create_lifecycle_publisher(self._msg("GateStats"), topics.REL_GATE_STATS, qos.STATS)
         self._map_pub = self.create_lifecycle_publisher(Image, topics.REL_MEMORY_MAP, qos.STATS)
         self.loop = ControlLoop(self.policy, s, self.health, self, POLICY_PARAMS.apply,
-                                on_budget_changed=self._budget_changed, alive=self.context.ok)
+                                on_budget_changed=self._budget_changed, on_instruction=self._instruction_pinned,
+                                alive=self.context.ok)
         self._own_subscriptions = [
             self.create_subscription(Image, topics.REL_IMAGE, self._on_image, qos.SENSOR),
             self.create_subscription(CompressedImage, topics.REL_IMAGE_COMPRESSED, self._on_compressed, qos.SENSOR),
@@ -324,13 +325,15 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ parameters
     def _validate_parameters(self, params) -> SetParametersResult:
+        if getattr(self._loop_setting, "active", False):
+            return SetParametersResult(successful=True)  # the loop reports what it applied
         for p in params:
             value = param_value(p)
             reason = POLICY_PARAMS.check(p.name, value)
             if not reason and p.name == "memory.vram_budget_mb" and self.policy is not None:
                 reason = self._budget_refusal(value) or _allocation_error(value, self.settings.device)
-            if not reason and p.name == "instruction" and not str(value).strip() and self.policy is not None:
-                reason = "instruction must not be empty"
+            if not reason and p.name == "instruction" and self.policy is not None:
+                reason = self._instruction_refusal(str(value))
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
@@ -341,9 +344,14 @@ class PolicyNode(LifecycleNode):
         self.settings = POLICY_PARAMS.read(self)
         if self.loop is not None:
             for name, value in names.items():
+                if self._setting_echo(name):
+                    continue
                 if name == "instruction":
-                    self.loop.store.put_instruction(str(value)[: self.settings.instruction_max_chars])
-                elif not self._setting_echo(name, value):
+                    self.loop.store.put_instruction(str(value).strip()[: self.settings.instruction_max_chars])
+                    # The topic's next message is the operator's next command, even if its text
+                    # is the one the topic sent before the parameter.
+                    self._instruction_repeats.forget()
+                else:
                     self.loop.store.put_change(name, value)
             self.loop.store.stamps.tolerance = self.settings.stamp_tolerance_s
         if "control.rate_hz" in names and self._control_timer is not None:
@@ -355,20 +363,38 @@ class PolicyNode(LifecycleNode):
             self.destroy_timer(self._diag_timer)
             self._diag_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
 
-    def _setting_echo(self, name: str, value) -> bool:
-        """A budget the loop itself set (out of memory, or a refusal put back) is not a new change.
+    def _setting_echo(self, name: str) -> bool:
+        """A value the loop itself set (a budget shrunk on out of memory or put back after a refusal,
+        the instruction it pinned) reports what it applied: it is not a new change.
 
         Told by who sets it, not by comparing values: a user's 0.1 then 2.0 in quick succession
         has 2.0 equal to the loop's budget before the 0.1 is applied, and that 2.0 is a change."""
-        return name == "memory.vram_budget_mb" and getattr(self._loop_setting, "active", False)
+        return getattr(self._loop_setting, "active", False)
+
+    def _loop_sets(self, name: str, value) -> None:
+        self._loop_setting.active = True  # set_parameters runs the callbacks in this thread
+        try:
+            self.set_parameters([Parameter(name, value=value)])
+        finally:
+            self._loop_setting.active = False
 
     def _budget_changed(self, budget_mb: float) -> None:
         """Keep the parameter truthful when the loop changes or restores the budget itself."""
-        self._loop_setting.active = True  # set_parameters runs the callbacks in this thread
-        try:
-            self.set_parameters([Parameter("memory.vram_budget_mb", value=float(budget_mb))])
-        finally:
-            self._loop_setting.active = False
+        self._loop_sets("memory.vram_budget_mb", float(budget_mb))
+
+    def _instruction_pinned(self, text: str) -> None:
+        """The `instruction` parameter follows the pinned instruction (the topic's, or the one kept
+        when a new one was refused), so `ros2 param get` and `param dump` say what the policy does."""
+        if self.get_parameter("instruction").value != text:
+            self._loop_sets("instruction", text)
+
+    def _instruction_refusal(self, text: str) -> str | None:
+        """Why the `instruction` parameter cannot take ``text``: nothing visible in it, or too long to
+        fit the budget beside one step (the policy would refuse it and keep the old one pinned)."""
+        cleaned = guards.clean_instruction(text, self.settings.instruction_max_chars)
+        if isinstance(cleaned, guards.Drop):
+            return f"instruction refused: {cleaned.reason}"
+        return self.policy.instruction_error(cleaned[0])
 
     def _restart_snapshot_timer(self) -> None:
         if self._snapshot_timer is not None:
@@ -517,6 +543,7 @@ class PolicyNode(LifecycleNode):
             # The configured instruction wins over the one the snapshot was saved with.
             self.policy.set_instruction(configured)
             self._log().info("snapshot's instruction replaced by the configured one")
+        self._instruction_pinned(self.policy.instruction)
         stats = self.policy.stats()
         msg = (f"memory resumed from {self.settings.snapshot_path} at step {self.policy.step_index} "
                f"({stats.used_tokens} tokens, {stats.steps_kept} steps)")

@@ -93,3 +93,16 @@ def test_widest_states_include_the_longest_joint_text():
     texts = [" ".join(f"{v:.2f}" for v in s) for s in states]
     assert max(len(t) for t in texts) == len("-3.14 1.00 -100.00")
     assert all(np.all(s >= [-3.14, 0.0, -100.0]) and np.all(s <= [3.14, 1.0, 5.0]) for s in states)
+
+
+def test_an_instruction_of_invisible_characters_only_is_dropped():
+    for text in ("\u200b\u200c\u200d", "\ufeff \u2060", "\x00\x07"):
+        assert isinstance(guards.clean_instruction(text, 100), guards.Drop), repr(text)
+    assert guards.clean_instruction("\u200bstack\u200b", 100) == ("\u200bstack\u200b", False)
+
+
+def test_a_forgotten_repeat_is_a_new_message():
+    f = guards.RepeatFilter(window=1.0)
+    assert not f.repeat("a", 0.0) and f.repeat("a", 0.5)
+    f.forget()
+    assert not f.repeat("a", 0.6)

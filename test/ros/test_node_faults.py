@@ -11,6 +11,8 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from helpers.policy_process import Operator
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
+from rcl_interfaces.srv import GetParameters
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 CYCLE = (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP, Transition.TRANSITION_CONFIGURE,
@@ -166,3 +168,41 @@ def test_snapshot_too_large_for_the_budget_is_kept_and_names_the_budget(started,
 
     node = started({**params, "memory.vram_budget_mb": float(found.group(1))}, name="resumed")
     assert op.spin_until(lambda: "memory resumed from" in node.output(), 60), node.output()
+
+
+def _instruction_param(op: Operator) -> str:
+    answer = op.call(GetParameters, "/aura_policy/get_parameters", GetParameters.Request(names=["instruction"]))
+    return answer.values[0].string_value
+
+
+def test_the_instruction_parameter_says_what_is_pinned(started, operator):
+    node = started({"control.rate_hz": 20.0, "instruction": "pick up the red block"})
+    op = operator
+    assert op.spin_until(lambda: len(op.gates) >= 3, 60), node.output()
+    # The topic's instruction: `ros2 param get` follows it.
+    op.instruction.publish(String(data="stack the blue cube"))
+    assert op.spin_until(lambda: _instruction_param(op) == "stack the blue cube", 10), node.output()
+
+    # Topic A, parameter B, topic A again within a second: the operator's last command is A.
+    op.instruction.publish(String(data="put the green cube left"))
+    op.spin_until(lambda: False, 0.2)
+    assert op.set_param("instruction", "wave").successful
+    op.spin_until(lambda: False, 0.2)
+    op.instruction.publish(String(data="put the green cube left"))
+    assert op.spin_until(lambda: _instruction_param(op) == "put the green cube left", 10), node.output()
+    assert op.spin_until(lambda: "task 4 begins" in node.output(), 10), node.output()
+
+    # Nothing visible: dropped and counted on the topic, refused as the parameter.
+    invisible = "\u200b\u200b\u2060\ufeff"
+    op.instruction.publish(String(data=invisible))
+    assert op.spin_until(lambda: op.counter("dropped_instruction") >= 1, 10), node.output()
+    refused = op.set_param("instruction", invisible)
+    assert not refused.successful and "invisible" in refused.reason, refused.reason
+
+    # A text that cannot fit beside one step is refused, not accepted while the old one stays pinned.
+    pinned = op.memory_map().pinned_tokens
+    refused = op.set_param("instruction", "stack every cube " * 150)
+    assert not refused.successful and "tokens refused" in refused.reason, refused.reason
+    assert _instruction_param(op) == "put the green cube left"
+    assert op.memory_map().pinned_tokens == pinned
+    assert "\u200b" not in node.output()

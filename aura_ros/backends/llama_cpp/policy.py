@@ -317,6 +317,9 @@ class LlamaCppPolicy(PolicyBase):
         self.store.commit(Kind.PINNED, -1)
         self.instruction = instruction
 
+    def _instruction_tokens(self, instruction: str) -> int:
+        return len(self.encode_instruction(instruction))
+
     def _step_tokens(self, image, state: np.ndarray) -> int:
         n_act = self.space.tokens_per_step
         if self.mtmd is not None and image is not None:

@@ -252,6 +252,9 @@ class VLMPolicy(PolicyBase):
         self._forward(inputs, (Kind.PINNED, -1))
         self.instruction = instruction
 
+    def _instruction_tokens(self, instruction: str) -> int:
+        return int(encode_instruction(self.tokenizer, self.config, instruction).shape[1])
+
     def _step_tokens(self, image, state: np.ndarray) -> int:
         inputs = encode_observation(self.processor, self.config, self._image_prompt, self.is_mrope, image, state)
         return int(inputs["input_ids"].shape[1]) + self.space.tokens_per_step
