@@ -230,10 +230,22 @@ def build_batch(loaded, encoder: _Encoder, samples: list[tuple[int, list[int]]],
     for e, steps in samples:
         rec = records[e]
         decided_task = _task_at(rec, steps[-1])
-        chunks, grids = [encoder.pinned(_instruction_at(rec, steps[-1]))], [None]
-        label_pos, label_bins, label_w, offset = [], [], [], int(chunks[0].shape[0])
+        # As the cache holds it: a task boundary pinned the instruction anew after everything
+        # before it (Policy.begin_task), so earlier tasks' steps come first, then the pinned
+        # segment, then the decided task's steps; the first task of a stream starts with it.
+        task_start = int(_task_starts(rec)[decided_task])
+        chunks, grids = [], []
+        label_pos, label_bins, label_w, offset = [], [], [], 0
         acts = np.asarray(rec.actions)
-        for s in steps:
+        pinned = encoder.pinned(_instruction_at(rec, steps[-1]))
+        for s in [*steps, None]:
+            if pinned is not None and (s is None or s >= task_start):
+                chunks.append(pinned)
+                grids.append(None)
+                offset += int(pinned.shape[0])
+                pinned = None
+            if s is None:
+                break
             obs, bins = encoder.step(e, s, rec)
             ids = obs["input_ids"][0]
             grid = obs.get("image_grid_thw")
