@@ -73,11 +73,20 @@ class StampOrder:
       lock out every later, correct message);
     - a stamp at most ``tolerance`` older than the newest accepted one is accepted (two
       publishers with close stamps must not drop each other);
-    - an unstamped message (0) is accepted and ordered by arrival.
+    - an unstamped message (0) is accepted and ordered by arrival;
+    - stamps that stay behind, moving forward among themselves, for ``restart_after`` seconds of
+      the node clock with no message of the old order in between are a publisher's clock that was
+      reset (a driver restarted, a clock stepped back by hours): the order restarts from them
+      (``restarts`` counts it), where it used to hold until someone called ~/reset_memory. A lone
+      old message beside a good publisher never restarts it: each good one ends the watch.
     """
 
     tolerance: float = 0.5
     newest: float = 0.0
+    restart_after: float = 2.0
+    restarts: int = 0
+    _behind_since: float | None = None  # node time of the first message of a run behind the order
+    _behind_newest: float = 0.0
 
     def check(self, stamp: float, now: float) -> Drop | None:
         if stamp == 0.0:
@@ -85,12 +94,32 @@ class StampOrder:
         if now > 0 and stamp > now + self.tolerance:
             return Drop(f"stamp {stamp:.3f} s is {stamp - now:.3f} s ahead of the node clock")
         if stamp < self.newest - self.tolerance:
+            if self._behind_since is None or stamp < self._behind_newest - self.tolerance:
+                # A new run behind the order (or one that went back again)
+                self._behind_since, self._behind_newest = now, stamp
+            elif now - self._behind_since >= self.restart_after:
+                back = self.newest - stamp
+                self.newest, self._behind_since = stamp, None
+                self.restarts += 1
+                return Restarted(f"joint-state stamps stayed {back:.3f} s behind for {self.restart_after:g} s "
+                                 "(a publisher's clock was reset): the order restarts from them")
+            else:
+                self._behind_newest = max(self._behind_newest, stamp)
             return Drop(f"stamp went backwards ({stamp:.3f} s < {self.newest:.3f} s)")
+        self._behind_since = None
         self.newest = max(self.newest, stamp)
         return None
 
     def reset(self) -> None:
         self.newest = 0.0
+        self._behind_since = None
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """StampOrder accepted a message by restarting its order; the reason says why (log it)."""
+
+    reason: str
 
 
 def widest_states(low, high, decimals: int = 2, samples: int = 8, seed: int = 0) -> list[np.ndarray]:

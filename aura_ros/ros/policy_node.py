@@ -445,8 +445,11 @@ class PolicyNode(LifecycleNode):
             return self._drop("joint_state", result.reason)
         now = self.get_clock().now().nanoseconds * 1e-9
         order = loop.store.stamps.check(result.stamp, now)
-        if order is not None:
+        if isinstance(order, guards.Drop):
             return self._drop("joint_state", order.reason)
+        if isinstance(order, guards.Restarted):
+            self.health.count("joint_state_clock_resets")
+            self._log().warning(order.reason)
         if result.clipped:
             self.health.count("joint_state_clipped", result.clipped)
             self.warn("joint_state_clipped", f"{result.clipped} joint value(s) outside the limits clipped")

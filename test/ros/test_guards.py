@@ -66,6 +66,32 @@ def test_stamp_order_tolerates_two_publishers_and_refuses_real_reordering():
     assert order.check(150.0, now=200.0) is None  # after ~/reset_memory the order starts again
 
 
+def test_stamp_order_restarts_after_a_publisher_clock_reset():
+    order = guards.StampOrder(tolerance=0.5, restart_after=2.0)
+    now = 10_000.0
+    assert order.check(now, now) is None
+    # The publisher's clock jumps back by hours and runs on from there.
+    t = now + 0.1
+    results = []
+    while t < now + 2.5:
+        results.append(order.check(t - 7200.0, t))
+        t += 0.1
+    assert isinstance(results[0], guards.Drop)
+    restarted = [i for i, r in enumerate(results) if isinstance(r, guards.Restarted)]
+    assert len(restarted) == 1 and order.restarts == 1 and "reset" in results[restarted[0]].reason
+    assert all(r is None for r in results[restarted[0] + 1:])
+
+
+def test_stamp_order_is_not_restarted_by_an_old_publisher_beside_a_good_one():
+    order = guards.StampOrder(tolerance=0.5, restart_after=2.0)
+    t = 10_000.0
+    for _ in range(50):
+        assert order.check(t, t) is None
+        assert isinstance(order.check(t - 7200.0, t), guards.Drop)
+        t += 0.1
+    assert order.restarts == 0
+
+
 def test_stale_inputs_by_receive_time():
     assert guards.stale_inputs(10.0, 9.5, 9.5, 1.0, 1.0, True) == []
     assert guards.stale_inputs(10.0, 8.0, 9.5, 1.0, 1.0, True) == ["image"]

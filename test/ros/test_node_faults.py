@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
+import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from helpers.policy_process import Operator
 from lifecycle_msgs.msg import Transition
@@ -14,6 +16,8 @@ from lifecycle_msgs.srv import ChangeState
 from rcl_interfaces.srv import GetParameters
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
+
+from aura_ros.ros.image_conversion import rgb_to_image_msg
 
 CYCLE = (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP, Transition.TRANSITION_CONFIGURE,
          Transition.TRANSITION_ACTIVATE)
@@ -206,3 +210,22 @@ def test_the_instruction_parameter_says_what_is_pinned(started, operator):
     assert _instruction_param(op) == "put the green cube left"
     assert op.memory_map().pinned_tokens == pinned
     assert "\u200b" not in node.output()
+
+
+def test_joint_state_clock_reset_recovers_without_a_service_call(started, operator):
+    node = started({"control.rate_hz": 20.0})
+    op = operator
+    assert op.spin_until(lambda: len(op.gates) >= 3, 60), node.output()
+    # From now on the publisher's clock is three hours behind (its clock was reset).
+    behind = 3 * 3600.0
+    rclpy.spin_once(op.node, timeout_sec=0.1)
+    end, n = time.monotonic() + 20, len(op.gates)
+    recovered = False
+    while time.monotonic() < end and not recovered:
+        op.image.publish(rgb_to_image_msg(op.frame))
+        op.joints.publish(op.joint_msg(stamp=op.node.get_clock().now().nanoseconds * 1e-9 - behind))
+        rclpy.spin_once(op.node, timeout_sec=0.05)
+        recovered = op.counter("joint_state_clock_resets") == 1 and len(op.gates) > n + 5
+    assert recovered, node.output()
+    assert op.counter("dropped_joint_state") >= 1
+    assert "order restarts" in node.output()
