@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import math
-import signal
 import sys
 import threading
 import time
@@ -26,7 +25,7 @@ from rclpy.exceptions import InvalidHandle, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.signals import SignalHandlerOptions, uninstall_signal_handlers
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -45,6 +44,7 @@ from aura_ros.ros.image_conversion import (
 )
 from aura_ros.ros.messages import command_msg, command_type, gate_msg, memory_msg
 from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, param_value
+from aura_ros.ros.signals import ignore_further_signals
 
 # ~/memory_map (a picture of what the cache holds) is published this often, and on each
 # ~/get_memory_map call.
@@ -697,7 +697,7 @@ def main(args=None) -> None:
             print(f"aura_policy: {type(exc).__name__}: {exc}", file=sys.stderr)
             code = 1
     finally:
-        _ignore_signals()
+        ignore_further_signals()
         if node is not None:
             node._release(snapshot=True)
             node.destroy_node()
@@ -723,10 +723,6 @@ def _spin(executor) -> None:
             continue
 
 
-def _ignore_signals() -> None:
-    uninstall_signal_handlers()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

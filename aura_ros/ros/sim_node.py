@@ -58,6 +58,7 @@ from aura_ros.core import topics
 from aura_ros.ros import qos
 from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
 from aura_ros.ros.params import ParamTable, Spec
+from aura_ros.ros.signals import ignore_further_signals
 from aura_ros.sim.scene import JOINT_NAMES, SimScene
 
 # A command-type warning is logged at most this often; every drop is still counted.
@@ -413,6 +414,7 @@ def main(args: list[str] | None = None) -> None:
     except ParameterException as exc:  # a value out of range or of the wrong type on the command line
         raise SystemExit(f"aura_sim: bad parameter: {exc}") from None
     finally:
+        ignore_further_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import rclpy
@@ -229,3 +231,31 @@ def test_joint_state_clock_reset_recovers_without_a_service_call(started, operat
     assert recovered, node.output()
     assert op.counter("dropped_joint_state") >= 1
     assert "order restarts" in node.output()
+
+
+def test_sim_node_exits_cleanly_on_a_terminal_ctrl_c(ros_env, tmp_path):
+    """Ctrl-C under `ros2 launch`: SIGINT to the whole process group, and again during cleanup."""
+    for pause in (0.0, 0.05, 0.3):
+        log = tmp_path / f"sim-{pause}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "aura_ros.ros.sim_node", "--ros-args", "-r",
+                                     f"__node:=aura_sim_ctrl_c_{os.getpid()}", "-p", "rate_hz:=50.0"],
+                                    env=ros_env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while "sim source:" not in log.read_text(errors="replace"):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.05)
+            time.sleep(0.3)
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(pause)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        text = log.read_text(errors="replace")
+        assert code == 0 and "Traceback" not in text and "KeyboardInterrupt" not in text, (pause, code, text)
