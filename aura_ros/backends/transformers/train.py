@@ -531,10 +531,16 @@ def decision_accuracy(model: str | Path | None, records: list, policy_config: Po
     for e, rec in enumerate(records):
         acts = np.asarray(rec.actions)
         written = written_steps(acts, rec.events, pcfg)
-        per = tally.setdefault(getattr(rec, "task", "") or "episodes", {"decision": [0, 0], "steady": [0, 0]})
+        starts = _task_starts(rec)
+        names = getattr(rec, "task_names", ()) or (getattr(rec, "task", "") or "episodes",)
         for t in range(len(acts)):
+            j = _task_at(rec, t)
+            per = tally.setdefault(names[j], {"decision": [0, 0], "steady": [0, 0]})
             kind = "decision" if t > 0 and not np.array_equal(acts[t], acts[t - 1]) else "steady"
-            batch = build_batch(loaded, encoder, [(e, gated_context(t, written, recent_steps))], records, pad_id)
+            # A stream: the task before stays in the context (task_horizon 1), as the cache keeps it.
+            context = gated_context(t, written, recent_steps, first_kept=int(starts[max(0, j - 1)]),
+                                    max_steps=TrainConfig.max_context_steps)
+            batch = build_batch(loaded, encoder, [(e, context)], records, pad_id)
             with torch.no_grad():
                 logits = action_logits(loaded.model, batch, action_ids)
             n = len(encoder.step(e, t, rec)[1])  # the decided step's action tokens are the last n labels
@@ -543,6 +549,15 @@ def decision_accuracy(model: str | Path | None, records: list, policy_config: Po
             per[kind][1] += 1
     return {task: {kind: (k / m if m else float("nan")) for kind, (k, m) in kinds.items()}
             for task, kinds in tally.items()}
+
+
+def held_out_streams(n_streams: int = 4, distractor_steps: int = 20, tasks=DEFAULT_TASKS, n_tasks: int = 4,
+                     cross_task: float = DEFAULT_CROSS_TASK) -> list:
+    """Expert streams (tasks back to back, no reset) on evaluation seeds."""
+    from aura_ros.sim.tasks import expert_stream, stream_specs
+
+    mix = tuple((name, distractor_steps, w) for name, w in tasks)
+    return [expert_stream(5_000 + i, stream_specs(5_000 + i, n_tasks, mix, cross_task)) for i in range(n_streams)]
 
 
 def held_out_episodes(n_per_task: int = 10, distractor_steps: int = 20, tasks=DEFAULT_TASKS) -> list:
