@@ -4,6 +4,12 @@
     ros2 launch aura_ros policy.launch.py use_sim:=true vram_budget_mb:=4.0
     ros2 launch aura_ros policy.launch.py params_file:=my.yaml namespace:=arm model:=/models/smolvlm
     ros2 launch aura_ros policy.launch.py fastdds_profile:=   # keep the environment's Fast DDS profile
+    ros2 launch aura_ros policy.launch.py snapshot_path:=~/aura/arm   # resume from / save the memory there
+
+A policy node that cannot start (a budget too small, a bad value) logs one ERROR line with the
+reason and exits with code 2; launch adds its own line that the process died (exit code 2). Launch
+reports a node's failure in its log, not in its own exit code: it exits 0 once no process is left
+(with use_sim:=true the sim runs on until Ctrl-C).
 
 Written against the ROS 2 Jazzy launch API (launch 3.4, launch_ros 0.26).
 """
@@ -68,6 +74,10 @@ def _policy_node(context: LaunchContext) -> list:
         if not (math.isfinite(value) and lo <= value <= hi):
             raise RuntimeError(f"vram_budget_mb:={budget!r}: expected a number of MiB in [{lo:g}, {hi:g}]")
         overrides["memory.vram_budget_mb"] = value
+    snapshot = LaunchConfiguration("snapshot_path").perform(context)
+    if snapshot:
+        # Absolute: the node's working directory is launch's, not the shell's.
+        overrides["memory.snapshot_path"] = os.path.abspath(os.path.expanduser(snapshot))
     params: list = [_existing_file("params_file", LaunchConfiguration("params_file").perform(context))]
     if overrides:
         params.append(overrides)
@@ -89,6 +99,9 @@ def generate_launch_description() -> LaunchDescription:
                                           "params file)"),
         DeclareLaunchArgument("vram_budget_mb", default_value="",
                               description="KV-cache budget in MiB (empty: as in the params file)"),
+        DeclareLaunchArgument("snapshot_path", default_value="",
+                              description="Memory snapshot path (memory.snapshot_path): resumed from at start, "
+                                          "written at shutdown (empty: as in the params file)"),
         DeclareLaunchArgument("use_sim", default_value="false",
                               description="Also start the simulated camera + arm (sim_node)"),
         DeclareLaunchArgument("fastdds_profile", default_value=os.path.join(share, "config", "fastdds.xml"),

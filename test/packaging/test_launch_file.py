@@ -34,7 +34,8 @@ from launch_ros.substitutions import ExecutableInPackage  # noqa: E402
 from launch import LaunchContext, LaunchDescription, LaunchService  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "policy.launch.py"
-ARGUMENTS = {"params_file", "namespace", "model", "mmproj", "vram_budget_mb", "use_sim", "fastdds_profile"}
+ARGUMENTS = {"params_file", "namespace", "model", "mmproj", "vram_budget_mb", "snapshot_path", "use_sim",
+             "fastdds_profile"}
 
 try:
     SHARE = get_package_share_directory("aura_ros")
@@ -107,7 +108,7 @@ def test_arguments_and_defaults():
     context = LaunchContext()
     defaults = {name: perform_substitutions(context, arg.default_value) for name, arg in args.items()}
     assert defaults == {"params_file": os.path.join(SHARE, "config", "policy.yaml"), "namespace": "", "model": "",
-                        "mmproj": "", "vram_budget_mb": "", "use_sim": "false",
+                        "mmproj": "", "vram_budget_mb": "", "snapshot_path": "", "use_sim": "false",
                         "fastdds_profile": os.path.join(SHARE, "config", "fastdds.xml")}
     assert all(arg.description for arg in args.values())
 
@@ -136,7 +137,8 @@ def test_policy_node_command_with_overrides(params_file, tmp_path):
     mmproj = tmp_path / "mmproj.gguf"
     mmproj.write_bytes(b"GGUF")
     context = _context(ld, params_file=str(params_file), namespace="arm", model="/models/policy.gguf",
-                       mmproj=str(mmproj), vram_budget_mb="3.5", fastdds_profile=str(profile))
+                       mmproj=str(mmproj), vram_budget_mb="3.5", snapshot_path=str(tmp_path / "arm"),
+                       fastdds_profile=str(profile))
     actions = _evaluate(ld, context)
 
     # The profile is set before either node starts.
@@ -157,7 +159,8 @@ def test_policy_node_command_with_overrides(params_file, tmp_path):
     overrides = yaml.safe_load(Path(files[1]).read_text())
     assert overrides == {"/arm/aura_policy": {"ros__parameters": {"model.path": "/models/policy.gguf",
                                                                   "model.mmproj": str(mmproj),
-                                                                  "memory.vram_budget_mb": 3.5}}}
+                                                                  "memory.vram_budget_mb": 3.5,
+                                                                  "memory.snapshot_path": str(tmp_path / "arm")}}}
 
 
 def test_empty_arguments_keep_the_params_file(params_file):
