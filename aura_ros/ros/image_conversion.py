@@ -22,7 +22,11 @@ with a message that says what is wrong, so that a node can drop and count a bad 
 """
 from __future__ import annotations
 
+import os
 import struct
+import sys
+import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -169,7 +173,16 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS
     else:
         _check_png_structure(data)
     # IMREAD_COLOR: always 3-channel 8-bit BGR (grey is expanded, alpha dropped, 16-bit PNG >> 8).
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if fmt == "jpeg":
+        decoded, warnings = _imdecode_with_libjpeg_warnings(data)
+        # Junk between the last scan and the end marker ("... before marker 0xd9") is common from
+        # some encoders and harmless; before any other marker it is a scan that lost data.
+        corrupt = [w for w in warnings if not w.endswith("before marker 0xd9")]
+        if corrupt:
+            raise ImageConversionError(f"jpeg data ({len(data)} bytes, {width}x{height}) is corrupt: libjpeg says "
+                                       f"{corrupt[0]!r}{f' (and {len(corrupt) - 1} more)' if len(corrupt) > 1 else ''}")
+    else:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
         raise ImageConversionError(f"{fmt} data ({len(data)} bytes, {width}x{height}) is corrupt: OpenCV could "
                                    f"not decode it")
@@ -177,6 +190,37 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS
         raise ImageConversionError(f"{fmt} decoded to {decoded.shape[1]}x{decoded.shape[0]} but its header says "
                                    f"{width}x{height}")
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+# libjpeg reports damage inside the entropy-coded data (a scan with bytes cut out of its middle and
+# the end marker kept: "premature end of data segment", "bad Huffman code") only as a warning that
+# it prints to stderr, and decodes the frame anyway, filling what is missing; OpenCV (and Pillow)
+# expose no such warning, and finding it otherwise takes a full Huffman decode. So stderr (fd 2)
+# is pointed at a temporary file for the length of the decode and the warnings are read from it;
+# whatever else was written there meanwhile (another thread's log line) is written back to stderr.
+# A file, not a pipe: a writer can never block on it. One decode at a time holds fd 2.
+_STDERR_LOCK = threading.Lock()
+
+
+def _imdecode_with_libjpeg_warnings(data: bytes) -> tuple[np.ndarray | None, list[str]]:
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace")
+    lines = text.splitlines(keepends=True)
+    warnings = [line.strip() for line in lines if line.startswith(("Corrupt JPEG data", "Premature end of JPEG"))]
+    others = "".join(line for line in lines if not line.startswith(("Corrupt JPEG data", "Premature end of JPEG")))
+    if others:
+        os.write(2, others.encode())
+    return decoded, warnings
 
 
 def _declared_format(fmt: str) -> str | None:
@@ -233,7 +277,8 @@ def _check_jpeg_structure(data: bytes) -> None:
     is missing or shorter than its blocks need (baseline Huffman: at least 2 bits a block, a DC
     code and an end-of-block; a progressive DC scan: at least 1 bit a block; any scan: 1 byte), and
     data that ends before the end-of-image marker. What this cannot see without a full entropy
-    decode: a scan cut short inside, with an EOI appended, that is still longer than that bound.
+    decode: a scan cut short inside, with an EOI appended, that is still longer than that bound
+    (libjpeg's warnings during the decode catch that, see _imdecode_with_libjpeg_warnings).
     """
     n = len(data)
     pos, frame, scans = 2, None, 0

@@ -252,3 +252,43 @@ def test_thin_frames_step_the_default_policy():
         action = pol.step(Observation(prepare_for_model(np.full((*shape, 3), 90, np.uint8)), np.zeros(4)))
         assert np.all(np.isfinite(action.positions))
     assert pol.step_index == 3
+
+
+@pytest.mark.parametrize("variant", sorted(JPEG_VARIANTS))
+def test_jpeg_with_part_of_its_scan_cut_and_the_end_kept_is_refused(variant, capfd):
+    """Longer than any structural bound, so only the entropy decode sees it: libjpeg's warning
+    ("premature end of data segment", ...) is the refusal, and it does not reach the console."""
+    data = jpeg(frame(192, 256), **JPEG_VARIANTS[variant])
+    start, end = max(scans(data), key=lambda s: s[1] - s[0])  # the longest scan
+
+    def clean(i: int) -> int:  # never between a 0xFF and the byte it escapes
+        while data[i - 1] == 0xFF:
+            i += 1
+        return i
+    a, b = clean(start + (end - start) * 4 // 10), clean(start + (end - start) * 7 // 10)
+    for cut in (data[:a] + data[b:], data[:b] + b"\xff\xd9"):
+        with pytest.raises(ImageConversionError, match="libjpeg says"):
+            compressed_to_rgb(msg(cut, "jpeg"))
+    assert "Corrupt JPEG data" not in capfd.readouterr().err
+
+
+def test_jpeg_decoding_keeps_what_others_write_to_stderr(capfd):
+    import os
+    import threading
+
+    stop = threading.Event()
+
+    def chatter():
+        while not stop.is_set():
+            os.write(2, b"another thread's line\n")
+            stop.wait(0.001)
+    t = threading.Thread(target=chatter)
+    t.start()
+    try:
+        for _ in range(50):
+            compressed_to_rgb(msg(jpeg(), "jpeg"))
+    finally:
+        stop.set()
+        t.join()
+    err = capfd.readouterr().err
+    assert err.count("another thread's line\n") == len(err.splitlines()) > 0
