@@ -77,6 +77,16 @@ def save(policy, path) -> Path:
     return path
 
 
+def max_file_bytes(policy) -> int:
+    """The largest file a snapshot of ``policy``'s context can be: the header (a token id and a
+    segment row per cell, the gate state and instruction) and the sequence state (the cells' keys
+    and values with llama.cpp's per-cell bookkeeping; twice the KV bytes is ample)."""
+    capacity = policy.store.capacity
+    header = 4 * 2**20 + 128 * capacity
+    state = 2 * policy.store.layout.bytes_for(capacity) + 2**20
+    return len(MAGIC) + 8 + min(header, MAX_HEADER) + state
+
+
 def _fail(path, why: str):
     raise SnapshotError(f"snapshot {path} refused: {why}")
 
@@ -88,6 +98,9 @@ def read(policy, path) -> tuple[dict, list[Segment], np.ndarray, bytes]:
         raise SnapshotMissing(f"no snapshot at {path}")
     if not path.is_file():
         _fail(path, "not a regular file")
+    size, limit = path.stat().st_size, max_file_bytes(policy)
+    if size > limit:  # refused from its size, unread: reading 60 MB held the control loop for seconds
+        _fail(path, f"{size} bytes, more than any snapshot of this context can be ({limit})")
     data = path.read_bytes()
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
         _fail(path, "not a llama.cpp backend snapshot (bad magic)")

@@ -20,8 +20,9 @@ from helpers.llama_backend import require_llama_cpp
 require_llama_cpp()
 
 from aura_ros.backends.llama_cpp import kvstore as kvs  # noqa: E402
+from aura_ros.backends.llama_cpp import snapshot as llama_snapshot  # noqa: E402
 from aura_ros.backends.llama_cpp.policy import LlamaCppPolicy, LoadedGGUF, default_gguf, kv_buffer_log  # noqa: E402
-from aura_ros.backends.transformers.snapshot import SnapshotError  # noqa: E402
+from aura_ros.backends.transformers.snapshot import SnapshotError, SnapshotMissing  # noqa: E402
 from aura_ros.core.config import PolicyConfig  # noqa: E402
 from aura_ros.core.types import Observation  # noqa: E402
 from aura_ros.memory import BudgetError, Kind  # noqa: E402
@@ -250,6 +251,15 @@ def test_snapshot_round_trip_and_refusals(model, tmp_path):
     assert other.stats().kept_steps == before[0]
     with pytest.raises(SnapshotError, match="kv_type"):
         make(model, "q8_0", tokens=512).load_memory(path)
+    # Nothing at the path is told apart from a refusal (the node resumes from one, keeps the other).
+    with pytest.raises(SnapshotMissing):
+        other.load_memory(tmp_path / "none.snap")
+    # A file larger than any snapshot of this context is refused from its size, unread.
+    huge = tmp_path / "huge.snap"
+    with open(huge, "wb") as f:
+        f.truncate(llama_snapshot.max_file_bytes(other) + 1)
+    with pytest.raises(SnapshotError, match="more than any snapshot"):
+        other.load_memory(huge)
     assert other.step(Observation(None, state(10))).step == before[1]
 
 
