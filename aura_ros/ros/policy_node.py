@@ -430,7 +430,7 @@ class PolicyNode(LifecycleNode):
             return
         max_pixels = self.settings.max_pixels
         loop.decode_later(lambda: prepare_for_model(compressed_to_rgb(msg, max_pixels=max_pixels)),
-                               time.monotonic())
+                          time.monotonic())
 
     def _on_joint_state(self, msg: JointState) -> None:
         loop = self.loop
@@ -530,11 +530,13 @@ class PolicyNode(LifecycleNode):
             raise
 
     def _load_snapshot(self) -> str:
-        from aura_ros.backends.transformers.snapshot import SnapshotError
+        from aura_ros.backends.transformers.snapshot import SnapshotError, SnapshotMissing
 
         configured = self.policy.instruction
         try:
             self.policy.load_memory(self.settings.snapshot_path)
+        except SnapshotMissing:
+            raise  # no refusal: the caller says what it means (a fresh start, a failed ~/load_memory)
         except (SnapshotError, OSError) as exc:
             self.health.count("snapshots_refused")
             self._log().error(f"snapshot refused: {exc}")
