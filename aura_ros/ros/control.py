@@ -123,6 +123,8 @@ class ControlLoop:
         """Decode a compressed frame off the executor thread; while one decodes, only the newest
         waiting frame is kept (older waiting ones are counted as skipped_frames)."""
         with self._decode_lock:
+            if self.stopping:  # a callback still running while a cleanup stops the loop
+                return
             if self._decode_next is not None:
                 self.health.count("skipped_frames")
             self._decode_next = (decode, receive_time)
@@ -176,12 +178,18 @@ class ControlLoop:
 
     def submit(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the worker between steps; errors are logged, not raised."""
-        if self._worker is not None:
-            self._worker.submit(self._guarded, fn)
+        worker = self._worker
+        if worker is None or self.stopping:
+            return
+        try:
+            worker.submit(self._guarded, fn)
+        except RuntimeError:  # shut down meanwhile by stop() (a cleanup): nothing to run it on
+            pass
 
     def stop(self) -> None:
         """Let the step in flight finish (no half-written state), then end the worker."""
-        self.stopping = True
+        with self._decode_lock:  # no decode is handed to the decoder after this
+            self.stopping = True
         if self._decoder is not None:
             self._decoder.shutdown(wait=True)
             self._decoder = None

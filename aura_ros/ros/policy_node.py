@@ -605,11 +605,15 @@ class PolicyNode(LifecycleNode):
                 raise
 
     def _srv_memory_map(self, request, response):
-        if self.loop is None:
+        if self.loop is None or self.policy is None:
             return response
-        self.loop.submit(self._publish_memory_map)  # the picture too, on demand
-        summary, pinned, step = self.loop.run(lambda: (self.policy.memory_map(), self.policy.stats().pinned_tokens,
-                                                       self.policy.step_index))
+        loop, policy = self.loop, self.policy
+        try:
+            loop.submit(self._publish_memory_map)  # the picture too, on demand
+            summary, pinned, step = loop.run(lambda: (policy.memory_map(), policy.stats().pinned_tokens,
+                                                      policy.step_index))
+        except RuntimeError:  # a cleanup on the other executor thread stopped the loop meanwhile
+            return response
         response.step = step
         response.kept_steps = [int(s) for s, *_ in summary]
         response.gate_values = [float(g) for _, g, _, _ in summary]

@@ -19,7 +19,7 @@ from rcl_interfaces.srv import GetParameters
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from aura_ros.ros.image_conversion import rgb_to_image_msg
+from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
 
 CYCLE = (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP, Transition.TRANSITION_CONFIGURE,
          Transition.TRANSITION_ACTIVATE)
@@ -40,8 +40,10 @@ def test_lifecycle_cycles_while_inputs_flow(started, operator):
     node = started({"control.rate_hz": 50.0})
     op = operator
     assert op.spin_until(lambda: len(op.gates) >= 3, 60), node.output()
+    jpeg = rgb_to_compressed_msg(op.frame, "jpeg")
     for _ in range(6):
         for transition in CYCLE:
+            op.compressed.publish(jpeg)  # decoded on the loop's own thread, which a cleanup stops
             assert change_state(op, transition), node.output()
             assert node.proc.poll() is None, node.output()
         n = len(op.gates)
