@@ -31,6 +31,7 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from aura_ros.core import topics
+from aura_ros.core.snapshots import SnapshotError, SnapshotMissing
 from aura_ros.memory import MIB, UtilityWeights
 from aura_ros.ros import guards, qos
 from aura_ros.ros.control import ControlLoop, gate_config
@@ -530,8 +531,6 @@ class PolicyNode(LifecycleNode):
             raise
 
     def _load_snapshot(self) -> str:
-        from aura_ros.backends.transformers.snapshot import SnapshotError, SnapshotMissing
-
         configured = self.policy.instruction
         try:
             self.policy.load_memory(self.settings.snapshot_path)
@@ -559,8 +558,6 @@ class PolicyNode(LifecycleNode):
         """Resume from the snapshot if there is one. Which files make a snapshot is the backend's
         business (transformers: ``<path>.json`` + tensors; llama.cpp: ``<path>`` itself): the node
         asks the policy to load and tells a missing snapshot (SnapshotMissing) from a refused one."""
-        from aura_ros.backends.transformers.snapshot import SnapshotMissing
-
         try:
             self._load_snapshot()
         except SnapshotMissing:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from aura_ros.backends.transformers.snapshot import SnapshotError, SnapshotMissing
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.registry import make_policy
+from aura_ros.core.snapshots import SnapshotError, SnapshotMissing
 
 
 @pytest.fixture(scope="module")

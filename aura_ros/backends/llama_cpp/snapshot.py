@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aura_ros.backends.transformers.snapshot import SnapshotError, SnapshotMissing
+from aura_ros.core.snapshots import SnapshotError, SnapshotMissing
 from aura_ros.memory.segments import Kind, Segment
 
 MAGIC = b"AURA-LLAMA-CPP-SNAPSHOT\x00v1\n"

@@ -38,6 +38,7 @@ from safetensors.torch import load as tensors_from_bytes
 from safetensors.torch import save as tensors_to_bytes
 
 from aura_ros.backends.transformers.cache import GatedKVCache
+from aura_ros.core.snapshots import SnapshotError, SnapshotMissing  # noqa: F401 (part of this module's API)
 from aura_ros.memory.segments import Kind, Segment
 
 FORMAT = "aura_ros.kv_snapshot/2"
@@ -62,16 +63,6 @@ _META_KEYS = {"format", "fingerprint", "tensors", "layout", "policy", "budget_by
               "min_step_tokens", "current_step", "evictions_total", "evicted_written_total", "segments", "extra"}
 _SEGMENT_KEYS = {"kind", "step", "start", "length", "pos_start", "pos_span", "gate", "written"}
 _POLICY_EXTRA_KEYS = {"step_index", "writes_total", "write_rate", "instruction", "gate"}
-
-
-class SnapshotError(ValueError):
-    """A snapshot that cannot be written or loaded here (corrupt, crafted, for another model,
-    or a path that is not a regular file); the message says why. Memory is never changed."""
-
-
-class SnapshotMissing(SnapshotError):
-    """Nothing at all at the snapshot's path (every backend raises it from load_memory), told apart
-    from a snapshot that is there and refused: a node resumes only from the one, keeps the other."""
 
 
 def model_fingerprint(model) -> str:
