@@ -70,6 +70,7 @@ DEPENDENCIES: dict[str, tuple[str, str | None]] = {
     # No rosdep keys exist for these two yet (install with pip): bag replay and Foxglove live.
     "rosbags": ("python3-rosbags", "rosbags"),
     "foxglove": ("python3-foxglove-sdk", "foxglove-sdk"),
+    "mcap": ("python3-mcap", "mcap"),
     # No rosdep keys exist for these two: only laptop-only code may use them, as pip extras.
     "gguf": ("python3-gguf", "gguf"),
     "accelerate": ("python3-accelerate", "accelerate"),
@@ -188,7 +189,7 @@ def test_every_import_has_a_known_dependency(imports):
     assert not unknown, (
         "new third-party import(s) with no dependency mapping: "
         + "; ".join(f"{name!r} at {', '.join(sites)}" for name, sites in sorted(unknown.items()))
-        + ". Add each to DEPENDENCIES in test/packaging/test_package_xml.py as (rosdep key, pip name or None), then "
+        + ". Add each to DEPENDENCIES in test/package_checks/test_package_xml.py as (rosdep key, pip name or None), then "
           "declare it in package.xml (<exec_depend>) and, for pip packages, setup.cfg install_requires "
           "(or an extras_require group for imports only in LAPTOP_ONLY modules) and PY_DEPS in scripts/setup.sh.")
 
