@@ -89,70 +89,16 @@ def test_llama_cpp_policy_acts_as_the_transformers_policy_through_evictions(gguf
 
 
 def test_the_frame_reaches_the_model(gguf):
+    # What the frame changes in the first action's logits on llama.cpp is what it changes on
+    # transformers (which surely reads it), and that change is far above the backends' tolerance:
+    # a frame dropped on the way (libmtmd not used) would leave llama.cpp's logits unchanged.
     frame = SimScene(seed=2).render()
     state = np.zeros(len(PolicyConfig().joint_names))
-    logits = []
+    logits = {"hf": [], "ll": []}
     for image in (frame, np.zeros_like(frame)):
-        _, ll = pair(gguf)
-        logits.append(ll.step(Observation(image, state)).logits)
-    assert float(np.abs(logits[0] - logits[1]).max()) > 10 * LOGIT_TOLERANCE
-
-
-def test_snapshot_with_image_chunks_resumes_exactly(gguf, tmp_path):
-    _, ll = pair(gguf)
-    scene = SimScene(seed=3)
-    for _ in range(12):
-        ll.step(Observation(scene.render(), scene.joint_state()[1]))
-    assert ll.stats().evictions_total > 0
-    path = ll.save_memory(tmp_path / "images.snap")
-    _, other = pair(gguf)
-    other.load_memory(path)
-    assert other.stats().kept_steps == ll.stats().kept_steps and other.step_index == ll.step_index
-    obs = Observation(scene.render(), scene.joint_state()[1])
-    a, b = ll.step(obs), other.step(obs)
-    assert np.array_equal(a.bins, b.bins) and np.allclose(a.logits, b.logits, atol=1e-4)
-
-
-def test_closed_loop_episodes_end_alike_on_both_backends(gguf, tmp_path):
-    from aura_ros.bench import tasks
-
-    model, mmproj = gguf
-    # Episode 3's cue step looks like a return to the action baseline: only the frame tells the gate
-    # otherwise, so the llama.cpp policy must hand the gate its frame embedding too.
-    kw = dict(tasks=("cue_recall",), distractors=(20,), episodes=4, budget_tokens=CAPACITY, expert=False,
-              progress=False, log=lambda s: None)
-    hf = tasks.run(policies=("action_gate",), out=tmp_path / "hf", **kw)
-    ll = tasks.run(policies=("action_gate", "h2o"), model=str(model), out=tmp_path / "ll",
-                   model_kwargs=backend_options(str(model), mmproj=str(mmproj)), **kw)
-    rows = {r["policy"]: r for r in ll["rows"]}
-    gate_hf = next(r for r in hf["rows"] if r["policy"] == "action_gate")
-    same = ("n", "successes", "cue_kept", "write_rate", "allocated_constant")
-    assert gate_hf["n"] == 4 and {k: rows["action_gate"][k] for k in same} == {k: gate_hf[k] for k in same}
-    assert rows["h2o"]["n"] == 0 and "attention weights" in rows["h2o"]["note"]
-
-
-def test_export_refuses_what_it_cannot_write(tmp_path):
-    from aura_ros.backends.transformers.tiny_models import build_tiny_vlm
-
-    folder = build_tiny_vlm("idefics3", tmp_path / "idefics3")
-    assert main(["export-gguf", "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
-    assert not (tmp_path / "out" / "model.gguf").exists()
-    with pytest.raises(ValueError, match="GGUF models"):
-        backend_options(None, mmproj="x.gguf")
-
-
-def test_bench_scaling_runs_on_llama_cpp(gguf, tmp_path):
-    """`bench scaling` on a GGUF: the fill decodes synthetic tokens, the physical limit cuts each
-    step off with llama_memory_seq_rm and never evicts; the gate's evicting steps are seen."""
-    from aura_ros.bench import scaling
-
-    model, mmproj = gguf
-    rows = scaling.run(budgets=(0.25,), policies=("physical_limit", "h2o", "action_gate"), min_steps=8, max_steps=8,
-                       model=str(model), out=tmp_path, progress=lambda s: None,
-                       model_kwargs=backend_options(str(model), mmproj=str(mmproj)))
-    by = {r.policy: r for r in rows}
-    assert set(by) == {"physical_limit", "action_gate"}  # H2O skipped: no attention weights in llama.cpp
-    limit, gate = by["physical_limit"], by["action_gate"]
-    assert limit.capacity_tokens == gate.capacity_tokens == 1024
-    assert gate.evictions >= 2 and gate.quiet_ms > 0 and gate.evict_ms > 0 and limit.quiet_ms > 0
-    assert all(r.allocated_bytes_first == r.allocated_bytes_last == 0.25 * 2**20 for r in rows)
+        hf, ll = pair(gguf)
+        logits["hf"].append(hf.step(Observation(image, state)).logits)
+        logits["ll"].append(ll.step(Observation(image, state)).logits)
+    effect = {k: v[0] - v[1] for k, v in logits.items()}
+    assert float(np.abs(effect["hf"]).max()) > 5 * LOGIT_TOLERANCE
+    assert float(np.abs(effect["ll"] - effect["hf"]).max()) < 2 * LOGIT_TOLERANCE
