@@ -29,9 +29,12 @@ class PolicyConfig:
     # then run once every ~block/step_tokens steps instead of every step (docs/benchmarks.md §7).
     block_fraction: float = 0.05
     # The most steps the policy reads at once, whatever the budget (0: the budget alone decides).
-    # A policy works inside the context shapes it was trained on: the shipped default saw up to
-    # ``recent`` 24 steps plus the long-term steps of two tasks (backends/transformers/train.py).
-    max_context_steps: int = 32
+    # A policy works inside the context shapes it was trained on: the shipped default's contexts
+    # hold a recent stretch of 1-24 steps beside the long-term ones (backends/transformers/train.py).
+    # Measured (docs/benchmarks.md section 8): with a cap of 32, budgets of 1 and 2 MiB filled the
+    # view with ~26 recent steps and the default fell to chance at D = 50; 24 keeps every budget
+    # inside what it was trained on.
+    max_context_steps: int = 24
     gate: GateConfig = field(default_factory=GateConfig)
     utility: UtilityWeights = field(default_factory=UtilityWeights)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT

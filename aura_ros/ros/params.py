@@ -153,9 +153,9 @@ POLICY_PARAMS = ParamTable((
     Spec("memory.recent_share", "recent_share", 0.1,
          "action_gate: when long-term steps would have to go, the recent window gives up its oldest steps down "
          "to this share of the unpinned budget (1: never)", range=(0.0, 1.0)),
-    Spec("memory.max_context_steps", "max_context_steps", 32,
+    Spec("memory.max_context_steps", "max_context_steps", 24,
          "The most steps the policy reads at once, whatever the budget: a policy works inside the context "
-         "lengths it was trained on (the shipped default: 32); 0 = the budget alone", range=(0, 1_000_000)),
+         "lengths it was trained on (the shipped default: 24); 0 = the budget alone", range=(0, 1_000_000)),
     Spec("memory.task_horizon", "task_horizon", 1,
          "action_gate: long-term steps of tasks more than this many task boundaries back (each /instruction "
          "message begins a task) are stale and leave first under pressure; 1 keeps the previous task's facts",

@@ -58,11 +58,21 @@ def test_the_chooser_never_takes_a_domain_with_a_foreign_participant(run_python,
     busy, free = free_pair
     with run_python.spawn(FOREIGN, name="foreign", env={**ros_env, "ROS_DOMAIN_ID": str(busy)}) as foreign:
         _wait_ready(foreign)
-        seen = probe_domains([busy, free])
-        assert seen[free] == [] and "/foreign_live_node" in seen[busy], seen
+        seen = probe_domains([busy])
+        assert "/foreign_live_node" in seen[busy], seen
+        # Another test run on this host may take a domain at any moment (it claims one, its own
+        # tests start nodes): so the chooser gets several candidates that were free a moment ago,
+        # and where it finds none free, each of them must really have had a participant by then.
+        others = [d for d in range(20, 102) if d not in (busy, int(os.environ["ROS_DOMAIN_ID"]))]
+        __import__("random").Random(os.getpid() + 1).shuffle(others)
+        candidates = [free] + [d for d, names in probe_domains(others[:6]).items() if not names][:3]
         for seed in range(2):  # whichever order the candidates are tried in (seeds 0, 1: both orders)
-            with claim_free_domain(candidates=[busy, free], seed=seed) as claim:
-                assert claim.domain_id == free
+            try:
+                with claim_free_domain(candidates=[busy, *candidates], seed=seed) as claim:
+                    assert claim.domain_id in candidates
+            except NoFreeDomain:
+                now = probe_domains(candidates)
+                assert all(now[d] for d in candidates), f"no domain taken though some were free: {now}"
         with pytest.raises(NoFreeDomain, match="other participants"):
             claim_free_domain(candidates=[busy])
         assert foreign.alive()  # the probe only listened
