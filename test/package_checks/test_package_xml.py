@@ -189,8 +189,8 @@ def test_every_import_has_a_known_dependency(imports):
     assert not unknown, (
         "new third-party import(s) with no dependency mapping: "
         + "; ".join(f"{name!r} at {', '.join(sites)}" for name, sites in sorted(unknown.items()))
-        + ". Add each to DEPENDENCIES in test/package_checks/test_package_xml.py as (rosdep key, pip name or None), then "
-          "declare it in package.xml (<exec_depend>) and, for pip packages, setup.cfg install_requires "
+        + ". Add each to DEPENDENCIES in test/package_checks/test_package_xml.py as (rosdep key, pip name or None), "
+          "then declare it in package.xml (<exec_depend>) and, for pip packages, setup.cfg install_requires "
           "(or an extras_require group for imports only in LAPTOP_ONLY modules) and PY_DEPS in scripts/setup.sh.")
 
 
