@@ -93,6 +93,11 @@ class SegmentTable:
     def pinned_tokens(self) -> int:
         return sum(s.length for s in self.segments if s.kind in (Kind.PINNED, Kind.SINK))
 
+    def protected_tokens(self, protect_pinned: bool) -> int:
+        """Tokens no eviction may free: the sinks, and the pinned segments where the policy protects them."""
+        kinds = (Kind.PINNED, Kind.SINK) if protect_pinned else (Kind.SINK,)
+        return sum(s.length for s in self.segments if s.kind in kinds)
+
     def append(self, seg: Segment) -> None:
         if seg.start != self.used_tokens:
             raise ValueError(f"segment starts at slot {seg.start}, table ends at {self.used_tokens}")

@@ -66,7 +66,7 @@ def test_random_operations_keep_invariants(policy, ops, capacity, recent):
     step, max_step_tokens = 0, 8
     for name, n, value in ops:
         if name == "step":
-            room = cache.capacity - cache.pinned_tokens * cache.policy.protect_pinned
+            room = cache.capacity - cache.table.protected_tokens(cache.policy.protect_pinned)
             if n > room:
                 # A step larger than any seen can exceed what a budget accepted for the steps seen so
                 # far (the step size is measured, not guessed): refused with the numbers, nothing written.

@@ -276,7 +276,7 @@ class LlamaKVStore:
         """Make room for ``n_tokens`` (evicting by the policy if needed); the first new position."""
         if self._pending:
             raise RuntimeError("commit() the tokens of the previous decode before reserve()")
-        if n_tokens > self.capacity - self.table.pinned_tokens * self.policy.protect_pinned:
+        if n_tokens > self.capacity - self.table.protected_tokens(self.policy.protect_pinned):
             raise BudgetError(f"{n_tokens} tokens do not fit in a context of {self.capacity} tokens with "
                               f"{self.table.pinned_tokens} pinned; raise the budget")
         view = self.capacity if self.max_context_steps <= 0 else view_capacity(

@@ -238,7 +238,7 @@ class GatedKVCache(Cache):
         """
         if self.used_tokens != self.table.used_tokens:
             raise RuntimeError("commit() the tokens of the previous forward pass before reserve()")
-        if n_tokens > self.capacity - self.table.pinned_tokens * self.policy.protect_pinned:
+        if n_tokens > self.capacity - self.table.protected_tokens(self.policy.protect_pinned):
             raise BudgetError(
                 f"{n_tokens} tokens do not fit in a cache of {self.capacity} tokens with "
                 f"{self.table.pinned_tokens} pinned; raise the budget")
