@@ -72,3 +72,19 @@ def run_python(ros_env: dict[str, str], tmp_path) -> PythonRunner:
     *args, name=...) as proc:`` runs it in the background and always stops it afterwards.
     """
     return PythonRunner(env=ros_env, cwd=tmp_path)
+
+
+@pytest.fixture
+def observer():
+    """A node of this process in the session's domain, to watch and poke nodes in other processes."""
+    import time
+
+    import rclpy
+    from rclpy.node import Node
+
+    rclpy.init()
+    node = Node(f"observer_{time.monotonic_ns()}")
+    yield node
+    node.destroy_node()
+    rclpy.try_shutdown()
+

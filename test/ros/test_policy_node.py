@@ -5,13 +5,11 @@ The pytest process is the observer (like rqt): it subscribes to commands, ~/memo
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TwistStamped
+from helpers.observer import RUN_MODULE, call, ros_args, spin_until
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -26,40 +24,6 @@ from aura_ros.srv import GetMemoryMap
 
 NODE = "aura_ros.ros.policy_node"
 SIM = "aura_ros.ros.sim_node"
-RUN_MODULE = "import runpy, sys; sys.argv = ['x'] + sys.argv[1:]; runpy.run_module(sys.argv[1], run_name='__main__')"
-
-
-def ros_args(params: dict) -> list[str]:
-    out = ["--ros-args"]
-    for k, v in params.items():
-        out += ["-p", f"{k}:={v}"]
-    return out
-
-
-@pytest.fixture
-def observer():
-    rclpy.init()
-    node = Node(f"observer_{time.monotonic_ns()}")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
-
-
-def spin_until(node: Node, predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-        if predicate():
-            return True
-    return False
-
-
-def call(node: Node, srv_type, name: str, request, timeout: float = 20.0):
-    client = node.create_client(srv_type, name)
-    assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-    future = client.call_async(request)
-    assert spin_until(node, future.done, timeout), f"no answer from {name}"
-    return future.result()
 
 
 def set_param(node: Node, name: str, value: float):

@@ -6,13 +6,8 @@ by the node is read back by it.
 """
 from __future__ import annotations
 
-import time
-
-import pytest
-import rclpy
 from helpers.llama_backend import require_llama_cpp
-from rclpy.node import Node
-from std_srvs.srv import Trigger
+from helpers.observer import RUN_MODULE, ros_args, spin_until, trigger
 
 require_llama_cpp()
 
@@ -22,42 +17,8 @@ from aura_ros.ros import qos  # noqa: E402
 
 NODE = "aura_ros.ros.policy_node"
 SIM = "aura_ros.ros.sim_node"
-RUN_MODULE = "import runpy, sys; sys.argv = ['x'] + sys.argv[1:]; runpy.run_module(sys.argv[1], run_name='__main__')"
 TOKENS = 512
 BYTES_PER_TOKEN = 23040  # SmolLM2-135M: 30 layers x 3 KV heads x (64 + 64) x 2 bytes (f16)
-
-
-def ros_args(params: dict) -> list[str]:
-    out = ["--ros-args"]
-    for k, v in params.items():
-        out += ["-p", f"{k}:={v}"]
-    return out
-
-
-@pytest.fixture
-def observer():
-    rclpy.init()
-    node = Node(f"observer_{time.monotonic_ns()}")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
-
-
-def spin_until(node: Node, predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-        if predicate():
-            return True
-    return False
-
-
-def trigger(node: Node, name: str, timeout: float = 30.0) -> Trigger.Response:
-    client = node.create_client(Trigger, name)
-    assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-    future = client.call_async(Trigger.Request())
-    assert spin_until(node, future.done, timeout), f"no answer from {name}"
-    return future.result()
 
 
 def test_node_runs_the_gguf_model_and_round_trips_a_snapshot(run_python, observer, tmp_path):
