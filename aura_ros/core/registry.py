@@ -11,6 +11,7 @@ from aura_ros.core.protocol import Policy
 BACKENDS: dict[str, str] = {
     "transformers": "aura_ros.backends.transformers.policy:VLMPolicy.from_pretrained",
     "llama_cpp": "aura_ros.backends.llama_cpp.policy:LlamaCppPolicy.from_pretrained",
+    "mlx": "aura_ros.backends.mlx.policy:MLXPolicy.from_pretrained",
 }
 
 

@@ -1,0 +1,17 @@
+"""The MLX backend: the transformers backend's Llava folders (SigLIP tower + Llama decoder) run on
+MLX (mlx-lm's Llama for the decoder), on a fixed-slot MLX KV store with re-rotation.
+
+Opt-in: ``make mlx`` (``pip install "mlx[cpu]" mlx-lm`` on Linux, plain ``mlx`` on macOS). Nothing
+here is imported unless the backend is chosen (``model.backend: mlx``).
+"""
+
+# The memory policies this backend cannot run, and why (tools report them as skipped, not dropped).
+REFUSES = {
+    "unbounded": "the MLX backend runs a fixed-slot store (no unbounded reference)",
+    "h2o": "H2O scores by attention weights, which mx.fast.scaled_dot_product_attention does not expose",
+}
+
+
+def refuses(policy: str, options: dict | None = None) -> str | None:
+    """Why this backend cannot run ``policy`` (None: it can)."""
+    return REFUSES.get(policy)
