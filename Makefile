@@ -12,7 +12,7 @@ export ROS_LOG_DIR ?= $(CURDIR)/build/ros_log
 export FASTRTPS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds.xml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test llama bench-memory bench-recall clean
+.PHONY: setup demo test llama mlx bench-memory bench-recall clean
 setup:
 	@bash scripts/setup.sh
 
@@ -28,6 +28,15 @@ test: setup
 # multi-core one. pip caches the built wheel; later installs take seconds.
 llama: setup
 	$(PY) -m pip install "llama-cpp-python==0.3.36"
+
+# Opt-in: the MLX backend (model.backend mlx): binary wheels, seconds to install. On Linux MLX
+# runs on the CPU wheel (the mlx-cpu package, pulled by the extra mlx[cpu]); macOS gets Metal.
+mlx: setup
+	if [ "$$(uname -s)" = Darwin ]; then \
+	  $(PY) -m pip install "mlx==0.32.4" "mlx-lm==0.32.2"; \
+	else \
+	  $(PY) -m pip install "mlx[cpu]==0.32.4" "mlx-lm==0.32.2"; \
+	fi
 
 bench-memory: setup
 	$(PY) -m aura_ros.tools.cli bench memory $(BENCH_ARGS)

@@ -39,10 +39,13 @@ def make_policy(model: str | None, config: PolicyConfig | None = None, *, backen
 
 def unsupported(model: str | None, policies, options: dict | None = None, backend: str = "auto") -> dict[str, str]:
     """The memory policies the chosen backend cannot run with these loading options, with the reason."""
-    if backend_for(model, backend) != "llama_cpp":
+    # A backend that cannot run some policies says so by a ``refuses(policy, options)`` in its
+    # package (importing the package costs nothing: its __init__ imports no library).
+    name = backend_for(model, backend)
+    package = BACKENDS[name].partition(":")[0].rpartition(".")[0]
+    refuses = getattr(importlib.import_module(package), "refuses", None)
+    if refuses is None:
         return {}
-    from aura_ros.backends.llama_cpp import refuses
-
     return {p: why for p in policies if (why := refuses(p, options))}
 
 

@@ -17,7 +17,7 @@ from aura_ros.memory.scorers import POLICIES
 ACTION_TYPES = ("joint_trajectory", "float64_multi_array", "twist")
 EVICTION_POLICIES = tuple(POLICIES)
 DTYPES = ("float32", "bfloat16", "float16")
-MODEL_BACKENDS = ("auto", "transformers", "llama_cpp")
+MODEL_BACKENDS = ("auto", "transformers", "llama_cpp", "mlx")
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
 
@@ -131,7 +131,7 @@ class ParamTable:
 POLICY_PARAMS = ParamTable((
     Spec("model.path", "model_path", "", "Local folder or hub id of a transformers VLM; empty: the embedded default"),
     Spec("model.backend", "backend", "auto", "Backend that runs the model (auto: a .gguf model.path selects "
-         "llama_cpp, anything else transformers)", choices=MODEL_BACKENDS),
+         "llama_cpp, anything else transformers; mlx: a Llava folder on MLX, opt-in)", choices=MODEL_BACKENDS),
     Spec("model.mmproj", "mmproj", "", "llama_cpp: projector GGUF for images through libmtmd; empty: text "
          "observations (the joint state), frames ignored"),
     Spec("model.kv_type", "kv_type", "f16", "llama_cpp: KV cache type (q8_0/q4_0 hold ~2x/~3.5x the tokens of "

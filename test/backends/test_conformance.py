@@ -7,7 +7,7 @@ import pytest
 
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.protocol import Policy
-from aura_ros.core.registry import BACKENDS, make_policy
+from aura_ros.core.registry import BACKENDS, make_policy, unsupported
 from aura_ros.core.types import Action, Observation
 from aura_ros.memory import POLICIES, BudgetError
 
@@ -35,10 +35,16 @@ def test_policy_seam(backend, eviction, tmp_path):
         from helpers.llama_backend import require_llama_cpp
 
         require_llama_cpp()
-        if eviction == "h2o":  # llama.cpp exposes no attention weights: refused by name, not faked
-            with pytest.raises(ValueError, match="attention"):
-                make_policy(None, config, backend=backend, instruction="stack the cubes")
-            return
+    elif backend == "mlx":
+        from helpers.mlx_backend import require_mlx
+
+        require_mlx()
+    if backend in ("llama_cpp", "mlx") and eviction == "h2o":
+        # Neither llama.cpp nor MLX's fused attention exposes attention weights: refused by name, not faked.
+        assert "attention" in unsupported(None, [eviction], backend=backend)[eviction]
+        with pytest.raises(ValueError, match="attention"):
+            make_policy(None, config, backend=backend, instruction="stack the cubes")
+        return
     policy = make_policy(None, config, backend=backend, instruction="stack the cubes")
     assert isinstance(policy, Policy)
     first = None

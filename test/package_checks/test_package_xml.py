@@ -76,10 +76,13 @@ DEPENDENCIES: dict[str, tuple[str, str | None]] = {
     "accelerate": ("python3-accelerate", "accelerate"),
     # The opt-in llama.cpp backend (compiles llama.cpp on install): no rosdep key; the pip extra `llama`.
     "llama_cpp": ("python3-llama-cpp-python", "llama-cpp-python"),
+    # The opt-in MLX backend: no rosdep keys; the pip extra `mlx` (`make mlx`).
+    "mlx": ("python3-mlx", "mlx"),
+    "mlx_lm": ("python3-mlx-lm", "mlx-lm"),
 }
 # Opt-in backends: an import only inside such a folder may come from the named pip extra instead of
 # install_requires (the backend is loaded lazily, only when chosen; `make llama` installs it).
-OPTIONAL_BACKENDS = {Path(PACKAGE) / "backends" / "llama_cpp": "llama"}
+OPTIONAL_BACKENDS = {Path(PACKAGE) / "backends" / "llama_cpp": "llama", Path(PACKAGE) / "backends" / "mlx": "mlx"}
 
 
 def shipped_files() -> list[Path]:
