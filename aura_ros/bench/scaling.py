@@ -98,6 +98,14 @@ def _fill(policy, rng: np.random.Generator, step_tokens: int, leave: int, capaci
         if _is_llama(cache):
             cache.decode(rng.integers(FILL_TOKEN_IDS[0], min(FILL_TOKEN_IDS[1], cache.model.n_vocab),
                                       step_tokens).tolist())
+        elif _is_mlx(cache):
+            import mlx.core as mx
+
+            lay = cache.layout
+            for i in range(lay.num_layers):
+                cache.write(i, mx.random.normal((1, lay.kv_heads[i], step_tokens, lay.k_head_dim[i])),
+                            mx.random.normal((1, lay.kv_heads[i], step_tokens, lay.v_head_dim[i])))
+            mx.eval(cache.arrays())
         else:
             import torch
 
@@ -119,6 +127,10 @@ FILL_TOKEN_IDS = (16, 500)
 
 def _is_llama(cache) -> bool:
     return hasattr(cache, "mem")  # LlamaKVStore: a llama_memory handle, no torch layers
+
+
+def _is_mlx(cache) -> bool:
+    return hasattr(cache, "arrays")  # MLXKVStore: MLX arrays behind mlx-lm's per-layer views
 
 
 def _start(policy_name: str, budget_mb: float, block_fraction: float, model: str | None, seed: int,
@@ -193,6 +205,9 @@ def _rewind(cache, used: int) -> None:
         cache.table.segments = keep
         return
     cache.table.segments = keep
+    if _is_mlx(cache):
+        cache._storage_truncate(used)
+        return
     for layer in cache.layers:
         layer.length = used
     cache.attention[used:] = 0
@@ -251,7 +266,7 @@ def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.05, min
 
     from aura_ros.core.registry import unsupported
 
-    refused = unsupported(model, policies, model_kwargs)
+    refused = unsupported(model, policies, model_kwargs, backend=(model_kwargs or {}).get("backend", "auto"))
     for p, why in refused.items():
         progress(f"skipping {p}: {why}")
     policies = tuple(p for p in policies if p not in refused)

@@ -237,7 +237,13 @@ class MLXPolicy(PolicyBase):
 
     # ------------------------------------------------------------------ snapshots
     def save_memory(self, path) -> str:
-        raise NotImplementedError("MLX snapshots wait for the shared snapshot format (aura_ros.memory)")
+        """Write the episode's memory (KV, segments, counters, gate state) atomically."""
+        from aura_ros.backends.mlx import snapshot
+
+        return str(snapshot.save(self, path))
 
     def load_memory(self, path) -> dict:
-        raise NotImplementedError("MLX snapshots wait for the shared snapshot format (aura_ros.memory)")
+        """Resume from a snapshot of the same model; SnapshotError leaves the memory as it was."""
+        from aura_ros.backends.mlx import snapshot
+
+        return snapshot.load(self, path)
