@@ -4,7 +4,8 @@ Three figures for the MLX backend, each next to the transformers backend's where
 - agreement: the max |logit difference| over the action tokens, both backends fed the same
   cue_recall episode at a budget that forces evictions (the test asserts it, this reports it);
 - step time at budgets of 0.5 and 2 MiB, and what eviction adds per step, against the same store
-  with no eviction (``bench.scaling``: its "physical_limit" row);
+  with no eviction (``bench.scaling``: its "physical_limit" row), the view cap off so that a full
+  store is read in full;
 - a long run (``--soak`` steps) on MLX: the KV bytes at every step, the largest position, MLX's own
   active memory and the process RSS at the start and the end.
 """
@@ -50,6 +51,7 @@ def step_times(budgets=(0.5, 2.0), out: Path = Path("out/bench_mlx"), min_steps:
     for backend in ("mlx", "transformers"):
         for r in scaling.run(budgets=budgets, policies=("physical_limit", "action_gate"), min_steps=min_steps,
                              max_steps=max_steps, out=out / backend, model_kwargs={"backend": backend},
+                             max_context_steps=0,
                              progress=lambda line, b=backend: print(f"[{b}] {line}", flush=True)):
             rows.append({"backend": backend} | asdict(r))
     return rows

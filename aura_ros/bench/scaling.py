@@ -34,7 +34,7 @@ import gc
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +134,7 @@ def _is_mlx(cache) -> bool:
 
 
 def _start(policy_name: str, budget_mb: float, block_fraction: float, model: str | None, seed: int,
-           model_kwargs: dict | None = None) -> _Run:
+           model_kwargs: dict | None = None, max_context_steps: int | None = None) -> _Run:
     from aura_ros.core.config import PolicyConfig
     from aura_ros.core.registry import make_policy
     from aura_ros.core.types import Observation
@@ -143,6 +143,8 @@ def _start(policy_name: str, budget_mb: float, block_fraction: float, model: str
     eviction = "sliding_window" if policy_name == "physical_limit" else policy_name
     config = PolicyConfig(budget_bytes=int(budget_mb * 2**20), eviction=eviction,
                           block_fraction=0.0 if policy_name == "physical_limit" else block_fraction)
+    if max_context_steps is not None:  # 0: the budget alone bounds what is read (a full cache is full)
+        config = replace(config, max_context_steps=int(max_context_steps))
     policy = make_policy(model, config, instruction="pick up the red block and put it in the bin",
                          **(model_kwargs or {}))
     scene = SimScene(seed=seed)
@@ -231,10 +233,11 @@ def _row(run: _Run, budget_mb: float) -> Row:
 
 
 def run_budget(budget_mb: float, policies, rounds: int, block_fraction: float, model: str | None = None,
-               evict_every: int = 4, seed: int = 0, model_kwargs: dict | None = None) -> list[Row]:
+               evict_every: int = 4, seed: int = 0, model_kwargs: dict | None = None,
+               max_context_steps: int | None = None) -> list[Row]:
     """All policies at one budget, a step each per round (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    runs = [_start(p, budget_mb, block_fraction, model, seed, model_kwargs) for p in policies]
+    runs = [_start(p, budget_mb, block_fraction, model, seed, model_kwargs, max_context_steps) for p in policies]
     for r in runs:
         # Physical limit: one step short of full, so each timed step fills the budget exactly.
         _fill(r.policy, rng, r.step_tokens, leave=2 * r.step_tokens, capacity=r.full_tokens or None)
@@ -257,8 +260,9 @@ def rounds_for(budget_mb: float, min_rounds: int, max_rounds: int, full_budget_m
 
 def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.05, min_steps: int = 40,
         max_steps: int = 400, model: str | None = None, out: Path = Path("out/bench_scaling"), evict_every: int = 4,
-        progress=print, model_kwargs: dict | None = None) -> list[Row]:
-    """``model_kwargs``: the backend's loading options (``registry.backend_options``)."""
+        progress=print, model_kwargs: dict | None = None, max_context_steps: int | None = None) -> list[Row]:
+    """``model_kwargs``: the backend's loading options (``registry.backend_options``);
+    ``max_context_steps``: PolicyConfig's view cap (None: its default)."""
     import platform
 
     import psutil
@@ -275,7 +279,7 @@ def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.05, min
     t0 = time.time()
     for b in budgets:
         rows += run_budget(b, policies, rounds_for(b, min_steps, max_steps), block_fraction, model, evict_every,
-                           model_kwargs=model_kwargs)
+                           model_kwargs=model_kwargs, max_context_steps=max_context_steps)
         ref = next((r.mean_ms for r in rows if r.policy == "physical_limit" and r.budget_mb == b), math.nan)
         for r in rows:
             if r.budget_mb == b:
