@@ -50,7 +50,8 @@ def save(policy, path) -> Path:
     n = store.used_tokens
     parts = []
     for k, v in zip(store.keys, store.values):
-        parts += [np.asarray(k[:, :, :n], dtype=np.float32).tobytes(), np.asarray(v[:, :, :n], dtype=np.float32).tobytes()]
+        parts += [np.asarray(k[:, :, :n], dtype=np.float32).tobytes(),
+                  np.asarray(v[:, :, :n], dtype=np.float32).tobytes()]
     tensors = b"".join(parts)
     header = {
         "format": 1, "backend": "mlx", "model": policy.fingerprint, "layout": _layout(store), "tokens": n,
@@ -127,7 +128,8 @@ def _read(policy, path) -> tuple[dict, list[Segment], list[tuple[np.ndarray, np.
         pair = []
         for dim in (lay.k_head_dim[i], lay.v_head_dim[i]):
             count = lay.kv_heads[i] * n * dim
-            arr = np.frombuffer(tensors, dtype=np.float32, count=count, offset=offset).reshape(1, lay.kv_heads[i], n, dim)
+            arr = np.frombuffer(tensors, dtype=np.float32, count=count, offset=offset)
+            arr = arr.reshape(1, lay.kv_heads[i], n, dim)
             offset += 4 * count
             pair.append(arr)
         kv.append(tuple(pair))

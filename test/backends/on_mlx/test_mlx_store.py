@@ -24,7 +24,8 @@ from aura_ros.backends.mlx.policy import DEFAULT_MODEL_DIR, MLXPolicy  # noqa: E
 from aura_ros.core.config import PolicyConfig  # noqa: E402
 from aura_ros.core.registry import make_policy, unsupported  # noqa: E402
 from aura_ros.core.types import Observation  # noqa: E402
-from aura_ros.memory import Kind, make_policy as memory_policy  # noqa: E402
+from aura_ros.memory import Kind  # noqa: E402
+from aura_ros.memory import make_policy as memory_policy  # noqa: E402
 
 
 def frame(i: int) -> np.ndarray:
