@@ -41,19 +41,37 @@ def logit_agreement(budget_bytes: int = 64 * 1024, seed: int = 3, distractors: i
             "evictions": b.stats.evictions_total, "budget_bytes": budget_bytes}
 
 
-def step_times(budgets=(0.5, 2.0), out: Path = Path("out/bench_mlx"), min_steps: int = 40,
-               max_steps: int = 120) -> list[dict]:
+def step_times(budgets=(0.5, 2.0), rounds: int = 60, evict_every: int = 4, torch_threads: int = 1) -> list[dict]:
+    """``bench.scaling``'s timed steps, both backends' runs interleaved round by round (a change of
+    the machine's load touches both alike), with the view cap off so that a full store is read in
+    full. Per backend and budget: "physical_limit" (the same full store, no eviction at all) and
+    "action_gate" (evicting a block when full); ``evict_cost_ms`` is what eviction adds per step."""
     from dataclasses import asdict
+
+    import torch
 
     from aura_ros.bench import scaling
 
+    torch.set_num_threads(torch_threads)
     rows = []
-    for backend in ("mlx", "transformers"):
-        for r in scaling.run(budgets=budgets, policies=("physical_limit", "action_gate"), min_steps=min_steps,
-                             max_steps=max_steps, out=out / backend, model_kwargs={"backend": backend},
-                             max_context_steps=0,
-                             progress=lambda line, b=backend: print(f"[{b}] {line}", flush=True)):
-            rows.append({"backend": backend} | asdict(r))
+    for b in budgets:
+        rng = np.random.default_rng(0)
+        runs = {(backend, p): scaling._start(p, b, 0.05, None, 0, {"backend": backend}, max_context_steps=0)
+                for backend in ("mlx", "transformers") for p in ("physical_limit", "action_gate")}
+        for r in runs.values():
+            scaling._fill(r.policy, rng, r.step_tokens, leave=2 * r.step_tokens, capacity=r.full_tokens or None)
+        order = list(runs.values())
+        for i in range(rounds):
+            k = i % evict_every
+            level = None if k == 0 else (k - 0.5) / (evict_every - 1)
+            for j in range(len(order)):
+                scaling._timed_step(order[(i + j) % len(order)], rng, level)
+        for (backend, _), r in runs.items():
+            row = {"backend": backend} | asdict(scaling._row(r, b))
+            rows.append(row)
+            print(f"[{backend}] {b:g} MiB {row['policy']:>15}: mean {row['mean_ms']:.2f} ms (quiet "
+                  f"{row['quiet_ms']:.2f}, evicting {row['evict_ms']:.2f}, every {row['period_steps']:.1f} steps, "
+                  f"cost {row['evict_cost_ms']:.2f} ms/step), p50 {row['p50_ms']:.2f}", flush=True)
     return rows
 
 
@@ -98,7 +116,7 @@ def main(argv=None) -> None:
     summary = {"agreement": logit_agreement()}
     print(json.dumps(summary["agreement"]), flush=True)
     if not args.skip_times:
-        summary["step_times"] = step_times(out=args.out)
+        summary["step_times"] = step_times()
     if args.soak:
         summary["soak"] = soak(args.soak)
     (args.out / "mlx_compare.json").write_text(json.dumps(summary, indent=1))
