@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import psutil
 
 from aura_ros.core.types import Action, Observation
 from aura_ros.memory.budget import budget_error
@@ -91,6 +92,16 @@ class PolicyBase:
 
     def stats(self) -> MemoryStats:
         return self.kv_store.stats()
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` from step() means the device ran out of memory (the node then shrinks
+        the budget and retries); a backend whose runtime has such an error says so."""
+        return False
+
+    def free_memory_bytes(self) -> int:
+        """Memory free where this policy allocates its KV store (host memory unless a backend
+        says otherwise): a budget above it cannot be allocated."""
+        return int(psutil.virtual_memory().available)
 
     def memory_map(self) -> list[tuple[int, float, bool, int]]:
         return self.kv_store.table.step_summary()

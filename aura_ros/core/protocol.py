@@ -53,6 +53,12 @@ class Policy(Protocol):
     def memory_map(self) -> list[tuple[int, float, bool, int]]:
         """(step, gate value, long-term, tokens) of every kept step, oldest first."""
 
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` raised by step() means the device ran out of memory."""
+
+    def free_memory_bytes(self) -> int:
+        """Memory free where the KV store allocates (a budget above it cannot be allocated)."""
+
     def save_memory(self, path) -> str:
         """Write the episode's memory atomically; returns the path written."""
 

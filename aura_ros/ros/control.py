@@ -241,14 +241,14 @@ class ControlLoop:
             self._busy = False
 
     def _step_with_oom_retry(self, snap: Inputs) -> Action:
-        """Out of memory: shrink the KV budget by OOM_SHRINK and retry the step once."""
-        import torch
-
-        oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+        """Out of memory (as the policy's backend tells it): shrink the KV budget by OOM_SHRINK
+        and retry the step once."""
         obs = Observation(snap.image, snap.state)
         try:
             return self.policy.step(obs)
-        except oom as exc:
+        except Exception as exc:
+            if not self.policy.is_out_of_memory(exc):
+                raise
             self.health.count("out_of_memory")
             old_mb = self.settings.budget_mb
             new_mb = old_mb * OOM_SHRINK

@@ -12,12 +12,13 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from aura_ros.core import arm
+from aura_ros.core.registry import BACKENDS
 from aura_ros.memory.scorers import POLICIES
 
 ACTION_TYPES = ("joint_trajectory", "float64_multi_array", "twist")
 EVICTION_POLICIES = tuple(POLICIES)
 DTYPES = ("float32", "bfloat16", "float16")
-MODEL_BACKENDS = ("auto", "transformers", "llama_cpp", "mlx")
+MODEL_BACKENDS = ("auto", *BACKENDS)
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
 

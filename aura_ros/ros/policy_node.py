@@ -237,15 +237,9 @@ class PolicyNode(LifecycleNode):
         return getattr(srv, name)
 
     def _load_policy(self, s):
-        import torch
-
         from aura_ros.core.config import PolicyConfig
-        from aura_ros.core.registry import backend_for, make_policy
+        from aura_ros.core.registry import backend_options, make_policy
 
-        if s.torch_threads > 0:
-            # Measured: with 2 threads on a 2-core machine that also runs DDS and the sim, one busy
-            # neighbour made a 6 ms step take 600 ms; with 1 thread it stayed at 6 ms.
-            torch.set_num_threads(s.torch_threads)
         config = PolicyConfig(
             joint_names=tuple(s.joint_names), low=tuple(s.low), high=tuple(s.high),
             discrete_joints=tuple(s.discrete_joints), n_bins=s.n_bins, chunk=s.chunk,
@@ -254,11 +248,13 @@ class PolicyNode(LifecycleNode):
             max_context_steps=s.max_context_steps,
             utility=UtilityWeights(recent_share=s.recent_share, task_horizon=s.task_horizon))
         instruction = s.instruction[: s.instruction_max_chars]
-        if backend_for(s.model_path or None, s.backend) == "llama_cpp":
-            return make_policy(s.model_path or None, config, backend="llama_cpp", instruction=instruction,
-                               kv_type=s.kv_type, mmproj=s.mmproj or None, n_threads=max(s.torch_threads, 1))
-        return make_policy(s.model_path or None, config, backend=s.backend, instruction=instruction,
-                           dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code)
+        # Every backend's loading parameters; the chosen backend takes the ones it knows
+        # (its package's OPTIONS), so the node names no backend.
+        options = backend_options(s.model_path or None, backend=s.backend, strict=False, kv_type=s.kv_type,
+                                  mmproj=s.mmproj or None, threads=s.torch_threads, dtype=s.dtype, device=s.device,
+                                  trust_remote_code=s.trust_remote_code,
+                                  torch_threads=s.torch_threads if s.torch_threads > 0 else None)
+        return make_policy(s.model_path or None, config, backend=s.backend, instruction=instruction, **options)
 
     def _reserve_widest_step(self, s) -> None:
         """Make every budget check count the largest step the inputs can produce: the joint states
@@ -332,7 +328,8 @@ class PolicyNode(LifecycleNode):
             value = param_value(p)
             reason = POLICY_PARAMS.check(p.name, value)
             if not reason and p.name == "memory.vram_budget_mb" and self.policy is not None:
-                reason = self._budget_refusal(value) or _allocation_error(value, self.settings.device)
+                reason = self._budget_refusal(value) or _allocation_error(value, self.policy.free_memory_bytes(),
+                                                                       self.settings.device)
             if not reason and p.name == "instruction" and self.policy is not None:
                 reason = self._instruction_refusal(str(value))
             if reason:
@@ -591,7 +588,7 @@ class PolicyNode(LifecycleNode):
         """Worker thread: render what the cache holds now and publish it on ~/memory_map."""
         if self._map_pub is None or self.policy is None or self.loop is None or self.loop.going_down:
             return
-        from aura_ros.tools.memory_map import policy_memory_map
+        from aura_ros.core.memory_map import policy_memory_map
 
         msg = rgb_to_image_msg(policy_memory_map(self.policy), "rgb8", frame_id="memory_map",
                                stamp=self.get_clock().now().to_msg())
@@ -650,16 +647,11 @@ def _smallest_budget_mb(policy) -> float:
     return mb
 
 
-def _allocation_error(budget_mb: float, device: str) -> str | None:
-    """A budget larger than the memory the device has free cannot be allocated: refuse it now,
-    not in the worker after the parameter already says it."""
+def _allocation_error(budget_mb: float, free: int, device: str) -> str | None:
+    """A budget larger than the memory the device has free (``free`` bytes, as the policy
+    reports it) cannot be allocated: refuse it now, not in the worker after the parameter
+    already says it."""
     need = budget_mb * MIB
-    if str(device).startswith("cuda"):
-        import torch
-
-        free = torch.cuda.mem_get_info(torch.device(device))[0]
-    else:
-        free = psutil.virtual_memory().available
     if need > free * 0.9:
         return f"needs {need / MIB:.1f} MiB but only {free / MIB:.1f} MiB of {device} memory is free"
     return None

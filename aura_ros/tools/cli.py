@@ -252,7 +252,7 @@ def _replay(args) -> int:
 
 
 def _export_gguf(args) -> int:
-    from aura_ros.backends.llama_cpp.export import export_gguf
+    from aura_ros.tools.export_gguf import export_gguf
 
     try:
         done = export_gguf(args.model, Path(args.out), vision=not args.text_only)

@@ -203,11 +203,11 @@ def run_sim_live(steps: int = 0, budget_mb: float = 0.5, rate_hz: float = 10.0, 
                  instruction: str = "pick up the red block and put it in the bin") -> int:
     """`aura-ros foxglove`: the policy on the sim (no ROS), served live until Ctrl-C or ``steps``."""
     from aura_ros.core.config import PolicyConfig
+    from aura_ros.core.memory_map import policy_memory_map
     from aura_ros.core.registry import make_policy
     from aura_ros.core.types import Observation
     from aura_ros.ros.diagnostics import Health
     from aura_ros.sim.scene import SimScene
-    from aura_ros.tools.memory_map import policy_memory_map
 
     policy = make_policy(None, PolicyConfig(budget_bytes=int(budget_mb * 2**20)), instruction=instruction)
     scene = SimScene(seed=0)

@@ -444,12 +444,12 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
     from std_msgs.msg import Header, String
 
     from aura_ros.core.config import PolicyConfig
+    from aura_ros.core.memory_map import policy_memory_map
     from aura_ros.core.registry import make_policy
     from aura_ros.core.types import Observation
     from aura_ros.ros.diagnostics import Health, diagnostics_msg
     from aura_ros.ros.image_conversion import rgb_to_image_msg
     from aura_ros.ros.messages import command_msg, command_type, gate_msg, memory_msg
-    from aura_ros.tools.memory_map import policy_memory_map
 
     bag = Path(bag)
     sel = inspect_bag(bag, camera_topic, joints_topic, command_topic, zero_joints)  # fail before loading a model

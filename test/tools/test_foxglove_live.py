@@ -11,9 +11,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from aura_ros.core import topics
+from aura_ros.core.memory_map import render_memory_map
 from aura_ros.memory.stats import StepStats
 from aura_ros.tools.foxglove_live import LEGACY_SUBPROTOCOL, SUBPROTOCOL, LiveView
-from aura_ros.tools.memory_map import render_memory_map
 from aura_ros.tools.msgdefs import msg_fields
 
 STATS = StepStats(budget_bytes=1 << 20, allocated_bytes=1 << 20, used_bytes=123456, capacity_tokens=2048,

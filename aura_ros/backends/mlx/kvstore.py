@@ -11,18 +11,20 @@ Re-rotation: mlx-lm's Llama applies RoPE with ``traditional=False``, pairing dim
 (transformers' rotate-half). A key at position p moves to p + d by one more rotation by d:
 R(p + d) k = R(d) R(p) k, so the kept keys are rotated by their delta with the same pairing.
 
-This module implements only the storage surface of the shared store (capacity, allocated_bytes,
-_storage_tokens/_truncate/_compact/_resize); the episode API, the planner calls and the budget
-rules are the shared ones.
+This module implements only the storage surface of the shared store (``memory.store.MemoryStore``:
+capacity, allocated_bytes, _storage_tokens/_truncate/_compact/_resize); the episode API, the
+planner calls and the budget rules are the shared ones.
 """
 from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
 
-from aura_ros.backends.mlx._store_base import MemoryStore
 from aura_ros.memory.budget import KVLayout
+from aura_ros.memory.planner import MovePlan
 from aura_ros.memory.scorers import EvictionPolicy
+from aura_ros.memory.segments import Segment
+from aura_ros.memory.store import MemoryStore
 
 
 class CacheFullError(RuntimeError):
@@ -80,15 +82,16 @@ class MLXKVStore(MemoryStore):
     def __init__(self, layout: KVLayout, budget_bytes: int, inv_freq: np.ndarray, dtype=mx.float32,
                  policy: EvictionPolicy | None = None, recent_steps: int = 8, min_step_tokens: int = 1,
                  block_fraction: float = 0.0, max_context_steps: int = 0):
+        super().__init__(layout, budget_bytes, policy=policy, recent_steps=recent_steps,
+                         min_step_tokens=min_step_tokens, block_fraction=block_fraction,
+                         max_context_steps=max_context_steps)
         self.dtype = dtype
         self.inv_freq = np.asarray(inv_freq, dtype=np.float32)
         self.keys: list[mx.array] = []
         self.values: list[mx.array] = []
         self.lengths = [0] * layout.num_layers
         self.layers = [LayerView(self, i) for i in range(layout.num_layers)]
-        super().__init__(layout, budget_bytes, policy=policy, recent_steps=recent_steps,
-                         min_step_tokens=min_step_tokens, block_fraction=block_fraction,
-                         max_context_steps=max_context_steps)
+        self._storage_resize(layout.capacity(budget_bytes))
 
     # ----------------------------------------------------------------- mlx-lm's side
     def write(self, i: int, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
@@ -126,7 +129,7 @@ class MLXKVStore(MemoryStore):
         # Slots past n are simply overwritten by the next writes.
         self.lengths = [min(length, int(n)) for length in self.lengths]
 
-    def _storage_compact(self, keep, moves) -> None:
+    def _storage_compact(self, keep: list[Segment], moves: MovePlan) -> None:
         if moves.moves:
             src = mx.array(moves.src.astype(np.int32))
             first, m = moves.first_slot, int(moves.src.size)

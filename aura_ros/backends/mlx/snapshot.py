@@ -182,14 +182,10 @@ def load(policy, path) -> dict:
         store.values[i][:, :, :n] = mx.array(v).astype(store.dtype)
     mx.eval(store.arrays())
     store.lengths = [n] * len(store.lengths)
-    store.table.segments = segments
     counters = header["store"]
+    store.restore_counters(segments, counters["current_step"])
     store.table.current_task = counters["current_task"]
-    store.current_step = counters["current_step"]
     store.evictions_total, store.evicted_written_total = counters["evictions_total"], counters["evicted_written_total"]
-    last = max((s.step for s in segments if s.is_step), default=-1)
-    store._last_step = last
-    store.last_step_tokens = sum(s.length for s in segments if s.is_step and s.step == last)
     extra = header["extra"]
     policy.step_index, policy.writes_total = int(extra["step_index"]), int(extra["writes_total"])
     policy.write_rate, policy.instruction = float(extra["write_rate"]), extra["instruction"]

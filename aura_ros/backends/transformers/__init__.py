@@ -8,3 +8,10 @@
 - policy: VLMPolicy, the step loop behind the Policy protocol
 - loading, processors, smollm, tiny_models: models, processors and the embedded defaults
 """
+
+# What the registry reads (core.registry): the loading options this backend takes (option name ->
+# make_policy keyword). ``torch_threads`` is the node's: a tool sets torch's threads itself.
+OPTIONS = {"dtype": "dtype", "device": "device", "trust_remote_code": "trust_remote_code",
+           "torch_threads": "n_threads"}
+# The memory policies this backend cannot run: none (every one in memory.POLICIES).
+REFUSES: dict[str, str] = {}

@@ -174,11 +174,17 @@ class VLMPolicy(PolicyBase):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, model: str | None, config: PolicyConfig | None = None, instruction: str = "",
-                        **load_kwargs) -> VLMPolicy:
-        """Load ``model`` (a local folder or hub id; None: the embedded default) and wrap it."""
+                        n_threads: int | None = None, **load_kwargs) -> VLMPolicy:
+        """Load ``model`` (a local folder or hub id; None: the embedded default) and wrap it.
+
+        n_threads: torch's CPU threads for this process (None or 0: torch's own choice). Measured:
+        with 2 threads on a 2-core machine that also runs DDS and the sim, one busy neighbour made
+        a 6 ms step take 600 ms; with 1 thread it stayed at 6 ms."""
         from aura_ros.backends.transformers.loading import load_model
         from aura_ros.backends.transformers.vocab import action_token_ids
 
+        if n_threads and n_threads > 0:
+            torch.set_num_threads(int(n_threads))
         config = config or PolicyConfig()
         loaded = load_model(model, **load_kwargs)
         ids = action_token_ids(loaded.tokenizer, config.n_bins)
@@ -271,6 +277,14 @@ class VLMPolicy(PolicyBase):
     @property
     def kv_store(self):
         return self.cache
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+
+    def free_memory_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.mem_get_info(self.device)[0])
+        return super().free_memory_bytes()
 
     def save_memory(self, path) -> str:
         """Write the episode's memory (KV, segments, positions, gate state) atomically."""

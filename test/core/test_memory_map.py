@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from aura_ros.tools.memory_map import (
+from aura_ros.core.memory_map import (
     AXIS_HEIGHT,
     FREE_COLOR,
     KIND_COLORS,
