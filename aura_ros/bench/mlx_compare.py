@@ -75,6 +75,40 @@ def step_times(budgets=(0.5, 2.0), rounds: int = 60, evict_every: int = 4, torch
     return rows
 
 
+def eviction_cost(budgets=(0.5, 2.0), evictions: int = 30, torch_threads: int = 1) -> list[dict]:
+    """What one eviction costs the store itself (planner + compaction + re-rotation), timed alone:
+    the whole-step figures above carry the shared machine's noise, this does not. Each store is
+    filled with synthetic steps of the real step size to within a step of full, then a step's
+    reserve() evicts a block; refilled (untimed) before the next. ``per_step_ms``: the cost
+    amortised over the steps a freed block lasts."""
+    import torch
+
+    from aura_ros.bench import scaling
+
+    torch.set_num_threads(torch_threads)
+    rows = []
+    for b in budgets:
+        for backend in ("mlx", "transformers"):
+            rng = np.random.default_rng(0)
+            run = scaling._start("action_gate", b, 0.05, None, 0, {"backend": backend}, max_context_steps=0)
+            store, s = run.policy.kv_store, run.step_tokens
+            times, freed = [], []
+            for _ in range(evictions):
+                scaling._fill(run.policy, rng, s, leave=s)
+                used, ev = store.used_tokens, store.evictions_total
+                t0 = time.perf_counter()
+                store.reserve(s)
+                times.append((time.perf_counter() - t0) * 1e3)
+                assert store.evictions_total > ev
+                freed.append(used - store.used_tokens)
+            period = float(np.mean(freed)) / s
+            rows.append({"backend": backend, "budget_mb": b, "capacity_tokens": store.capacity, "step_tokens": s,
+                         "eviction_ms_mean": float(np.mean(times)), "eviction_ms_p50": float(np.median(times)),
+                         "period_steps": period, "per_step_ms": float(np.mean(times)) / period})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def soak(steps: int, budget_bytes: int = 512 * 1024, report_every: int = 1000) -> dict:
     import mlx.core as mx
     import psutil
@@ -117,6 +151,7 @@ def main(argv=None) -> None:
     print(json.dumps(summary["agreement"]), flush=True)
     if not args.skip_times:
         summary["step_times"] = step_times()
+        summary["eviction_cost"] = eviction_cost()
     if args.soak:
         summary["soak"] = soak(args.soak)
     (args.out / "mlx_compare.json").write_text(json.dumps(summary, indent=1))

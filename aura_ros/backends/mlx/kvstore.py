@@ -36,15 +36,23 @@ def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
     return (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(np.float32)
 
 
-def rotate(keys: mx.array, delta: np.ndarray, inv_freq: np.ndarray) -> mx.array:
-    """``keys`` [B, H, N, D] rotated by ``delta`` [N] positions (rotate-half pairing, as mlx-lm's
-    ``traditional=False``). cos/sin are computed once per distinct shift: after an eviction most
-    kept tokens move by the same few amounts."""
+def rotation(delta: np.ndarray, inv_freq: np.ndarray) -> tuple[mx.array, mx.array]:
+    """cos and sin [N, D] of a rotation by ``delta`` [N] positions, computed once per distinct shift
+    (after an eviction most kept tokens move by the same few amounts) and gathered on MLX; shared
+    by every layer of one compaction, as all layers use the same frequencies."""
     shifts, which = np.unique(np.asarray(delta, dtype=np.int64), return_inverse=True)
     angles = shifts.astype(np.float64)[:, None] * inv_freq.astype(np.float64)[None, :]
-    angles = np.concatenate([angles, angles], axis=-1)[which]  # [N, D]
-    cos = mx.array(np.cos(angles).astype(np.float32))
-    sin = mx.array(np.sin(angles).astype(np.float32))
+    angles = np.concatenate([angles, angles], axis=-1)  # [U, D]
+    index = mx.array(which.reshape(-1).astype(np.int32))
+    return (mx.take(mx.array(np.cos(angles).astype(np.float32)), index, axis=0),
+            mx.take(mx.array(np.sin(angles).astype(np.float32)), index, axis=0))
+
+
+def rotate(keys: mx.array, delta: np.ndarray | None, inv_freq: np.ndarray | None = None,
+           cos_sin: tuple[mx.array, mx.array] | None = None) -> mx.array:
+    """``keys`` [B, H, N, D] rotated by ``delta`` [N] positions (rotate-half pairing, as mlx-lm's
+    ``traditional=False``); ``cos_sin``: a ``rotation()`` computed already."""
+    cos, sin = cos_sin if cos_sin is not None else rotation(delta, inv_freq)
     half = keys.shape[-1] // 2
     k = keys.astype(mx.float32)
     rotated_half = mx.concatenate([-k[..., half:], k[..., :half]], axis=-1)
@@ -133,10 +141,11 @@ class MLXKVStore(MemoryStore):
         if moves.moves:
             src = mx.array(moves.src.astype(np.int32))
             first, m = moves.first_slot, int(moves.src.size)
+            cos_sin = rotation(moves.delta, self.inv_freq) if moves.rotates else None
             for i in range(len(self.keys)):
                 k = mx.take(self.keys[i], src, axis=2)
-                if moves.rotates:
-                    k = rotate(k, moves.delta, self.inv_freq)
+                if cos_sin is not None:
+                    k = rotate(k, None, cos_sin=cos_sin)
                 v = mx.take(self.values[i], src, axis=2)
                 self.keys[i][:, :, first: first + m] = k
                 self.values[i][:, :, first: first + m] = v
