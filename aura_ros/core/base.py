@@ -16,9 +16,10 @@ from aura_ros.memory.stats import MemoryStats
 
 
 class PolicyBase:
-    """Mixin for ``Policy`` implementations; the subclass sets ``config``, ``gate`` and ``kv_store``
-    (an object with ``recent_steps``, ``table``, ``stats()`` and ``rollback()``), and implements
-    ``_step(image, state, event, t0)``."""
+    """Mixin for ``Policy`` implementations; the subclass sets ``config``, ``space``, ``gate``,
+    ``kv_store`` (a ``memory.store.MemoryStore``), ``last_observation_embedding`` and the counters
+    (``step_index``, ``writes_total``, ``write_rate``), and implements ``_step(image, state, event,
+    t0)`` (ending in ``_finish_step``) and ``_stats(step, decision, latency_ms)``."""
 
     _task_event = False  # begin_task() was called: the next step is a gate event
 
@@ -41,6 +42,19 @@ class PolicyBase:
             # leave tokens behind: back to the last commit.
             self.kv_store.rollback()
             raise
+
+    def _finish_step(self, step: int, bins: np.ndarray, first_logits: np.ndarray, event: bool, t0: float) -> Action:
+        """After the step's action tokens are committed: the action from its bins, the gate's
+        decision on the step (written to long-term memory or not), the counters, the stats."""
+        bins = bins.reshape(self.space.chunk, self.space.dim)
+        positions = np.stack([self.space.from_bins(b) for b in bins])
+        decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
+        self.kv_store.set_gate(step, decision.value, decision.written)
+        self.writes_total += int(decision.written)
+        self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
+        self.step_index += 1
+        stats = self._stats(step, decision, (time.perf_counter() - t0) * 1000.0)
+        return Action(step, self.space.joint_names, positions, bins, decision, stats, first_logits)
 
     def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
                     clear_memory_on_instruction: bool | None = None) -> None:

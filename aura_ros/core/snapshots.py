@@ -1,13 +1,7 @@
-"""The errors of the seam's save_memory / load_memory, shared by every backend and the node (which
-imports no backend): what a snapshot is on disk is each backend's own business."""
+"""The errors of the seam's save_memory / load_memory, for the node and the tools (which import no
+backend); the snapshot format itself, and these errors, live in ``aura_ros.memory.snapshot``."""
 from __future__ import annotations
 
+from aura_ros.memory.snapshot import SnapshotError, SnapshotMissing
 
-class SnapshotError(ValueError):
-    """A snapshot that cannot be written or loaded here (corrupt, crafted, for another model,
-    or a path that is not a regular file); the message says why. Memory is never changed."""
-
-
-class SnapshotMissing(SnapshotError):
-    """Nothing at all at the snapshot's path (every backend raises it from load_memory), told apart
-    from a snapshot that is there and refused: a node resumes only from the one, keeps the other."""
+__all__ = ["SnapshotError", "SnapshotMissing"]

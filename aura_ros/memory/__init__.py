@@ -6,6 +6,8 @@
 - scorers: eviction scorers and policies (action gate, sliding window, StreamingLLM, H2O)
 - planner: which segments stay and where they move (a plan each backend's KV store executes)
 - stats: the statistics every backend reports
+- store: MemoryStore, the bookkeeping every backend's KV store shares over its storage surface
+- snapshot: the snapshot format every backend shares (files, validation, refusals)
 """
 from aura_ros.memory.budget import MIB, BudgetError, KVLayout
 from aura_ros.memory.gate import ActionGate, GateConfig, GateDecision

@@ -10,6 +10,7 @@ from aura_ros.core.protocol import Policy
 from aura_ros.core.registry import BACKENDS, SMALL_BUDGET_BYTES, backend_fact, make_policy, unsupported
 from aura_ros.core.types import Action, Observation
 from aura_ros.memory import POLICIES, BudgetError
+from aura_ros.memory.snapshot import exists
 
 PROTECTS_INSTRUCTION = {"action_gate"}
 
@@ -69,7 +70,8 @@ def test_policy_seam(backend, eviction, tmp_path):
     assert policy.step(Observation(frame(30), state(30))).stats.allocated_bytes > first
     # snapshots round-trip
     path = policy.save_memory(tmp_path / "mem")
-    assert path
+    # One naming for every backend: what the node's resume at start asks is the same question.
+    assert path and exists(tmp_path / "mem") and not exists(tmp_path / "other")
     before = (policy.stats().kept_steps, policy.step_index)
     policy.reset()
     assert policy.stats().kept_steps == []

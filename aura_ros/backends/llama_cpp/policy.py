@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -389,15 +388,7 @@ class LlamaCppPolicy(PolicyBase):
             # Every action token is fed back, so the whole action is in memory for later steps.
             logits = self.store.decode([int(self.action_ids[bins[i]])])
         self.store.commit(Kind.ACTION, step)
-        bins = bins.reshape(self.space.chunk, self.space.dim)
-        positions = np.stack([self.space.from_bins(b) for b in bins])
-        decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
-        self.store.set_gate(step, decision.value, decision.written)
-        self.writes_total += int(decision.written)
-        self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
-        self.step_index += 1
-        stats = self._stats(step, decision, (time.perf_counter() - t0) * 1000.0)
-        return Action(step, self.space.joint_names, positions, bins, decision, stats, first_logits)
+        return self._finish_step(step, bins, first_logits, event, t0)
 
     def _stats(self, step: int, decision: GateDecision, latency_ms: float) -> StepStats:
         m = self.store.stats()

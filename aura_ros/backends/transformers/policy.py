@@ -13,7 +13,6 @@ never grows; positions are explicit (mrope for the Qwen family); nothing per ste
 from __future__ import annotations
 
 import inspect
-import time
 import weakref
 from dataclasses import replace
 
@@ -140,7 +139,6 @@ class VLMPolicy(PolicyBase):
         # The observation embedding for the gate's novelty term, captured from the decoder's input
         # during the observation chunk's forward pass (no second pass through the vision tower).
         self.last_observation_embedding: np.ndarray | None = None
-        self._gate_takes_observation = "observation" in inspect.signature(ActionGate.update).parameters
         self._capture_embeds = False
         self._captured_embeds: torch.Tensor | None = None
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
@@ -341,18 +339,7 @@ class VLMPolicy(PolicyBase):
             # Every action token is fed back (the last one too), so the whole action is in memory
             # for later steps; the step's action tokens form one segment.
             logits = self._forward({"input_ids": token}, (Kind.ACTION, step) if i == n_act - 1 else None)
-        bins = bins.reshape(self.space.chunk, self.space.dim)
-        positions = np.stack([self.space.from_bins(b) for b in bins])
-        if self._gate_takes_observation:
-            decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
-        else:
-            decision = self.gate.update(positions[0], event=event)
-        self.cache.set_gate(step, decision.value, decision.written)
-        self.writes_total += int(decision.written)
-        self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
-        self.step_index += 1
-        stats = self._stats(step, decision, (time.perf_counter() - t0) * 1000.0)
-        return Action(step, self.space.joint_names, positions, bins, decision, stats, first_logits)
+        return self._finish_step(step, bins, first_logits, event, t0)
 
     def _stats(self, step: int, decision: GateDecision, latency_ms: float) -> StepStats:
         m = self.cache.stats()

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -22,10 +23,11 @@ require_llama_cpp()
 from aura_ros.backends.llama_cpp import kvstore as kvs  # noqa: E402
 from aura_ros.backends.llama_cpp import snapshot as llama_snapshot  # noqa: E402
 from aura_ros.backends.llama_cpp.policy import LlamaCppPolicy, LoadedGGUF, default_gguf, kv_buffer_log  # noqa: E402
-from aura_ros.backends.transformers.snapshot import SnapshotError, SnapshotMissing  # noqa: E402
 from aura_ros.core.config import PolicyConfig  # noqa: E402
+from aura_ros.core.snapshots import SnapshotError, SnapshotMissing  # noqa: E402
 from aura_ros.core.types import Observation  # noqa: E402
 from aura_ros.memory import BudgetError, Kind  # noqa: E402
+from aura_ros.memory import snapshot as snapshot_format  # noqa: E402
 
 # Tolerance: KL(reference || shifted) of the next-token distribution after the probe, in nats
 # (SmolLM2's next number after "step 40: shoulder": an uncertain prediction). Not zero: f16 keys are
@@ -241,11 +243,16 @@ def test_snapshot_round_trip_and_refusals(model, tmp_path):
     other.store.reserve(len(probe))
     assert np.allclose(other.store.decode(probe), expected, atol=1e-3)
     other.store.rollback()
-    # Corrupt state bytes: refused, memory unchanged.
-    data = bytearray(open(path, "rb").read())
+    # Corrupt state bytes: refused, memory unchanged. (The shared format: <base>.json names the
+    # payload <base>.<sha>.kvstate.)
+    meta_file, payload_file = snapshot_format.files(path)
+    assert str(meta_file) == path and payload_file.name.endswith(".kvstate") and snapshot_format.exists(path)
+    data = bytearray(payload_file.read_bytes())
     data[-10] ^= 0xFF
     bad = tmp_path / "bad.snap"
-    bad.write_bytes(bytes(data))
+    snapshot_format.meta_path(bad).write_bytes(meta_file.read_bytes())
+    bad_payload = snapshot_format.tensor_path(bad, json.loads(meta_file.read_text())["tensors"]["sha256"], ".kvstate")
+    bad_payload.write_bytes(bytes(data))
     with pytest.raises(SnapshotError, match="corrupt"):
         other.load_memory(bad)
     assert other.stats().kept_steps == before[0]
@@ -256,10 +263,12 @@ def test_snapshot_round_trip_and_refusals(model, tmp_path):
         other.load_memory(tmp_path / "none.snap")
     # A file larger than any snapshot of this context is refused from its size, unread.
     huge = tmp_path / "huge.snap"
-    with open(huge, "wb") as f:
-        f.truncate(llama_snapshot.max_file_bytes(other) + 1)
-    with pytest.raises(SnapshotError, match="more than any snapshot"):
+    with open(snapshot_format.meta_path(huge), "wb") as f:
+        f.truncate(snapshot_format.MAX_META_BYTES + 1)
+    with pytest.raises(SnapshotError, match="more than the"):
         other.load_memory(huge)
+    # A payload larger than any of this context's is refused from the metadata's word, unread.
+    assert llama_snapshot.max_file_bytes(other) > other.store.layout.bytes_for(other.store.capacity)
     assert other.step(Observation(None, state(10))).step == before[1]
 
 

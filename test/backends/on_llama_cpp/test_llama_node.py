@@ -12,6 +12,7 @@ from helpers.observer import RUN_MODULE, ros_args, spin_until, trigger
 require_llama_cpp()
 
 from aura_ros.backends.llama_cpp.policy import default_gguf  # noqa: E402
+from aura_ros.memory import snapshot as snapshot_format  # noqa: E402
 from aura_ros.msg import GateStats, MemoryBudget  # noqa: E402
 from aura_ros.ros import qos  # noqa: E402
 
@@ -40,7 +41,7 @@ def test_node_runs_the_gguf_model_and_round_trips_a_snapshot(run_python, observe
         assert all(m.capacity_tokens == TOKENS and m.used_tokens <= TOKENS and m.pinned_tokens > 0 for m in mems)
         saved = trigger(observer, "/aura_policy/save_memory")
         assert saved.success, saved.message
-        assert snap.is_file()
+        assert snapshot_format.exists(snap) and snapshot_format.meta_path(snap).is_file()
         loaded = trigger(observer, "/aura_policy/load_memory")
         assert loaded.success, f"{loaded.message}\n{policy.output()}"
         n = len(mems)
@@ -77,8 +78,8 @@ def test_node_runs_the_exported_policy_with_frames_through_libmtmd(run_python, o
 
 
 def test_node_resumes_at_start_from_its_final_snapshot(run_python, observer, tmp_path):
-    """llama.cpp writes its snapshot at the path itself (no .json beside it): the node's resume at
-    start asks the backend to load, so it finds it (it looked for <path>.json and never resumed)."""
+    """The node resumes a llama.cpp policy at start from its final snapshot: the backend writes the
+    shared format (<path>.json and its payload), the one ``memory.snapshot.exists`` finds."""
     snap = tmp_path / "llama.snap"
     params = {"model.path": str(default_gguf()), "memory.vram_budget_mb": TOKENS * BYTES_PER_TOKEN / 2**20,
               "control.rate_hz": 10.0, "memory.snapshot_path": str(snap), "instruction": "stack the red cube"}
@@ -89,6 +90,6 @@ def test_node_resumes_at_start_from_its_final_snapshot(run_python, observer, tmp
             assert spin_until(observer, lambda: len(gates) >= 5, 120), first.output()
             assert "no snapshot at" in first.output(), first.output()
             first.assert_ok(first.interrupt(timeout=60))
-        assert snap.is_file() and not (tmp_path / "llama.snap.json").exists()
+        assert snapshot_format.exists(snap) and (tmp_path / "llama.snap.json").is_file()
         with run_python.spawn(RUN_MODULE, NODE, *ros_args(params), name="second") as second:
             assert spin_until(observer, lambda: "memory resumed from" in second.output(), 120), second.output()
