@@ -12,8 +12,8 @@ test checks step by step through evictions.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,6 +55,15 @@ def action_token_ids(tokenizer, n_bins: int) -> list[int]:
     if list(tokenizer("".join(names), add_special_tokens=False)["input_ids"]) != ids:
         raise ValueError("the action tokens do not encode to one id each")
     return ids
+
+
+def model_fingerprint(folder: Path, model: LlavaModel) -> str:
+    """The config and a sample of the input embeddings: tells models apart, even same-config ones
+    (a snapshot resumes only on the model that wrote it)."""
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    emb = np.array(model.language_model.model.embed_tokens.weight).reshape(-1)
+    h.update(emb[:: max(1, emb.size // 4096)].astype(np.float32).tobytes())
+    return "mlx:" + h.hexdigest()[:32]
 
 
 def state_text(state: np.ndarray, joint_names, decimals: int) -> str:
@@ -128,10 +137,8 @@ class MLXPolicy(PolicyBase):
             raise UnsupportedModelError(f"{folder}: no image processor (AutoProcessor returned "
                                         f"{type(processor).__name__})")
         net = load_llava(folder)
-        weights = sorted(folder.glob("*.safetensors"))
-        fingerprint = f"mlx:{cfg.get('model_type')}:" + ",".join(f"{w.name}:{w.stat().st_size}" for w in weights)
         return cls(net, processor, config, action_token_ids(processor.tokenizer, config.n_bins), instruction,
-                   fingerprint)
+                   model_fingerprint(folder, net))
 
     # ------------------------------------------------------------------ encoding (the transformers layout)
     def encode_instruction(self, instruction: str) -> np.ndarray:
@@ -219,15 +226,7 @@ class MLXPolicy(PolicyBase):
             # Every action token is fed back (the last one too), so the whole action is in memory.
             logits, _ = self._forward(self.action_ids[bins[i]: bins[i] + 1],
                                       commit=(Kind.ACTION, step) if i == n_act - 1 else None)
-        bins = bins.reshape(self.space.chunk, self.space.dim)
-        positions = np.stack([self.space.from_bins(b) for b in bins])
-        decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
-        self.store.set_gate(step, decision.value, decision.written)
-        self.writes_total += int(decision.written)
-        self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
-        self.step_index += 1
-        stats = self._stats(step, decision, (time.perf_counter() - t0) * 1000.0)
-        return Action(step, self.space.joint_names, positions, bins, decision, stats, first_logits)
+        return self._finish_step(step, bins, first_logits, event, t0)
 
     def _stats(self, step: int, decision: GateDecision, latency_ms: float) -> StepStats:
         m = self.store.stats()

@@ -2,6 +2,8 @@
 refused with the reason and changes nothing."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers.mlx_backend import require_mlx
@@ -12,6 +14,7 @@ from aura_ros.core.config import PolicyConfig  # noqa: E402
 from aura_ros.core.registry import make_policy  # noqa: E402
 from aura_ros.core.snapshots import SnapshotError, SnapshotMissing  # noqa: E402
 from aura_ros.core.types import Observation  # noqa: E402
+from aura_ros.memory.snapshot import exists  # noqa: E402
 
 
 def obs(i: int) -> Observation:
@@ -39,21 +42,25 @@ def test_refusals_change_nothing(tmp_path):
     p = make_policy(None, PolicyConfig(budget_bytes=64 * 1024), backend="mlx", instruction="stack the cubes")
     for t in range(3):
         p.step(obs(t))
-    path = tmp_path / "mem"
-    p.save_memory(path)
+    meta = Path(p.save_memory(tmp_path / "mem"))
+    assert exists(tmp_path / "mem")
     before = p.stats()
     with pytest.raises(SnapshotMissing):
         p.load_memory(tmp_path / "absent")
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF
-    (tmp_path / "bad").write_bytes(bytes(data))
+    payload = next(tmp_path.glob("mem.*.safetensors"))
+    good = payload.read_bytes()
+    payload.write_bytes(good[:-5] + bytes(b ^ 0xFF for b in good[-5:]))
+    with pytest.raises(SnapshotError, match="corrupt|does not match"):
+        p.load_memory(tmp_path / "mem")
+    payload.write_bytes(good)
+    text = meta.read_text()
+    meta.write_text("{not json")
     with pytest.raises(SnapshotError, match="corrupt"):
-        p.load_memory(tmp_path / "bad")
-    (tmp_path / "other").write_bytes(b"not a snapshot at all")
-    with pytest.raises(SnapshotError, match="magic"):
-        p.load_memory(tmp_path / "other")
-    q = make_policy(None, PolicyConfig(budget_bytes=32 * 1024), backend="mlx", instruction="stack the cubes")
+        p.load_memory(tmp_path / "mem")
+    meta.write_text(text)
+    q = make_policy(None, PolicyConfig(budget_bytes=64 * 1024), backend="mlx", instruction="stack the cubes")
     q.fingerprint = "mlx:another model"
     with pytest.raises(SnapshotError, match="another model"):
-        q.load_memory(path)
+        q.load_memory(tmp_path / "mem")
     assert p.stats() == before
+    p.load_memory(tmp_path / "mem")  # the restored files load again
