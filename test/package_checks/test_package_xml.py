@@ -33,7 +33,9 @@ from setuptools.config.setupcfg import read_configuration
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "aura_ros"
 # Modules that run only on the laptop route (see the rules above), relative to the repo root.
-LAPTOP_ONLY = (Path(PACKAGE) / "bench", Path(PACKAGE) / "tools" / "demo.py")
+# tools/export_gguf.py (moved there from backends/llama_cpp/) writes GGUF files on a laptop with
+# the gguf package of the `llama` and `bench` extras.
+LAPTOP_ONLY = (Path(PACKAGE) / "bench", Path(PACKAGE) / "tools" / "demo.py", Path(PACKAGE) / "tools" / "export_gguf.py")
 
 # Top-level import name -> (package.xml key, pip distribution or None where pip has none).
 # ROS packages come from rosdep / the ros-jazzy-* wheels, so they have no install_requires entry.
