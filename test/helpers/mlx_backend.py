@@ -19,5 +19,5 @@ def require_mlx():
     if missing:
         if os.environ.get("AURA_REQUIRE_MLX") == "1":
             pytest.fail(f"AURA_REQUIRE_MLX=1 but {', '.join(missing)} does not import: " + REASON)
-        pytest.skip(REASON)
+        pytest.skip(REASON, allow_module_level=True)
     return pytest.importorskip("mlx.core", reason=REASON)
