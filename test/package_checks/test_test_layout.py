@@ -38,4 +38,4 @@ def test_no_test_folder_shadows_an_imported_package():
 
 def test_the_check_sees_the_optional_backends():
     # The check above is only worth something if it knows the optional backends' module names.
-    assert {"llama_cpp", "torch", "rclpy"} <= imported_top_level_names()
+    assert {"llama_cpp", "mlx", "mlx_lm", "torch", "rclpy"} <= imported_top_level_names()
