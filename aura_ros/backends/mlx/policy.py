@@ -122,8 +122,8 @@ class MLXPolicy(PolicyBase):
                         **ignored) -> MLXPolicy:
         """Load a local Llava folder (None: the shipped default) onto MLX.
 
-        ``ignored``: the transformers backend's loading options (dtype, device, trust_remote_code)
-        that the node passes to every backend; this backend runs float32 on MLX's default device.
+        ``ignored``: loading options of other backends (the registry passes none: this backend's
+        OPTIONS are empty); it runs float32 on MLX's default device (the CPU on Linux, Metal on macOS).
         Raises UnsupportedModelError (with the reason) for what it cannot run.
         """
         from transformers import AutoProcessor
