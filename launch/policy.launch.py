@@ -5,6 +5,7 @@
     ros2 launch aura_ros policy.launch.py params_file:=my.yaml namespace:=arm model:=/models/smolvlm
     ros2 launch aura_ros policy.launch.py fastdds_profile:=   # keep the environment's Fast DDS profile
     ros2 launch aura_ros policy.launch.py snapshot_path:=~/aura/arm   # resume from / save the memory there
+    ros2 launch aura_ros policy.launch.py backend:=mlx                # the default policy on MLX (make mlx)
 
 A policy node that cannot start (a budget too small, a bad value) logs one ERROR line with the
 reason and exits with code 2; launch adds its own line that the process died (exit code 2). Launch
@@ -61,6 +62,12 @@ def _policy_node(context: LaunchContext) -> list:
     model = LaunchConfiguration("model").perform(context)
     if model:
         overrides["model.path"] = model
+    backend = LaunchConfiguration("backend").perform(context)
+    if backend:
+        choices = POLICY_PARAMS.by_name["model.backend"].choices
+        if backend not in choices:
+            raise RuntimeError(f"backend:={backend!r}: expected one of {', '.join(choices)}")
+        overrides["model.backend"] = backend
     mmproj = LaunchConfiguration("mmproj").perform(context)
     if mmproj:
         overrides["model.mmproj"] = _existing_file("mmproj", mmproj)
@@ -94,6 +101,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of both nodes"),
         DeclareLaunchArgument("model", default_value="",
                               description="Model folder, hub id or .gguf file (empty: as in the params file)"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="model.backend: auto, transformers, llama_cpp or mlx (empty: as in the "
+                                          "params file)"),
         DeclareLaunchArgument("mmproj", default_value="",
                               description="GGUF models: the projector GGUF that lets frames in (empty: as in the "
                                           "params file)"),

@@ -70,7 +70,10 @@ def make_policy(model: str | None, config: PolicyConfig | None = None, *, backen
 
 
 def unsupported(model: str | None, policies, options: dict | None = None, backend: str = "auto") -> dict[str, str]:
-    """The memory policies the chosen backend cannot run with these loading options, with the reason."""
+    """The memory policies the chosen backend cannot run with these loading options, with the reason.
+    A ``backend`` among the options (``backend_options`` puts the tools' --backend there) chooses it."""
+    if backend == "auto" and options:
+        backend = options.get("backend", "auto")
     package = backend_package(backend_for(model, backend))
     refuses = getattr(package, "refuses", None)
     if refuses is None:
@@ -85,7 +88,8 @@ def backend_options(model: str | None, mmproj: str | None = None, kv_type: str |
     in ``more``) that the chosen backend takes, as ``make_policy`` keywords. Empty values and
     threads <= 0 mean "not given". strict: an option the backend does not take is an error, not
     silently dropped (a tool's command line); the node passes every backend's parameters and
-    leaves strict off. Threads are never an error: every tool has --threads."""
+    leaves strict off. Threads are never an error: every tool has --threads. An explicit backend is
+    among the options (``make_policy`` and ``unsupported`` read it from there)."""
     name = backend_for(model, backend)
     accepted = backend_fact(name, "OPTIONS", {})
     given = {"mmproj": mmproj, "kv_type": kv_type, "threads": threads if threads and threads > 0 else None, **more}
@@ -103,4 +107,6 @@ def backend_options(model: str | None, mmproj: str | None = None, kv_type: str |
                                                                                      for r in refused})
         raise ValueError(f"{', '.join(refused)} do not apply to the {name} backend"
                          + (f" (they are {', '.join(takers)} options)" if takers else ""))
+    if backend != "auto":
+        out["backend"] = name
     return out

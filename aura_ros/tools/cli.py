@@ -26,13 +26,19 @@ def _threads(n: int) -> None:
 
 
 def _model_options(args) -> dict:
-    """--mmproj / --kv-type / --threads as the chosen backend's loading options."""
+    """--backend / --mmproj / --kv-type / --threads as the chosen backend's loading options."""
     from aura_ros.core.registry import backend_options
 
-    return backend_options(args.model, getattr(args, "mmproj", None), getattr(args, "kv_type", None), args.threads)
+    return backend_options(args.model, getattr(args, "mmproj", None), getattr(args, "kv_type", None), args.threads,
+                           backend=getattr(args, "backend", "auto"))
 
 
 def _gguf_arguments(p) -> None:
+    from aura_ros.core.registry import BACKENDS
+
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                   help="backend that runs the model (auto: a .gguf file selects llama_cpp, anything else "
+                        "transformers; mlx after `make mlx`)")
     p.add_argument("--mmproj", default=None, help="GGUF models: the projector GGUF (images through libmtmd)")
     p.add_argument("--kv-type", default=None, help="GGUF models: KV cache type f16 (default), q8_0 or q4_0")
 

@@ -34,7 +34,7 @@ from launch_ros.substitutions import ExecutableInPackage  # noqa: E402
 from launch import LaunchContext, LaunchDescription, LaunchService  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "policy.launch.py"
-ARGUMENTS = {"params_file", "namespace", "model", "mmproj", "vram_budget_mb", "snapshot_path", "use_sim",
+ARGUMENTS = {"params_file", "namespace", "model", "backend", "mmproj", "vram_budget_mb", "snapshot_path", "use_sim",
              "fastdds_profile"}
 
 try:
@@ -108,7 +108,7 @@ def test_arguments_and_defaults():
     context = LaunchContext()
     defaults = {name: perform_substitutions(context, arg.default_value) for name, arg in args.items()}
     assert defaults == {"params_file": os.path.join(SHARE, "config", "policy.yaml"), "namespace": "", "model": "",
-                        "mmproj": "", "vram_budget_mb": "", "snapshot_path": "", "use_sim": "false",
+                        "backend": "", "mmproj": "", "vram_budget_mb": "", "snapshot_path": "", "use_sim": "false",
                         "fastdds_profile": os.path.join(SHARE, "config", "fastdds.xml")}
     assert all(arg.description for arg in args.values())
 
@@ -137,8 +137,8 @@ def test_policy_node_command_with_overrides(params_file, tmp_path):
     mmproj = tmp_path / "mmproj.gguf"
     mmproj.write_bytes(b"GGUF")
     context = _context(ld, params_file=str(params_file), namespace="arm", model="/models/policy.gguf",
-                       mmproj=str(mmproj), vram_budget_mb="3.5", snapshot_path=str(tmp_path / "arm"),
-                       fastdds_profile=str(profile))
+                       backend="llama_cpp", mmproj=str(mmproj), vram_budget_mb="3.5",
+                       snapshot_path=str(tmp_path / "arm"), fastdds_profile=str(profile))
     actions = _evaluate(ld, context)
 
     # The profile is set before either node starts.
@@ -158,6 +158,7 @@ def test_policy_node_command_with_overrides(params_file, tmp_path):
     assert len(files) == 2 and files[0] == str(params_file)
     overrides = yaml.safe_load(Path(files[1]).read_text())
     assert overrides == {"/arm/aura_policy": {"ros__parameters": {"model.path": "/models/policy.gguf",
+                                                                  "model.backend": "llama_cpp",
                                                                   "model.mmproj": str(mmproj),
                                                                   "memory.vram_budget_mb": 3.5,
                                                                   "memory.snapshot_path": str(tmp_path / "arm")}}}
@@ -192,6 +193,7 @@ def test_sim_node_follows_use_sim(use_sim, started):
     ({"vram_budget_mb": "-1"}, "vram_budget_mb:='-1': expected a number of MiB in [0.001, 1e+06]"),
     ({"vram_budget_mb": "nan"}, "vram_budget_mb:='nan': expected a number of MiB in [0.001, 1e+06]"),
     ({"vram_budget_mb": "0.0001"}, "vram_budget_mb:='0.0001': expected a number of MiB in [0.001, 1e+06]"),
+    ({"backend": "tensorflow"}, "backend:='tensorflow': expected one of auto, transformers, llama_cpp, mlx"),
     ({"fastdds_profile": "/nonexistent/fastdds.xml"}, "fastdds_profile:='/nonexistent/fastdds.xml': no such file"),
 ])
 def test_bad_arguments_stop_the_launch_before_any_process(arguments, message, params_file, tmp_path, caplog):
