@@ -81,6 +81,10 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _META_KEYS = {"format", "fingerprint", "tensors", "layout", "policy", "budget_bytes", "recent_steps",
               "min_step_tokens", "current_step", "evictions_total", "evicted_written_total", "segments", "extra"}
 _SEGMENT_KEYS = {"kind", "step", "start", "length", "pos_start", "pos_span", "gate", "written"}
+# Optional: the task boundaries of the endless run (the stale rule needs to know which kept steps
+# belong to finished tasks). A snapshot written before tasks were recorded loads as one task.
+_META_OPTIONAL = {"current_task"}
+_SEGMENT_OPTIONAL = {"task"}
 _POLICY_EXTRA_KEYS = {"step_index", "writes_total", "write_rate", "instruction", "gate"}
 
 
@@ -278,11 +282,12 @@ def save(store: MemoryStore, base: str | os.PathLike, fingerprint: str, layout: 
         "recent_steps": store.recent_steps,
         "min_step_tokens": store.min_step_tokens,
         "current_step": store.current_step,
+        "current_task": store.table.current_task,
         "evictions_total": store.evictions_total,
         "evicted_written_total": store.evicted_written_total,
         "segments": [{"kind": s.kind.value, "step": s.step, "start": s.start, "length": s.length,
                       "pos_start": s.pos_start, "pos_span": s.pos_span, "gate": float(s.gate),
-                      "written": bool(s.written)} for s in store.table.segments],
+                      "written": bool(s.written), "task": s.task} for s in store.table.segments],
         "extra": extra or {},
     }
     try:
@@ -312,6 +317,7 @@ class Snapshot:
     evicted_written_total: int
     extra: dict = field(default_factory=dict)
     payload: bytes = b""
+    current_task: int = 0
 
     @property
     def used_tokens(self) -> int:
@@ -324,6 +330,7 @@ class Snapshot:
     def restore_table(self, store: MemoryStore) -> None:
         """The segment table and the counters into ``store`` (its storage already holds the tokens)."""
         store.restore_counters([Segment(**vars(s)) for s in self.segments], self.current_step)
+        store.table.current_task = self.current_task
         store.evictions_total = self.evictions_total
         store.evicted_written_total = self.evicted_written_total
 
@@ -352,7 +359,7 @@ def read(store: MemoryStore, base: str | os.PathLike, fingerprint: str, layout: 
     if len(blob) != info["bytes"] or hashlib.sha256(blob).hexdigest() != info["sha256"]:
         raise SnapshotError(f"{payload_file} does not match its metadata (corrupt or half-written)")
     return Snapshot(meta_file, segments, meta["current_step"], meta["evictions_total"],
-                    meta["evicted_written_total"], meta["extra"], blob)
+                    meta["evicted_written_total"], meta["extra"], blob, meta.get("current_task", 0))
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -374,26 +381,26 @@ def _float(value, name: str, where: str, low: float, high: float) -> float:
     return float(value)
 
 
-def _keys(obj, expected: set, name: str, where: str) -> dict:
+def _keys(obj, expected: set, name: str, where: str, optional: set = frozenset()) -> dict:
     if not isinstance(obj, dict):
         raise _fail(where, f"{name} must be an object, got {type(obj).__name__}")
-    missing, unknown = expected - obj.keys(), obj.keys() - expected
+    missing, unknown = expected - obj.keys(), obj.keys() - expected - optional
     if missing or unknown:
         raise _fail(where, f"{name} has missing keys {sorted(missing)} / unknown keys {sorted(unknown)[:5]}")
     return obj
 
 
-def _segments(raw, store: MemoryStore, current_step: int, where: str) -> list[Segment]:
+def _segments(raw, store: MemoryStore, current_step: int, where: str, current_task: int = 0) -> list[Segment]:
     if not isinstance(raw, list):
         raise _fail(where, "segments must be a list")
     if len(raw) > store.capacity:
         raise _fail(where, f"{len(raw)} segments cannot fit in {store.capacity} slots")
     out: list[Segment] = []
     slot = position = 0
-    last_step = -1
+    last_step = last_task = -1
     for i, s in enumerate(raw):
         name = f"segment {i}"
-        _keys(s, _SEGMENT_KEYS, name, where)
+        _keys(s, _SEGMENT_KEYS, name, where, _SEGMENT_OPTIONAL)
         try:
             kind = Kind(s["kind"]) if isinstance(s["kind"], str) else None
         except ValueError:
@@ -423,7 +430,14 @@ def _segments(raw, store: MemoryStore, current_step: int, where: str) -> list[Se
         gate = _float(s["gate"], f"{name}.gate", where, 0.0, 1.0)
         if type(s["written"]) is not bool:
             raise _fail(where, f"{name}.written must be true or false, got {s['written']!r:.40}")
-        out.append(Segment(kind, step, start, length, pos_start, pos_span, gate, s["written"]))
+        task = _int(s.get("task", 0), f"{name}.task", where, 0, current_task)
+        if kind not in (Kind.PINNED, Kind.SINK):
+            # A step's task never precedes an earlier step's (the pinned instruction of a new task
+            # sits after the finished tasks' steps, so only the steps are ordered).
+            if task < last_task:
+                raise _fail(where, f"{name} (task {task}) comes after task {last_task}: tasks out of order")
+            last_task = task
+        out.append(Segment(kind, step, start, length, pos_start, pos_span, gate, s["written"], task))
     return out
 
 
@@ -435,7 +449,7 @@ def _validate(meta, store: MemoryStore, fingerprint: str, layout: dict, max_payl
     if meta.get("format") != FORMAT:
         raise SnapshotError(f"{where} is not an aura_ros snapshot of this version "
                             f"(format {meta.get('format')!r:.60}, expected {FORMAT!r})")
-    _keys(meta, _META_KEYS, "metadata", where)
+    _keys(meta, _META_KEYS, "metadata", where, _META_OPTIONAL)
     if meta["fingerprint"] != fingerprint:
         raise SnapshotError(f"{where} belongs to another model (fingerprint {meta['fingerprint']!r:.40}, "
                             f"this model {fingerprint})")
@@ -463,7 +477,8 @@ def _validate(meta, store: MemoryStore, fingerprint: str, layout: dict, max_payl
     if extra_bytes > MAX_EXTRA_BYTES:
         raise _fail(where, f"extra is larger than {MAX_EXTRA_BYTES} bytes")
     _fits(meta, store, where)
-    segments = _segments(meta["segments"], store, current, where)
+    current_task = _int(meta.get("current_task", 0), "current_task", where, 0)
+    segments = _segments(meta["segments"], store, current, where, current_task)
     # After the segments: a snapshot too large for this budget is refused with the budget it needs
     # (above), not with its byte count.
     _int(tensors["bytes"], "tensors.bytes", where, 1, max_payload_bytes)

@@ -149,7 +149,7 @@ def read(cache: GatedKVCache, base: str | os.PathLike, fingerprint: str) -> Snap
                    tensors[f"values.{i}"].to(layer.device, layer.dtype)))
     attention = tensors["attention"].to(cache.attention.device)
     return Snapshot(snap.path, snap.segments, snap.current_step, snap.evictions_total, snap.evicted_written_total,
-                    snap.extra, b"", kv, attention)
+                    snap.extra, b"", snap.current_task, kv=kv, attention=attention)
 
 
 def load(cache: GatedKVCache, base: str | os.PathLike, fingerprint: str) -> dict:
