@@ -86,51 +86,21 @@ class _Run:
 
 def _fill(policy, rng: np.random.Generator, step_tokens: int, leave: int, capacity: int | None = None) -> None:
     """Add synthetic steps of ``step_tokens`` tokens until fewer than ``leave`` tokens are free
-    (free within ``capacity`` when given, else within the cache's own). On transformers the keys
-    and values are random tensors written straight into the layers; llama.cpp's cache can only be
-    written by decoding, so there they are random plain-text tokens decoded at the next position."""
+    (free within ``capacity`` when given, else within the cache's own). The store writes its own
+    filler (``MemoryStore._storage_fill``: random keys and values, or on llama.cpp random
+    plain-text tokens decoded at the next positions)."""
     from aura_ros.memory.segments import Kind
 
     cache = policy.kv_store
     step = policy.step_index
     while (capacity or cache.capacity) - cache.used_tokens >= leave:
         cache.reserve(step_tokens)
-        if _is_llama(cache):
-            cache.decode(rng.integers(FILL_TOKEN_IDS[0], min(FILL_TOKEN_IDS[1], cache.model.n_vocab),
-                                      step_tokens).tolist())
-        elif _is_mlx(cache):
-            import mlx.core as mx
-
-            lay = cache.layout
-            for i in range(lay.num_layers):
-                cache.write(i, mx.random.normal((1, lay.kv_heads[i], step_tokens, lay.k_head_dim[i])),
-                            mx.random.normal((1, lay.kv_heads[i], step_tokens, lay.v_head_dim[i])))
-            mx.eval(cache.arrays())
-        else:
-            import torch
-
-            for layer in cache.layers:
-                k = torch.randn(1, layer.kv_heads, step_tokens, layer.k_dim, dtype=layer.dtype, device=layer.device)
-                layer.update(k, torch.randn(1, layer.kv_heads, step_tokens, layer.v_dim, dtype=layer.dtype,
-                                            device=layer.device))
+        cache._storage_fill(step_tokens, rng)
         gate = float(rng.random() ** 4)  # mostly quiet steps, a few events
         cache.commit(Kind.OBSERVATION, step, gate=gate, written=gate >= 0.5)
         step += 1
     policy.step_index = step
     cache.current_step = step - 1
-
-
-# Token ids the llama.cpp fill draws from: past the special tokens at the start of the vocabularies
-# this project meets (BOS/EOS/pad/image), inside their plain-text range.
-FILL_TOKEN_IDS = (16, 500)
-
-
-def _is_llama(cache) -> bool:
-    return hasattr(cache, "mem")  # LlamaKVStore: a llama_memory handle, no torch layers
-
-
-def _is_mlx(cache) -> bool:
-    return hasattr(cache, "arrays")  # MLXKVStore: MLX arrays behind mlx-lm's per-layer views
 
 
 def _start(policy_name: str, budget_mb: float, block_fraction: float, model: str | None, seed: int,
@@ -194,25 +164,10 @@ def _timed_step(run: _Run, rng: np.random.Generator, level: float | None) -> Non
 
 
 def _rewind(cache, used: int) -> None:
-    """Forget everything after slot ``used`` (a length reset: nothing moves)."""
-    keep = [seg for seg in cache.table.segments if seg.start < used]
-    if _is_llama(cache):
-        # The physical run never evicts, so its positions are its slots: cut the cells from there.
-        end = keep[-1].pos_start + keep[-1].pos_span if keep else 0
-        from aura_ros.backends.llama_cpp.kvstore import SEQ
-
-        if not cache.llama.llama_memory_seq_rm(cache.mem, SEQ, end, -1):
-            raise RuntimeError("llama_memory_seq_rm refused to cut the step off")
-        cache.tokens = cache.tokens[:used]
-        cache.table.segments = keep
-        return
-    cache.table.segments = keep
-    if _is_mlx(cache):
-        cache._storage_truncate(used)
-        return
-    for layer in cache.layers:
-        layer.length = used
-    cache.attention[used:] = 0
+    """Forget everything after slot ``used`` (a length reset: nothing moves). The physical run never
+    evicts, so its positions are its slots and the store's truncation cuts exactly the step."""
+    cache.table.segments = [seg for seg in cache.table.segments if seg.start < used]
+    cache._storage_truncate(used)
 
 
 def _row(run: _Run, budget_mb: float) -> Row:
@@ -270,7 +225,7 @@ def run(budgets=BUDGETS_MB, policies=POLICIES, block_fraction: float = 0.05, min
 
     from aura_ros.core.registry import unsupported
 
-    refused = unsupported(model, policies, model_kwargs, backend=(model_kwargs or {}).get("backend", "auto"))
+    refused = unsupported(model, policies, model_kwargs)
     for p, why in refused.items():
         progress(f"skipping {p}: {why}")
     policies = tuple(p for p in policies if p not in refused)

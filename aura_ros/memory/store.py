@@ -16,6 +16,9 @@ its storage, the way ``CacheLayerMixin`` is the whole contract of a transformers
     _storage_resize(capacity) -> int  reallocate at ``capacity`` keeping the used tokens; returns
                                     the capacity actually allocated
     _attention_scores() -> ndarray | None  optional: accumulated attention per used slot (H2O)
+    _storage_fill(n, rng)           optional, benchmarks only: write n tokens of filler at the next
+                                    slots without running the model (``bench scaling`` fills a
+                                    256 MiB store in seconds this way, then times real steps)
 
 The subclass calls ``MemoryStore.__init__`` (which validates the settings and checks that the
 budget holds one step), then allocates its storage at ``self.layout.capacity(budget_bytes)``.
@@ -92,6 +95,9 @@ class MemoryStore:
 
     def _attention_scores(self) -> np.ndarray | None:
         return None
+
+    def _storage_fill(self, n: int, rng: np.random.Generator) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be filled without its model (benchmarks only)")
 
     # ----------------------------------------------------------------- sizes
     @property

@@ -1,28 +1,10 @@
 """`aura-ros bench scaling` in a short form: files, columns, one allocation per run, evictions
 happen at capacity, and the physical-limit reference never evicts. Behaviour only; no timing is
-asserted."""
+asserted. (The MLX backend's run: test/backends/on_mlx.)"""
 from __future__ import annotations
 
-import csv
-
-from aura_ros.tools.cli import main
+from helpers.scaling_checks import run_and_check
 
 
 def test_scaling_short(tmp_path):
-    out = tmp_path / "scaling"
-    assert main(["bench", "scaling", "--budgets-mb", "0.0625,0.125", "--policies", "physical_limit,action_gate",
-                 "--min-steps", "12", "--max-steps", "12", "--block-fraction", "0.1", "--out", str(out)]) == 0
-    rows = list(csv.DictReader(open(out / "scaling.csv")))
-    assert {(r["policy"], r["budget_mb"]) for r in rows} == {(p, b) for p in ("physical_limit", "action_gate")
-                                                           for b in ("0.0625", "0.125")}
-    for r in rows:
-        assert r["allocated_bytes_first"] == r["allocated_bytes_last"]  # allocated once, before timing
-        assert float(r["mean_ms"]) > 0 and int(r["steps"]) == 12
-        assert int(r["capacity_tokens"]) == float(r["budget_mb"]) * 2**20 // 512  # the embedded model: 512 B/token
-        if r["policy"] == "physical_limit":  # a full cache with room for the step: it never evicts
-            assert int(r["evictions"]) == 0 and r["period_steps"] == "inf"
-        else:  # the budget is hard: full, it evicts, at most once a step
-            assert int(r["allocated_bytes_last"]) <= float(r["budget_mb"]) * 2**20
-            assert int(r["evictions"]) > 0 and float(r["period_steps"]) >= 1.0
-    assert float(next(r for r in rows if r["policy"] == "physical_limit")["overhead"]) == 0.0
-    assert (out / "scaling.png").stat().st_size > 0 and "physical limit" in (out / "scaling_table.md").read_text()
+    run_and_check(tmp_path / "scaling", 512)  # the embedded model: 512 B/token

@@ -38,6 +38,8 @@ from aura_ros.memory.segments import Segment
 from aura_ros.memory.store import MemoryStore
 
 SEQ = 0  # one episode = one llama.cpp sequence
+# Token ids a benchmark's filler draws from: inside the plain-text range, past BOS/EOS/pad/image.
+FILL_TOKEN_IDS = (16, 500)
 
 # KV cache element types: name -> (ggml type id, bytes per block, elements per block).
 # f16: 2 bytes an element; q8_0: 32 elements in 34 bytes; q4_0: 32 elements in 18 bytes.
@@ -190,6 +192,11 @@ class LlamaKVStore(MemoryStore):
         if not self.llama.llama_memory_seq_rm(self.mem, SEQ, n, -1):
             raise RuntimeError("llama_memory_seq_rm refused to remove the uncommitted tokens")
         self.tokens = self.tokens[:n]
+
+    def _storage_fill(self, n: int, rng: np.random.Generator) -> None:
+        # llama.cpp's cache is written by decoding only: random plain-text tokens at the next
+        # positions (past the special tokens at the start of the vocabularies this project meets).
+        self.decode(rng.integers(FILL_TOKEN_IDS[0], min(FILL_TOKEN_IDS[1], self.model.n_vocab), n).tolist())
 
     def _storage_compact(self, keep: list[Segment], moves: MovePlan) -> None:
         """Remove the segments not in ``keep``; shift the kept ones to contiguous positions from 0."""

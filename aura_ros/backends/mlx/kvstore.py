@@ -137,6 +137,16 @@ class MLXKVStore(MemoryStore):
         # Slots past n are simply overwritten by the next writes.
         self.lengths = [min(length, int(n)) for length in self.lengths]
 
+    def _storage_fill(self, n: int, rng: np.random.Generator) -> None:
+        # Random keys and values written straight into the layers (a benchmark's filler).
+        key = mx.random.key(int(rng.integers(2**31)))
+        lay = self.layout
+        for i in range(lay.num_layers):
+            key, k1, k2 = mx.random.split(key, 3)
+            self.write(i, mx.random.normal((1, lay.kv_heads[i], n, lay.k_head_dim[i]), key=k1),
+                       mx.random.normal((1, lay.kv_heads[i], n, lay.v_head_dim[i]), key=k2))
+        mx.eval(self.arrays())
+
     def _storage_compact(self, keep: list[Segment], moves: MovePlan) -> None:
         if moves.moves:
             src = mx.array(moves.src.astype(np.int32))

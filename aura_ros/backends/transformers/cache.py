@@ -190,6 +190,14 @@ class GatedKVCache(MemoryStore, Cache):
             layer.length = n
         self.attention[n:old] = 0
 
+    def _storage_fill(self, n: int, rng: np.random.Generator) -> None:
+        # Random keys and values written straight into the layers (a benchmark's filler).
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        for layer in self.layers:
+            shape = (1, layer.kv_heads, n)
+            layer.update(torch.randn(*shape, layer.k_dim, generator=gen).to(layer.device, layer.dtype),
+                         torch.randn(*shape, layer.v_dim, generator=gen).to(layer.device, layer.dtype))
+
     def _storage_compact(self, keep: list[Segment], moves: MovePlan) -> None:
         old_used = self.layers[0].length
         if moves.moves:
