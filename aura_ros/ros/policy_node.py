@@ -254,7 +254,8 @@ class PolicyNode(LifecycleNode):
                                   mmproj=s.mmproj or None, threads=s.torch_threads, dtype=s.dtype, device=s.device,
                                   trust_remote_code=s.trust_remote_code,
                                   torch_threads=s.torch_threads if s.torch_threads > 0 else None)
-        return make_policy(s.model_path or None, config, backend=s.backend, instruction=instruction, **options)
+        # An explicit backend is among the options already (backend_options carries it).
+        return make_policy(s.model_path or None, config, instruction=instruction, **options)
 
     def _reserve_widest_step(self, s) -> None:
         """Make every budget check count the largest step the inputs can produce: the joint states
