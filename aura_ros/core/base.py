@@ -23,6 +23,31 @@ class PolicyBase:
 
     _task_event = False  # begin_task() was called: the next step is a gate event
 
+    def _start_episode(self, instruction: str) -> None:
+        """The gate and the counters of a fresh episode, then the instruction pinned (the end of
+        every backend's constructor, once its store exists)."""
+        from aura_ros.memory.gate import ActionGate
+
+        self.gate = ActionGate(self.space.low, self.space.high, self.config.discrete_mask(), self.config.gate)
+        self.step_index = 0
+        self.writes_total = 0
+        self.write_rate = 0.0
+        self.last_observation_embedding = None
+        self.instruction = ""
+        self.set_instruction(instruction)
+
+    def _eviction_policy(self, without_attention: str = ""):
+        """The configured memory policy (``memory.scorers``). ``without_attention``: the runtime's
+        name where attention weights are not exposed, so a policy that scores by them is refused."""
+        from aura_ros.memory.scorers import action_gated, make_policy
+
+        cfg = self.config
+        policy = action_gated(cfg.utility) if cfg.eviction == "action_gate" else make_policy(cfg.eviction)
+        if policy.uses_attention and without_attention:
+            raise ValueError(f"eviction {cfg.eviction!r} scores by attention weights, which {without_attention} "
+                             "does not expose; choose action_gate, sliding_window or streaming_llm")
+        return policy
+
     def step(self, obs: Observation) -> Action:
         """One control step: observe, decode an action chunk, gate the step."""
         t0 = time.perf_counter()

@@ -47,3 +47,13 @@ class PolicyConfig:
 
     def discrete_mask(self) -> np.ndarray:
         return np.array([n in self.discrete_joints for n in self.joint_names])
+
+    def state_text(self, state: np.ndarray) -> str:
+        """The joint state as every backend's model reads it: "shoulder 0.30 elbow 0.90 ..." (the
+        trained layout; a state of another length is numbered instead of named)."""
+        names = self.joint_names if len(state) == len(self.joint_names) else range(len(state))
+        return " ".join(f"{n} {v:.{self.state_decimals}f}" for n, v in zip(names, state))
+
+    def observation_text(self, state: np.ndarray, image_marker: str = "") -> str:
+        """One step's observation segment: "<obs>{image marker}<state>{joint state}<act>"."""
+        return f"<obs>{image_marker}<state>{self.state_text(state)}<act>"

@@ -517,6 +517,12 @@ class PolicyState:
     gate: dict
 
 
+def policy_extra(policy) -> dict:
+    """The policy's part of a snapshot, as every backend saves it (read back by ``policy_state``)."""
+    return {"step_index": policy.step_index, "writes_total": policy.writes_total, "write_rate": policy.write_rate,
+            "instruction": policy.instruction, "gate": policy.gate.state()}
+
+
 def policy_state(snap: Snapshot, gate) -> PolicyState:
     """Validate the policy fields of ``snap.extra`` for this policy's ActionGate ``gate``.
 

@@ -29,7 +29,7 @@ from aura_ros.backends.llama_cpp.kvstore import KV_TYPES, GGUFKVLayout, LlamaKVS
 from aura_ros.core.base import PolicyBase
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.types import Action
-from aura_ros.memory import ActionGate, BudgetError, GateDecision, Kind, action_gated, make_policy
+from aura_ros.memory import BudgetError, GateDecision, Kind
 from aura_ros.memory.budget import budget_error
 from aura_ros.memory.stats import StepStats
 
@@ -251,20 +251,11 @@ class LlamaCppPolicy(PolicyBase):
         self.store = self._make_store(config.budget_bytes)
         if self.mmproj:
             self.mtmd = _Mtmd(self.mmproj, model, self.n_threads)
-        self.gate = ActionGate(self.space.low, self.space.high, config.discrete_mask(), config.gate)
-        self.step_index = 0
-        self.writes_total = 0
-        self.write_rate = 0.0
-        self.last_observation_embedding: np.ndarray | None = None
-        self.instruction = ""
-        self.set_instruction(instruction)
+        self._start_episode(instruction)
 
     def _make_store(self, budget_bytes: int) -> LlamaKVStore:
         cfg = self.config
-        policy = action_gated(cfg.utility) if cfg.eviction == "action_gate" else make_policy(cfg.eviction)
-        if policy.uses_attention:
-            raise ValueError(f"eviction {cfg.eviction!r} scores by attention weights, which llama.cpp does not "
-                             "expose; choose action_gate, sliding_window or streaming_llm")
+        policy = self._eviction_policy(without_attention="llama.cpp")
         return LlamaKVStore(self.model, self.layout, budget_bytes, policy=policy, recent_steps=cfg.recent_steps,
                             n_threads=self.n_threads, block_fraction=cfg.block_fraction,
                             max_context_steps=cfg.max_context_steps)
@@ -289,12 +280,8 @@ class LlamaCppPolicy(PolicyBase):
         head = self.model.tokenize(f"{self.config.system_prompt}\nInstruction: ", True, True)
         return head + self.model.tokenize(f"{instruction}\n", False, False)
 
-    def state_text(self, state: np.ndarray) -> str:
-        names = self.config.joint_names if len(state) == len(self.config.joint_names) else range(len(state))
-        return " ".join(f"{n} {v:.{self.config.state_decimals}f}" for n, v in zip(names, state))
-
     def encode_observation(self, state: np.ndarray) -> list[int]:
-        return self.model.tokenize(f"<obs><state>{self.state_text(state)}<act>", False, True)
+        return self.model.tokenize(self.config.observation_text(state), False, True)
 
     # ------------------------------------------------------------------ public API
     def set_instruction(self, instruction: str) -> None:
@@ -322,7 +309,7 @@ class LlamaCppPolicy(PolicyBase):
     def _step_tokens(self, image, state: np.ndarray) -> int:
         n_act = self.space.tokens_per_step
         if self.mtmd is not None and image is not None:
-            chunks = self.mtmd.tokenize(f"<obs>{self.mtmd.marker}<state>{self.state_text(state)}<act>", image)
+            chunks = self.mtmd.tokenize(self.config.observation_text(state, self.mtmd.marker), image)
             try:
                 return int(self.mtmd.n_tokens(chunks)) + n_act
             finally:
@@ -365,7 +352,7 @@ class LlamaCppPolicy(PolicyBase):
         embedding for the gate (None for a text observation: llama.cpp does not hand out the
         input embeddings of text tokens)."""
         if self.mtmd is not None and image is not None:
-            chunks = self.mtmd.tokenize(f"<obs>{self.mtmd.marker}<state>{self.state_text(state)}<act>", image)
+            chunks = self.mtmd.tokenize(self.config.observation_text(state, self.mtmd.marker), image)
             try:
                 n_tokens = self.mtmd.n_tokens(chunks)
                 self.store.reserve(n_tokens + n_act)

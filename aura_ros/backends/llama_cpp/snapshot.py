@@ -41,19 +41,12 @@ def max_file_bytes(policy) -> int:
     return TOKEN_BYTES * store.capacity + 2 * store.layout.bytes_for(store.capacity) + 2**20
 
 
-def _extra(policy) -> dict:
-    return {"step_index": policy.step_index, "writes_total": policy.writes_total, "write_rate": policy.write_rate,
-            "instruction": policy.instruction, "gate": policy.gate.state()}
-
-
 def save(policy, path) -> Path:
     """Write the episode's memory at ``path`` atomically; returns the metadata path."""
     store = policy.store
-    if store.uncommitted_tokens:
-        raise RuntimeError("snapshot between steps only (uncommitted tokens present)")
     payload = store.tokens.astype("<i8").tobytes() + store.get_state()
     return fmt.save(store, path, policy.model.fingerprint(), _layout(policy), payload, max_file_bytes(policy),
-                    suffix=SUFFIX, extra=_extra(policy))
+                    suffix=SUFFIX, extra=fmt.policy_extra(policy))
 
 
 def read(policy, path: str | os.PathLike) -> tuple[fmt.Snapshot, fmt.PolicyState, np.ndarray, bytes]:

@@ -25,7 +25,7 @@ from aura_ros.backends.mlx.model import LlavaModel, UnsupportedModelError, check
 from aura_ros.core.base import PolicyBase
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.types import Action
-from aura_ros.memory import ActionGate, BudgetError, GateDecision, Kind, action_gated, make_policy
+from aura_ros.memory import BudgetError, GateDecision, Kind
 from aura_ros.memory.budget import KVLayout, budget_error
 from aura_ros.memory.stats import StepStats
 
@@ -66,12 +66,6 @@ def model_fingerprint(folder: Path, model: LlavaModel) -> str:
     return "mlx:" + h.hexdigest()[:32]
 
 
-def state_text(state: np.ndarray, joint_names, decimals: int) -> str:
-    """The joint state as the model reads it: "shoulder 0.30 elbow 0.90 ..." (the trained layout)."""
-    names = joint_names if len(state) == len(joint_names) else range(len(state))
-    return " ".join(f"{n} {v:.{decimals}f}" for n, v in zip(names, state))
-
-
 class MLXPolicy(PolicyBase):
     """A Llava folder driven one control step at a time through an MLXKVStore."""
 
@@ -99,21 +93,11 @@ class MLXPolicy(PolicyBase):
                                v_head_dim=(head_dim,) * args.num_hidden_layers, dtype_bytes=4)
         self.inv_freq = rope_inv_freq(head_dim, args.rope_theta)
         self.store = self._make_store(config.budget_bytes)
-        self.gate = ActionGate(self.space.low, self.space.high, config.discrete_mask(), config.gate)
-        self.step_index = 0
-        self.writes_total = 0
-        self.write_rate = 0.0
-        self.last_observation_embedding: np.ndarray | None = None
-        self.instruction = ""
-        self.set_instruction(instruction)
+        self._start_episode(instruction)
 
     def _make_store(self, budget_bytes: int) -> MLXKVStore:
         cfg = self.config
-        policy = action_gated(cfg.utility) if cfg.eviction == "action_gate" else make_policy(cfg.eviction)
-        if policy.uses_attention:
-            raise ValueError(f"eviction {cfg.eviction!r} scores by attention weights, which "
-                             "mx.fast.scaled_dot_product_attention does not expose; choose action_gate, "
-                             "sliding_window or streaming_llm")
+        policy = self._eviction_policy(without_attention="mx.fast.scaled_dot_product_attention")
         return MLXKVStore(self.layout, budget_bytes, self.inv_freq, policy=policy, recent_steps=cfg.recent_steps,
                           block_fraction=cfg.block_fraction, max_context_steps=cfg.max_context_steps)
 
@@ -152,8 +136,7 @@ class MLXPolicy(PolicyBase):
         """(ids [n], pixel values [1, C, H, W]) of "<obs>{image tokens}<state>{joint state}<act>"."""
         if image is None:
             raise ValueError("the MLX policy runs a VLM: every step needs a camera frame")
-        text = (f"<obs>{self._image_prompt}<state>"
-                f"{state_text(state, self.config.joint_names, self.config.state_decimals)}<act>")
+        text = self.config.observation_text(state, self._image_prompt)
         inputs = self.processor(text=[text], images=[[image]], return_tensors="np", add_special_tokens=False)
         return np.asarray(inputs["input_ids"][0], dtype=np.int64), np.asarray(inputs["pixel_values"], np.float32)
 

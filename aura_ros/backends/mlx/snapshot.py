@@ -68,20 +68,15 @@ def _validate(tensors: dict, store, n: int, where: str, bound: float | None = No
                                    f"{bound:.3g} (this model's own are at most 1/{MAGNITUDE_FACTOR:g} of that)")
 
 
-def _extra(policy) -> dict:
-    return {"step_index": policy.step_index, "writes_total": policy.writes_total, "write_rate": policy.write_rate,
-            "instruction": policy.instruction, "gate": policy.gate.state()}
-
-
 def save(policy, path) -> Path:
     """Write the episode's memory at ``path`` atomically; returns the metadata path."""
     store = policy.store
-    if store.uncommitted_tokens:
+    if store.uncommitted_tokens:  # before the tensors are read (the format says it again)
         raise RuntimeError("snapshot between steps only (uncommitted tokens present)")
     tensors = _tensors(store)
     _validate(tensors, store, store.used_tokens, f"state to save at {fmt.meta_path(path)}")
     return fmt.save(store, path, policy.fingerprint, _layout(store), tensors_to_bytes(tensors),
-                    _max_payload_bytes(store), extra=_extra(policy))
+                    _max_payload_bytes(store), extra=fmt.policy_extra(policy))
 
 
 def read(policy, path: str | os.PathLike) -> tuple[fmt.Snapshot, fmt.PolicyState, dict[str, np.ndarray]]:

@@ -26,7 +26,7 @@ from aura_ros.backends.transformers.unbounded import UnboundedCache
 from aura_ros.core.base import PolicyBase
 from aura_ros.core.config import PolicyConfig
 from aura_ros.core.types import Action
-from aura_ros.memory import ActionGate, BudgetError, GateDecision, Kind, action_gated, make_policy
+from aura_ros.memory import BudgetError, GateDecision, Kind
 from aura_ros.memory.budget import budget_error
 from aura_ros.memory.stats import StepStats
 
@@ -59,12 +59,6 @@ def image_prompt(processor, is_mrope: bool) -> str:
     return token
 
 
-def state_text(state: np.ndarray, joint_names, decimals: int) -> str:
-    """The joint state as the model reads it: "shoulder 0.30 elbow 0.90 ..."."""
-    names = joint_names if len(state) == len(joint_names) else range(len(state))
-    return " ".join(f"{n} {v:.{decimals}f}" for n, v in zip(names, state))
-
-
 def encode_instruction(tokenizer, config: PolicyConfig, instruction: str) -> torch.Tensor:
     """[1, n] ids of the pinned segment: system prompt (with the tokenizer's special tokens) + instruction.
 
@@ -85,7 +79,7 @@ def encode_observation(processor, config: PolicyConfig, prompt: str, is_mrope: b
     Only what the forward pass needs: no attention mask (the cache builds it), no labels or token
     types (PaliGemma's prefix-LM types do not apply to a stream of steps).
     """
-    text = f"<obs>{prompt}<state>{state_text(state, config.joint_names, config.state_decimals)}<act>"
+    text = config.observation_text(state, prompt)
     inputs = processor(text=[text], images=[[image]] if not is_mrope else [image],
                        return_tensors="pt", add_special_tokens=False)
     return {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
@@ -148,19 +142,14 @@ class VLMPolicy(PolicyBase):
             handle = decoder.register_forward_pre_hook(_embedding_hook(weakref.ref(self)), with_kwargs=True)
             weakref.finalize(self, handle.remove)
         self.cache = self._make_cache()
-        self.gate = ActionGate(self.space.low, self.space.high, config.discrete_mask(), config.gate)
-        self.step_index = 0
-        self.writes_total = 0
-        self.write_rate = 0.0
-        self.instruction = ""
         self._image_prompt = self._find_image_prompt()
-        self.set_instruction(instruction)
+        self._start_episode(instruction)
 
     def _make_cache(self) -> GatedKVCache | UnboundedCache:
         cfg = self.config
         if cfg.eviction == "unbounded":
             return UnboundedCache(self.model.config, cfg.unbounded_max_tokens)
-        policy = action_gated(cfg.utility) if cfg.eviction == "action_gate" else make_policy(cfg.eviction)
+        policy = self._eviction_policy()
         if policy.uses_attention:
             from aura_ros.backends.transformers.attention import register
 
@@ -290,8 +279,7 @@ class VLMPolicy(PolicyBase):
 
         if not isinstance(self.cache, GatedKVCache):
             raise RuntimeError("only the gated cache can be saved")
-        extra = {"step_index": self.step_index, "writes_total": self.writes_total, "write_rate": self.write_rate,
-                 "instruction": self.instruction, "gate": self.gate.state()}
+        extra = snapshot.fmt.policy_extra(self)
         return str(snapshot.save(self.cache, path, snapshot.model_fingerprint(self.model), extra))
 
     def load_memory(self, path) -> dict:
