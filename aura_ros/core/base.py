@@ -23,6 +23,18 @@ class PolicyBase:
 
     _task_event = False  # begin_task() was called: the next step is a gate event
 
+    @property
+    def kv_store(self):
+        """The policy's ``memory.store.MemoryStore`` (a backend keeping it elsewhere overrides this)."""
+        return self.store
+
+    def set_budget(self, budget_bytes: int) -> None:
+        self.kv_store.set_budget(budget_bytes)
+        self.config = replace(self.config, budget_bytes=int(budget_bytes))
+
+    def budget_error(self, budget_bytes: int) -> str | None:
+        return self.kv_store.budget_error(budget_bytes)
+
     def _start_episode(self, instruction: str) -> None:
         """The gate and the counters of a fresh episode, then the instruction pinned (the end of
         every backend's constructor, once its store exists)."""

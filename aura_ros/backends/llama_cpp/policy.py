@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -316,16 +315,6 @@ class LlamaCppPolicy(PolicyBase):
                 self.mtmd.free_chunks(chunks)
         return len(self.encode_observation(state)) + n_act
 
-    def set_budget(self, budget_bytes: int) -> None:
-        self.store.set_budget(budget_bytes)
-        self.config = replace(self.config, budget_bytes=int(budget_bytes))
-
-    def budget_error(self, budget_bytes: int) -> str | None:
-        return self.store.budget_error(budget_bytes)
-
-    @property
-    def kv_store(self):
-        return self.store
 
     def save_memory(self, path) -> str:
         from aura_ros.backends.llama_cpp import snapshot

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -178,16 +177,6 @@ class MLXPolicy(PolicyBase):
     def _step_tokens(self, image, state: np.ndarray) -> int:
         return int(self.encode_observation(image, state)[0].size) + self.space.tokens_per_step
 
-    def set_budget(self, budget_bytes: int) -> None:
-        self.store.set_budget(budget_bytes)
-        self.config = replace(self.config, budget_bytes=int(budget_bytes))
-
-    def budget_error(self, budget_bytes: int) -> str | None:
-        return self.store.budget_error(budget_bytes)
-
-    @property
-    def kv_store(self):
-        return self.store
 
     def reset(self) -> None:
         """Forget the episode; the instruction stays pinned."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -251,10 +250,6 @@ class VLMPolicy(PolicyBase):
     def _step_tokens(self, image, state: np.ndarray) -> int:
         inputs = encode_observation(self.processor, self.config, self._image_prompt, self.is_mrope, image, state)
         return int(inputs["input_ids"].shape[1]) + self.space.tokens_per_step
-
-    def set_budget(self, budget_bytes: int) -> None:
-        self.cache.set_budget(budget_bytes)
-        self.config = replace(self.config, budget_bytes=int(budget_bytes))
 
     def budget_error(self, budget_bytes: int) -> str | None:
         if not isinstance(self.cache, GatedKVCache):
