@@ -20,7 +20,7 @@ from aura_ros.sim.tasks import EpisodeRecord
 # later, so an episode needs at least a cue, something in between and the recall.
 MIN_EPISODE_STEPS = 3
 # A joint whose recorded actions take at most this many distinct values is discrete (a gripper that
-# is open or closed): its bins are decoded as the nearest of those values' bins, not interpolated.
+# is open or closed): the action gate counts any change of it as a discrete change (a write).
 DISCRETE_MAX_VALUES = 2
 # Limits derived from data are widened by this share of their range on each side, so the recorded
 # extremes are not clipped onto the outermost bins' edges.
