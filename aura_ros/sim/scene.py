@@ -60,6 +60,11 @@ _ARM = (60, 60, 66)
 _JOINT = (130, 130, 140)
 _FINGER = (30, 30, 34)
 _SUBPIXEL_BITS = 4  # cv2 drawing with fractional coordinates: small motions still change pixels
+# The cameras the scene renders: "top" looks down on the whole table; "wrist" rides on the gripper
+# (centred on it, turned with its last link, magnified WRIST_ZOOM times), the close-up a wrist camera
+# of an SO-101 or ALOHA arm gives beside the overview.
+CAMERA_VIEWS = ("top", "wrist")
+WRIST_ZOOM = 2.5
 
 
 @dataclass
@@ -459,6 +464,23 @@ class SimScene:
             a, b = self._base_px(root - 0.02 * direction), self._base_px(root + 0.03 * direction)
             cv2.line(img, _pt(a), _pt(b), _FINGER, self._px_len(0.016), aa, sb)
         return img
+
+    def render_view(self, view: str = "top") -> np.ndarray:
+        """One camera's frame (CAMERA_VIEWS): (height, width, 3) uint8 RGB."""
+        if view == "top":
+            return self.render()
+        if view != "wrist":
+            raise ValueError(f"unknown camera view {view!r}; choose one of {CAMERA_VIEWS}")
+        points, angle = self._arm_points_base()
+        centre = self._base_px(points[3]) / float(1 << _SUBPIXEL_BITS)
+        # The last link's direction in pixels (base x is image up, base y image left), turned to
+        # point up in the wrist frame: R d = (0, -1) for the rotation R = [[-dy, dx], [-dx, -dy]].
+        dx, dy = -math.sin(angle), -math.cos(angle)
+        rot = WRIST_ZOOM * np.array([[-dy, dx], [-dx, -dy]])
+        shift = np.array([self.width / 2.0, self.height / 2.0]) - rot @ centre
+        warp = np.hstack([rot, shift[:, None]])
+        return cv2.warpAffine(self.render(), warp, (self.width, self.height), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=_FLOOR)
 
     def _draw_grid(self, img: np.ndarray, x_range: tuple[float, float], y_range: tuple[float, float],
                    color: tuple[int, int, int]) -> None:

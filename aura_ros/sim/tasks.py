@@ -55,7 +55,7 @@ import numpy as np
 
 from aura_ros.core import arm
 from aura_ros.core.actions import ActionSpace
-from aura_ros.sim.scene import COLORS, LINK_LENGTHS, SimScene
+from aura_ros.sim.scene import CAMERA_VIEWS, COLORS, LINK_LENGTHS, SimScene
 
 # One control step of the tasks, in sim seconds: long enough for the arm to swing between any two
 # of the task's poses within one step (the scene limits joint speed to 1.5 rad/s).
@@ -106,11 +106,18 @@ BIN_POSITIONS = tuple(gripper_centre(over_bin(k)) for k in range(N_BINS))
 WORK_POSITION = gripper_centre(WORK)
 
 
+def check_cameras(cameras) -> tuple[str, ...]:
+    cameras = tuple(cameras)
+    if not cameras or any(c not in CAMERA_VIEWS for c in cameras) or len(set(cameras)) != len(cameras):
+        raise ValueError(f"cameras must be distinct views among {CAMERA_VIEWS}, got {cameras!r}")
+    return cameras
+
+
 @dataclass
 class TaskStep:
     """What the policy sees at one control step."""
 
-    image: np.ndarray  # HxWx3 uint8
+    image: np.ndarray | tuple[np.ndarray, ...]  # HxWx3 uint8; a tuple of frames, one per camera, for several
     joint_state: np.ndarray  # [4] shoulder, elbow, wrist, gripper
     new_task: bool = False  # the first step of a task in a stream (a task boundary)
     instruction: str = ""  # the task's instruction
@@ -125,7 +132,7 @@ class EpisodeRecord:
     """
 
     instruction: str
-    images: list[np.ndarray]
+    images: list  # per step: one HxWx3 uint8 frame, or a tuple of frames (one per camera)
     states: np.ndarray  # [T, 4]
     actions: np.ndarray  # [T, 4]
     events: np.ndarray  # [T] bool
@@ -157,14 +164,17 @@ class MemoryTask:
     shows_light = True  # a bin lights up in this task (recall_previous: the fact is from the task before)
 
     def __init__(self, seed: int, distractor_steps: int, n_choices: int = N_BINS,
-                 image_size: int = IMAGE_SIZE, scene: SimScene | None = None, target: int | None = None) -> None:
+                 image_size: int = IMAGE_SIZE, scene: SimScene | None = None, target: int | None = None,
+                 cameras: tuple[str, ...] = ("top",)) -> None:
         """scene: continue on this scene (a stream: the bins stay, the arm is where the last task
         left it, a new block is handed over); target: the bin (recall_previous: the previous
-        task's)."""
+        task's); cameras: the views each observation holds (scene.CAMERA_VIEWS): one camera gives
+        one frame, several a tuple of frames in this order."""
         if distractor_steps < 0:
             raise ValueError(f"distractor_steps must be >= 0, got {distractor_steps}")
         if n_choices != N_BINS:
             raise ValueError(f"the tasks have {N_BINS} bins; n_choices={n_choices} is not supported")
+        self.cameras = check_cameras(cameras)
         self.seed = int(seed)
         self.n_choices = n_choices
         self.distractor_steps = int(distractor_steps)
@@ -220,7 +230,8 @@ class MemoryTask:
 
     def observe(self) -> TaskStep:
         _, q, _ = self.scene.joint_state()
-        return TaskStep(image=self.scene.render(), joint_state=q)
+        frames = tuple(self.scene.render_view(view) for view in self.cameras)
+        return TaskStep(image=frames[0] if len(frames) == 1 else frames, joint_state=q)
 
     def expert_action(self) -> np.ndarray:
         s = self.step_index
@@ -336,9 +347,10 @@ class TaskStream:
     task's bin is the task before's.
     """
 
-    def __init__(self, seed: int, specs, image_size: int = IMAGE_SIZE) -> None:
+    def __init__(self, seed: int, specs, image_size: int = IMAGE_SIZE, cameras: tuple[str, ...] = ("top",)) -> None:
         self.seed = int(seed)
         self.image_size = image_size
+        self.cameras = check_cameras(cameras)
         self._specs = iter(specs)
         first = self._next_spec()
         if first is None:
@@ -365,7 +377,8 @@ class TaskStream:
     def _make(self, spec: tuple[str, int], scene: SimScene | None) -> MemoryTask:
         name, d = spec
         target = self.task.target if name in CROSS_TASK else None
-        return TASKS[name](self.seed * 1000 + self.index, d, image_size=self.image_size, scene=scene, target=target)
+        return TASKS[name](self.seed * 1000 + self.index, d, image_size=self.image_size, scene=scene, target=target,
+                           cameras=self.cameras)
 
     @property
     def done(self) -> bool:
@@ -449,11 +462,11 @@ def make_stream(seed: int, n_tasks: int | None, mix=(("cue_recall", 200),), cros
     return TaskStream(seed, specs, **kw)
 
 
-def expert_stream(seed: int, specs) -> EpisodeRecord:
+def expert_stream(seed: int, specs, cameras: tuple[str, ...] = ("top",)) -> EpisodeRecord:
     """Roll out the scripted expert over a stream: one record, task boundaries in ``task_starts``.
 
     ``events`` marks each task's first step (the task boundary the policy is told of)."""
-    stream = TaskStream(seed, specs)
+    stream = TaskStream(seed, specs, cameras=cameras)
     images, states, actions, starts, instructions, names = [], [], [], [], [], []
     while not stream.done:
         step = stream.observe()
