@@ -14,6 +14,11 @@ NODE_NAME = "aura_policy"
 # As the node creates them (namespace-relative, or private with ~/).
 REL_IMAGE = "image"  # sensor_msgs/msg/Image: the camera input
 REL_IMAGE_COMPRESSED = "image/compressed"  # sensor_msgs/msg/CompressedImage
+# Several cameras: the policy's ``camera_topics`` parameter lists one Image topic per camera (the
+# first is REL_IMAGE by default); each also listens on "<topic>/compressed", image_transport's name.
+COMPRESSED_SUFFIX = "/compressed"
+# The sim's cameras (sim.scene.CAMERA_VIEWS) and the topics it publishes them on.
+SIM_CAMERA_TOPICS = {"top": REL_IMAGE, "wrist": "wrist/image"}
 REL_JOINT_STATES = "joint_states"  # sensor_msgs/msg/JointState
 REL_INSTRUCTION = "instruction"  # std_msgs/msg/String
 REL_MEMORY = "~/memory"  # aura_ros/msg/MemoryBudget, every step
