@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import psutil
 
-from aura_ros.core.types import Action, Observation
+from aura_ros.core.types import Action, Observation, frames
 from aura_ros.memory.budget import budget_error
 from aura_ros.memory.gate import GateConfig
 from aura_ros.memory.stats import MemoryStats
@@ -72,8 +72,16 @@ class PolicyBase:
         state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(state)):
             raise ValueError("joint state contains NaN or infinite values")
+        image = obs.image
+        if image is not None and not isinstance(image, np.ndarray):
+            n = len(frames(image))
+            if n != self.config.n_cameras:
+                raise ValueError(f"observation has {n} camera frames; the policy takes {self.config.n_cameras}")
+            image = image[0] if n == 1 else tuple(image)
+        elif image is not None and self.config.n_cameras != 1:
+            raise ValueError(f"observation has 1 camera frame; the policy takes {self.config.n_cameras}")
         try:
-            return self._step(obs.image, state, event, t0)
+            return self._step(image, state, event, t0)
         except BaseException:
             # A step that failed half-way (an exception inside a layer, out of memory) must not
             # leave tokens behind: back to the last commit.

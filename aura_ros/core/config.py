@@ -21,6 +21,9 @@ class PolicyConfig:
     discrete_joints: tuple[str, ...] = arm.DISCRETE_JOINTS
     n_bins: int = 256
     chunk: int = 1
+    # Frames per observation (one per camera, each with its own image tokens in the step's segment).
+    # A policy works with the cameras it was trained on; one camera costs nothing extra.
+    n_cameras: int = 1
     budget_bytes: int = 8 * 1024 * 1024
     recent_steps: int = 8
     eviction: str = "action_gate"  # or sliding_window, streaming_llm, h2o, unbounded (the baselines)

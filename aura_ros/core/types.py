@@ -13,7 +13,8 @@ from aura_ros.memory.stats import StepStats
 class Observation:
     """The newest inputs of one control step.
 
-    image: HxWx3 uint8 RGB (None for a backend that runs on text observations alone).
+    image: HxWx3 uint8 RGB; with several cameras a tuple of frames, one per camera, in the order the
+        policy was trained on (None for a backend that runs on text observations alone).
     joint_state: one value per joint, in the policy's joint order.
     instruction: a new instruction, or None to keep the pinned one.
     event: an external event (a new sub-task) that the gate treats as a discrete change.
@@ -22,11 +23,20 @@ class Observation:
         and the gate writes the step.
     """
 
-    image: np.ndarray | None
+    image: np.ndarray | tuple[np.ndarray, ...] | None
     joint_state: np.ndarray
     instruction: str | None = None
     event: bool = False
     new_task: bool = False
+
+
+def frames(image) -> tuple[np.ndarray, ...]:
+    """The frames of one observation, one per camera: a single frame or a tuple of them."""
+    if image is None:
+        return ()
+    if isinstance(image, np.ndarray):
+        return (image,)
+    return tuple(image)
 
 
 @dataclass

@@ -30,9 +30,13 @@ OOM_SHRINK = 0.75
 
 @dataclass
 class Inputs:
-    """The newest valid inputs (monotonic receive times)."""
+    """The newest valid inputs (monotonic receive times).
 
-    image: np.ndarray | None = None
+    image: the frame of the one camera, or a tuple of frames (one per camera) once every camera
+    has sent one; image_time: the oldest camera's newest frame (a step is as fresh as its stalest
+    camera)."""
+
+    image: np.ndarray | tuple[np.ndarray, ...] | None = None
     image_time: float = -float("inf")
     state: np.ndarray | None = None
     state_names: tuple[str, ...] = ()
@@ -42,17 +46,24 @@ class Inputs:
 class InputStore:
     """Thread-safe newest inputs and pending changes, written by callbacks, read by the worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_cameras: int = 1) -> None:
         self._lock = threading.Lock()
         self._inputs = Inputs()
+        self._frames: list[np.ndarray | None] = [None] * n_cameras
+        self._frame_times = [-float("inf")] * n_cameras
         self._instruction: str | None = None
         self._pending: dict[str, object] = {}
         self.stamps = guards.StampOrder()
 
-    def put_frame(self, rgb: np.ndarray, receive_time: float) -> None:
+    def put_frame(self, rgb: np.ndarray, receive_time: float, camera: int = 0) -> None:
         with self._lock:
-            if receive_time >= self._inputs.image_time:
-                self._inputs.image, self._inputs.image_time = rgb, receive_time
+            if receive_time < self._frame_times[camera]:
+                return
+            self._frames[camera], self._frame_times[camera] = rgb, receive_time
+            if any(f is None for f in self._frames):
+                return  # a camera that has sent nothing yet: no observation, the step holds (stale)
+            self._inputs.image = self._frames[0] if len(self._frames) == 1 else tuple(self._frames)
+            self._inputs.image_time = min(self._frame_times)
 
     def put_state(self, state: guards.JointState, receive_time: float) -> None:
         with self._lock:
@@ -110,7 +121,7 @@ class ControlLoop:
 
     _decoder: ThreadPoolExecutor | None = None
     _decode_lock: threading.Lock = field(default_factory=threading.Lock)
-    _decode_next: tuple | None = None  # the newest frame waiting for the decoder
+    _decode_next: dict = field(default_factory=dict)  # camera -> the newest frame waiting for the decoder
     _decoding: bool = False
 
     def __post_init__(self) -> None:
@@ -119,15 +130,15 @@ class ControlLoop:
         # decode, which must block neither the executor (callbacks, services) nor a step.
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aura_decode")
 
-    def decode_later(self, decode: Callable[[], np.ndarray], receive_time: float) -> None:
+    def decode_later(self, decode: Callable[[], np.ndarray], receive_time: float, camera: int = 0) -> None:
         """Decode a compressed frame off the executor thread; while one decodes, only the newest
-        waiting frame is kept (older waiting ones are counted as skipped_frames)."""
+        waiting frame of each camera is kept (older waiting ones are counted as skipped_frames)."""
         with self._decode_lock:
             if self.stopping:  # a callback still running while a cleanup stops the loop
                 return
-            if self._decode_next is not None:
+            if camera in self._decode_next:
                 self.health.count("skipped_frames")
-            self._decode_next = (decode, receive_time)
+            self._decode_next[camera] = (decode, receive_time)
             if self._decoding or self._decoder is None:
                 return
             self._decoding = True
@@ -136,11 +147,11 @@ class ControlLoop:
     def _decode_loop(self) -> None:
         while True:
             with self._decode_lock:
-                job, self._decode_next = self._decode_next, None
-                if job is None or self.stopping:
+                if not self._decode_next or self.stopping:
                     self._decoding = False
                     return
-            decode, receive_time = job
+                camera = next(iter(self._decode_next))
+                decode, receive_time = self._decode_next.pop(camera)
             t0 = time.perf_counter()
             try:
                 rgb = decode()
@@ -151,7 +162,7 @@ class ControlLoop:
                 continue
             finally:
                 self.health.set_value("decode_ms", f"{(time.perf_counter() - t0) * 1e3:.1f}")
-            self.store.put_frame(rgb, receive_time)
+            self.store.put_frame(rgb, receive_time, camera)
             self.health.count("frames")
 
     @property

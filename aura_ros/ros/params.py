@@ -11,7 +11,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from aura_ros.core import arm
+from aura_ros.core import arm, topics
 from aura_ros.core.registry import BACKENDS
 from aura_ros.memory.scorers import POLICIES
 
@@ -235,6 +235,9 @@ POLICY_PARAMS = ParamTable((
     Spec("instruction", "instruction", "", "The instruction (the instruction topic replaces it)", live=True),
     Spec("instruction_max_chars", "instruction_max_chars", 2000, "Longer instructions are truncated to this many "
          "characters", live=True, range=(1, 1_000_000)),
+    Spec("image.camera_topics", "camera_topics", [topics.REL_IMAGE],
+         "One Image topic per camera, in the order the policy was trained on (each also heard on "
+         "<topic>/compressed); a step waits for a fresh frame of every camera"),
     Spec("image.max_pixels", "max_pixels", 7680 * 4320, "Frames with more pixels are dropped and counted",
          live=True, range=(1, 10**9)),
     Spec("diagnostics.period_s", "diagnostics_period_s", 1.0, "Period of /diagnostics", live=True,
@@ -253,6 +256,15 @@ def check_action_limits(names, low, high) -> str | None:
     bad = [n for n, lo, hi in zip(names, low, high) if not lo < hi]
     if bad:
         return f"action.low must be below action.high for every joint; not for {', '.join(bad)}"
+    return None
+
+
+def check_camera_topics(names) -> str | None:
+    names = [str(n).strip() for n in names]
+    if not names or any(not n for n in names):
+        return f"image.camera_topics must list at least one topic and no empty name, got {list(names)}"
+    if len(set(names)) != len(names):
+        return f"image.camera_topics lists a topic twice: {list(names)}"
     return None
 
 

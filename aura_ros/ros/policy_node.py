@@ -34,7 +34,7 @@ from aura_ros.core import topics
 from aura_ros.core.snapshots import SnapshotError, SnapshotMissing
 from aura_ros.memory import MIB, UtilityWeights
 from aura_ros.ros import guards, qos
-from aura_ros.ros.control import ControlLoop, gate_config
+from aura_ros.ros.control import ControlLoop, InputStore, gate_config
 from aura_ros.ros.diagnostics import Health, diagnostics_msg
 from aura_ros.ros.image_conversion import (
     ImageConversionError,
@@ -44,7 +44,7 @@ from aura_ros.ros.image_conversion import (
     rgb_to_image_msg,
 )
 from aura_ros.ros.messages import command_msg, command_type, gate_msg, memory_msg
-from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, param_value
+from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, check_camera_topics, param_value
 from aura_ros.ros.signals import ignore_further_signals
 
 # ~/memory_map (a picture of what the cache holds) is published this often, and on each
@@ -109,7 +109,7 @@ class PolicyNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings = POLICY_PARAMS.read(self)
-        reason = check_action_limits(s.joint_names, s.low, s.high) or next(
+        reason = check_action_limits(s.joint_names, s.low, s.high) or check_camera_topics(s.camera_topics) or next(
             filter(None, (POLICY_PARAMS.check(spec.name, getattr(s, spec.field)) for spec in POLICY_PARAMS.specs)),
             None)
         if reason:
@@ -131,10 +131,14 @@ class PolicyNode(LifecycleNode):
         self._map_pub = self.create_lifecycle_publisher(Image, topics.REL_MEMORY_MAP, qos.STATS)
         self.loop = ControlLoop(self.policy, s, self.health, self, POLICY_PARAMS.apply,
                                 on_budget_changed=self._budget_changed, on_instruction=self._instruction_pinned,
-                                alive=self.context.ok)
-        self._own_subscriptions = [
-            self.create_subscription(Image, topics.REL_IMAGE, self._on_image, qos.SENSOR),
-            self.create_subscription(CompressedImage, topics.REL_IMAGE_COMPRESSED, self._on_compressed, qos.SENSOR),
+                                alive=self.context.ok, store=InputStore(len(s.camera_topics)))
+        cameras = []
+        for k, topic in enumerate(s.camera_topics):
+            cameras += [
+                self.create_subscription(Image, topic, lambda msg, k=k: self._on_image(msg, k), qos.SENSOR),
+                self.create_subscription(CompressedImage, topic + topics.COMPRESSED_SUFFIX,
+                                         lambda msg, k=k: self._on_compressed(msg, k), qos.SENSOR)]
+        self._own_subscriptions = cameras + [
             self.create_subscription(JointState, topics.REL_JOINT_STATES, self._on_joint_state, qos.SENSOR),
             # A volatile publisher (`ros2 topic pub`) is incompatible with the latched reader by
             # design and reaches the volatile one: no warning for that expected mismatch.
@@ -242,7 +246,7 @@ class PolicyNode(LifecycleNode):
 
         config = PolicyConfig(
             joint_names=tuple(s.joint_names), low=tuple(s.low), high=tuple(s.high),
-            discrete_joints=tuple(s.discrete_joints), n_bins=s.n_bins, chunk=s.chunk,
+            discrete_joints=tuple(s.discrete_joints), n_bins=s.n_bins, chunk=s.chunk, n_cameras=len(s.camera_topics),
             budget_bytes=int(s.budget_mb * MIB), recent_steps=s.recent_steps, eviction=s.eviction,
             block_fraction=s.block_fraction, gate=gate_config(s), clear_memory_on_instruction=s.clear_on_instruction,
             max_context_steps=s.max_context_steps,
@@ -269,6 +273,8 @@ class PolicyNode(LifecycleNode):
         else:
             low, high = [-s.state_limit] * len(names), [s.state_limit] * len(names)
         frame = np.zeros((MAX_FRAME_SIDE, MAX_FRAME_SIDE, 3), dtype=np.uint8)
+        if len(s.camera_topics) > 1:
+            frame = (frame,) * len(s.camera_topics)
         for state in guards.widest_states(low, high, decimals=self.policy.config.state_decimals):
             self.policy.reserve_step(frame, state)
 
@@ -412,7 +418,7 @@ class PolicyNode(LifecycleNode):
 
     # The input callbacks read self.loop once: a cleanup on the other executor thread may set it
     # to None meanwhile.
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image, camera: int = 0) -> None:
         loop = self.loop
         if loop is None:
             return
@@ -420,16 +426,16 @@ class PolicyNode(LifecycleNode):
             rgb = prepare_for_model(image_to_rgb(msg, max_pixels=self.settings.max_pixels))
         except ImageConversionError as exc:
             return self._drop("image", str(exc))
-        loop.store.put_frame(rgb, time.monotonic())
+        loop.store.put_frame(rgb, time.monotonic(), camera)
         self.health.count("frames")
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
+    def _on_compressed(self, msg: CompressedImage, camera: int = 0) -> None:
         loop = self.loop
         if loop is None:
             return
         max_pixels = self.settings.max_pixels
         loop.decode_later(lambda: prepare_for_model(compressed_to_rgb(msg, max_pixels=max_pixels)),
-                          time.monotonic())
+                          time.monotonic(), camera)
 
     def _on_joint_state(self, msg: JointState) -> None:
         loop = self.loop

@@ -238,6 +238,10 @@ class LlamaCppPolicy(PolicyBase):
         check_supported(model)
         self.model = model
         self.config = config
+        if config.n_cameras != 1:
+            # One frame per step here; several cameras run on the transformers backend.
+            raise ValueError(f"the llama.cpp backend takes one camera per observation, not {config.n_cameras}; "
+                             "several cameras run on the transformers backend")
         self.kv_type = kv_type
         self.n_threads = int(n_threads)
         self.space = config.action_space()

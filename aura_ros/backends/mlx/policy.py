@@ -79,6 +79,10 @@ class MLXPolicy(PolicyBase):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.config = config
+        if config.n_cameras != 1:
+            # One frame per step here; several cameras run on the transformers backend.
+            raise ValueError(f"the MLX backend takes one camera per observation, not {config.n_cameras}; "
+                             "several cameras run on the transformers backend")
         self.fingerprint = fingerprint
         self.space = config.action_space()
         self.action_ids = np.asarray(action_ids[: config.n_bins], dtype=np.int64)

@@ -24,7 +24,7 @@ from aura_ros.backends.transformers.rope import RopeRotator
 from aura_ros.backends.transformers.unbounded import UnboundedCache
 from aura_ros.core.base import PolicyBase
 from aura_ros.core.config import PolicyConfig
-from aura_ros.core.types import Action
+from aura_ros.core.types import Action, frames
 from aura_ros.memory import BudgetError, GateDecision, Kind
 from aura_ros.memory.budget import budget_error
 from aura_ros.memory.stats import StepStats
@@ -75,11 +75,16 @@ def encode_observation(processor, config: PolicyConfig, prompt: str, is_mrope: b
                        state: np.ndarray) -> dict:
     """One step's observation segment "<obs>{image tokens}<state>{joint state}<act>", CPU tensors.
 
+    image: one frame, or a tuple of frames (one per camera: their image tokens one after another).
+
     Only what the forward pass needs: no attention mask (the cache builds it), no labels or token
     types (PaliGemma's prefix-LM types do not apply to a stream of steps).
     """
-    text = config.observation_text(state, prompt)
-    inputs = processor(text=[text], images=[[image]] if not is_mrope else [image],
+    views = frames(image)
+    # Several cameras: one image block per camera, in camera order, inside the one observation
+    # segment (the gate's novelty reads the mean over all of them).
+    text = config.observation_text(state, prompt * len(views))
+    inputs = processor(text=[text], images=[list(views)] if not is_mrope else list(views),
                        return_tensors="pt", add_special_tokens=False)
     return {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
 

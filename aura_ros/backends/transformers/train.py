@@ -118,11 +118,15 @@ def written_steps(actions: np.ndarray, events: np.ndarray | None, policy_config:
     return np.array([gate.update(a, event=bool(e)).written for a, e in zip(actions, ev)], dtype=bool)
 
 
-def frame_change(images: list[np.ndarray]) -> np.ndarray:
-    """[T] mean absolute change of each frame against the previous one (0 for the first)."""
+def frame_change(images: list) -> np.ndarray:
+    """[T] mean absolute change of each step's frames against the previous step's (0 for the first);
+    with several cameras the mean over all of them."""
+    from aura_ros.core.types import frames
+
     out = np.zeros(len(images))
     for t in range(1, len(images)):
-        out[t] = float(np.mean(np.abs(images[t].astype(np.int16) - images[t - 1].astype(np.int16))))
+        now, before = frames(images[t]), frames(images[t - 1])
+        out[t] = float(np.mean([np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))) for a, b in zip(now, before)]))
     return out
 
 
