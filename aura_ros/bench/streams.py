@@ -58,16 +58,18 @@ class StreamTaskResult:
 
 
 def run_stream(seed: int, specs, policy, mode: str = "stream", label: str = "", budget_mb: float = float("nan"),
-               stream_index: int = 0, gated: bool = True) -> list[StreamTaskResult]:
+               stream_index: int = 0, gated: bool = True,
+               cameras: tuple[str, ...] = ("top",)) -> list[StreamTaskResult]:
     """One stream of tasks on ``policy`` (any Policy; it is reset first). ``mode`` "stream": no
     reset, each task's first observation carries ``new_task`` and its instruction; "reset":
-    ``reset()`` and the task's instruction before each task."""
+    ``reset()`` and the task's instruction before each task. ``cameras``: the sim's views each
+    observation holds (the policy's ``n_cameras``)."""
     from aura_ros.core.types import Observation
     from aura_ros.sim.tasks import TaskStream
 
     if mode not in MODES:
         raise ValueError(f"mode is one of {MODES}, got {mode!r}")
-    stream = TaskStream(seed, specs)
+    stream = TaskStream(seed, specs, cameras=cameras)
     policy.reset()
     if policy.instruction != stream.task.instruction:
         policy.set_instruction(stream.task.instruction)
@@ -239,7 +241,7 @@ def run(policies=("sliding_window", "streaming_llm", "action_gate"), budgets_mb=
         tasks_per_stream: int = 20, streams: int = 8, cross_task: float = 0.0, modes=MODES, recent_steps: int = 8,
         novelty_weight: float = 1.0, max_context_steps: int | None = None, model: str | None = None, seed: int = 0,
         out: Path = Path("out/bench_streams"), progress: bool = True, model_kwargs: dict | None = None,
-        log=print) -> dict:
+        cameras: tuple[str, ...] = ("top",), log=print) -> dict:
     """The whole benchmark; returns the summary (also written to ``out``)."""
     from dataclasses import replace
 
@@ -268,10 +270,11 @@ def run(policies=("sliding_window", "streaming_llm", "action_gate"), budgets_mb=
             cfg = policy_config(pol, int(mb * 2**20), recent_steps, novelty_weight)
             if max_context_steps is not None:
                 cfg = replace(cfg, max_context_steps=int(max_context_steps))
+            cfg = replace(cfg, n_cameras=len(cameras))
             policies_built = {key: make_policy(model, cfg, **(model_kwargs or {}))}
         policy = policies_built[key]
         rs = run_stream(seed + i, specs[i], policy, mode=mode, label=pol, budget_mb=mb, stream_index=i,
-                        gated=policy.config.eviction == "action_gate")
+                        gated=policy.config.eviction == "action_gate", cameras=tuple(cameras))
         results += rs
         bar.set_postfix_str(f"{pol} {mb} MiB {mode}: {sum(r.success for r in rs)}/{len(rs)}")
     bar.close()
@@ -279,5 +282,6 @@ def run(policies=("sliding_window", "streaming_llm", "action_gate"), budgets_mb=
             "mix_text": ",".join(f"{m[0]} D={m[1]}" for m in mix_entries), "tasks_per_stream": tasks_per_stream,
             "streams": streams, "cross_task": cross_task, "modes": list(modes), "recent_steps": recent_steps,
             "max_context_steps": max_context_steps, "model": model or "embedded default", "seed": seed,
+            "cameras": list(cameras),
             "seconds": round(time.time() - t0, 1)}
     return write_outputs(Path(out), results, meta)

@@ -112,7 +112,8 @@ def _bench_streams(args) -> int:
                           modes=("stream",) if args.no_reset_reference else streams.MODES,
                           recent_steps=args.recent_steps, novelty_weight=args.novelty_weight,
                           max_context_steps=args.max_context_steps, model=args.model, seed=args.seed,
-                          out=Path(args.out), progress=not args.no_progress, model_kwargs=_model_options(args))
+                          out=Path(args.out), progress=not args.no_progress, model_kwargs=_model_options(args),
+                          cameras=tuple(c for c in args.cameras.split(",") if c))
     out = Path(args.out)
     print(f"\nwrote {out}/streams_tasks.csv, streams_by_index.csv, streams_table.md, streams_success.png, "
           f"streams_summary.json ({len(summary['rows'])} rows)")
@@ -395,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--model", default=None, help="model folder or .gguf file (default: the embedded trained policy)")
     _gguf_arguments(bs)
     bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument("--cameras", default="top",
+                    help="the sim's camera views per observation, comma-separated (top, wrist), as the model was "
+                         "trained")
     bs.add_argument("--no-progress", action="store_true", help="no progress bar")
     bs.add_argument("--out", default="out/bench_streams")
     bs.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
