@@ -1,17 +1,25 @@
-"""`aura-ros train`: behaviour cloning of a VLM policy on the sim's memory tasks, run as streams
-of tasks back to back without a reset (the robot's endless episode).
+"""`aura-ros train`: behaviour cloning of a VLM policy with a gated memory, on the sim's memory
+tasks (streams of tasks back to back without a reset: the robot's endless episode) or on a user's
+own demonstrations (rosbag2 recordings, a LeRobotDataset v3 folder).
 
-    aura-ros train --out my-policy                      # the default's recipe
-    aura-ros train --out my-policy --model /models/vla  # any model load_model supports (with action tokens)
-    aura-ros train --out tiny --steps 20 --streams 4    # a quick check
+    aura-ros train --out my-policy                              # the default's recipe (sim)
+    aura-ros train --out my-policy --cameras top,wrist          # the sim with two cameras
+    aura-ros train --out my-policy --bags demos/ep_*            # ros2 bag record of teleoperated episodes
+    aura-ros train --out my-policy --lerobot ~/datasets/so101   # a LeRobotDataset v3 folder
+    aura-ros train --out tiny --steps 20 --streams 4            # a quick check
 
 The recipe and the gated training contexts: aura_ros.backends.transformers.train. The result is
-a model folder that ``--model`` / ``model.path`` / ``VLMPolicy.from_pretrained`` accept.
+a model folder that ``--model`` / ``model.path`` / ``VLMPolicy.from_pretrained`` accept, and beside
+the weights ``aura_ros_policy.yaml``: the node's parameters for this policy (joint names, limits,
+cameras, budget), for ``ros2 launch aura_ros policy.launch.py params_file:=<out>/aura_ros_policy.yaml``.
+Bad data stops with one line that says why, and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+NODE_PARAMS_FILE = "aura_ros_policy.yaml"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -22,6 +30,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder the trained model is written to")
     p.add_argument("--model", default=None,
                    help="model folder or hub id to fine-tune (default: the embedded default's architecture, fresh)")
+    src = p.add_argument_group("demonstrations (default: the sim's expert)")
+    src.add_argument("--bags", nargs="+", default=None, metavar="DIR",
+                     help="rosbag2 recordings (MCAP or sqlite3), one recording per folder")
+    src.add_argument("--lerobot", default=None, metavar="DIR", help="a local LeRobotDataset v3 folder")
+    src.add_argument("--cameras", default=None,
+                     help="cameras in order, comma-separated: the sim's views (top,wrist; default top), the bags' "
+                          "image topics or the dataset's observation.images.* keys (default: every camera found)")
+    src.add_argument("--instruction", default=None, help="the instruction of every episode (replaces the recorded one)")
+    src.add_argument("--joint-states", default="joint_states", help="bags: the JointState topic")
+    src.add_argument("--commands", default=None,
+                     help="bags: the command topic (JointTrajectory, Float64MultiArray or TwistStamped); default: "
+                          "the node's command topics, if recorded; none: the next joint state is the action")
+    src.add_argument("--instruction-topic", default="instruction", help="bags: the std_msgs/String instruction topic")
+    src.add_argument("--episode-marker", default=None,
+                     help="bags: a topic whose every message starts an episode (default: one episode per bag, its "
+                          "tasks begun by the instruction topic)")
+    src.add_argument("--mix", default=None,
+                     help="sim: stream i is exactly what the sim node runs with seed=--sim-seed+i, task_mix=MIX, "
+                          "task_cross_task=--cross-task (e.g. cue_recall:20,cue_recall:200,latent_fact:50)")
+    src.add_argument("--tasks-per-stream", type=int, default=6, help="sim with --mix: tasks per stream")
+    src.add_argument("--sim-seed", type=int, default=10_000, help="sim with --mix: the first stream's seed")
+    p.add_argument("--budget-mb", type=float, default=0.5,
+                   help="the KV budget the policy is meant to run at (written into the params file)")
     p.add_argument("--tasks", default="cue_recall:0.7,latent_fact:0.3", help="task:weight,... of the episodes")
     p.add_argument("--streams", type=int, default=50,
                    help="expert streams generated in the sim (each 3-6 tasks back to back, no reset)")
@@ -48,7 +79,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from aura_ros.backends.transformers.train import TrainConfig, default_streams, train
+    from aura_ros.backends.transformers.train import TrainConfig, train
+    from aura_ros.data import DataError
 
     tasks = []
     for item in args.tasks.split(","):
@@ -58,20 +90,112 @@ def run(args) -> int:
                       seed=args.seed, threads=args.threads, log_every=args.log_every,
                       single_frame_warmup_steps=args.single_frame_warmup_steps,
                       window_curriculum_steps=args.window_curriculum_steps)
-    episodes = default_streams(args.streams, seed=args.seed, max_distractor=args.max_distractor, tasks=tuple(tasks),
-                               cross_task=args.cross_task)
-    result = train(episodes, Path(args.out), model=args.model, config=cfg, progress=not args.no_progress,
-                   init_seed=args.seed)
-    print(f"trained on {result.n_episodes} episodes in {result.seconds:.0f} s: loss {result.first_loss:.4f} -> "
-          f"{result.final_loss:.4f}; wrote {result.out_dir}")
-    if args.check_episodes > 0:
+    try:
+        demos = demonstrations(args, tuple(tasks))
+    except (DataError, ValueError) as exc:  # bad data or a bad option: one line, no traceback
+        print(f"aura-ros train: {exc}")
+        return 2
+    pcfg = policy_config(demos)
+    result = train(demos.episodes, Path(args.out), model=args.model, config=cfg, policy_config=pcfg,
+                   progress=not args.no_progress, init_seed=args.seed)
+    params = write_node_params(result.out_dir, demos, pcfg, args.budget_mb)
+    record_robot(result.out_dir, demos)
+    print(f"trained on {result.n_episodes} episodes ({demos.n_steps} steps, {len(demos.cameras)} camera(s)) in "
+          f"{result.seconds:.0f} s: loss {result.first_loss:.4f} -> {result.final_loss:.4f}; wrote {result.out_dir}")
+    print(f"node parameters: ros2 launch aura_ros policy.launch.py params_file:={params}")
+    if args.check_episodes > 0 and demos.source == "sim":
+        from aura_ros.core import topics
+
+        views = tuple(v for c in demos.cameras for v, topic in topics.SIM_CAMERA_TOPICS.items() if topic == c)
         check(result.out_dir, tuple(tasks), args.check_episodes, window=args.context_steps,
-              cross_task=args.cross_task)
+              cross_task=args.cross_task, views=views)
     return 0
 
 
+def demonstrations(args, tasks):
+    """The episodes to train on and the robot they imply: the sim's expert, bags, or a dataset."""
+    from aura_ros.core import arm, topics
+    from aura_ros.data import Demonstrations
+
+    cameras = tuple(c.strip() for c in args.cameras.split(",") if c.strip()) if args.cameras else None
+    if args.bags and args.lerobot:
+        raise ValueError("--bags and --lerobot are two sources; give one")
+    if args.bags:
+        from aura_ros.data.bags import read_bags
+
+        return read_bags(args.bags, cameras=cameras, joint_states=args.joint_states, commands=args.commands,
+                         instruction_topic=args.instruction_topic, instruction=args.instruction,
+                         episode_marker=args.episode_marker)
+    if args.lerobot:
+        from aura_ros.data.lerobot import read_lerobot
+
+        return read_lerobot(args.lerobot, cameras=cameras, instruction=args.instruction)
+    from aura_ros.backends.transformers.train import default_streams
+    from aura_ros.sim.tasks import check_cameras, expert_stream, parse_mix, stream_specs
+
+    views = check_cameras(cameras or ("top",))
+    if args.mix:
+        mix = parse_mix(args.mix)
+        seeds = [args.sim_seed + i for i in range(args.streams)]
+        episodes = [expert_stream(s, stream_specs(s, args.tasks_per_stream, mix, args.cross_task), cameras=views)
+                    for s in seeds]
+    else:
+        episodes = default_streams(args.streams, seed=args.seed, max_distractor=args.max_distractor, tasks=tasks,
+                                   cross_task=args.cross_task, cameras=views)
+    return Demonstrations(episodes, arm.JOINT_NAMES, arm.LOW, arm.HIGH, arm.DISCRETE_JOINTS,
+                          cameras=tuple(topics.SIM_CAMERA_TOPICS[v] for v in views), source="sim")
+
+
+def policy_config(demos):
+    from aura_ros.core.config import PolicyConfig
+
+    return PolicyConfig(joint_names=tuple(demos.joint_names), low=tuple(demos.low), high=tuple(demos.high),
+                        discrete_joints=tuple(demos.discrete_joints), n_cameras=len(demos.cameras))
+
+
+def write_node_params(out_dir: Path, demos, pcfg, budget_mb: float) -> Path:
+    """The node's parameters for this policy, in ``ros2 launch ... params_file:=`` form: what it
+    must be told that the weights do not say (the robot's joints and limits, its cameras, the budget)."""
+    import yaml
+
+    def strings(values) -> list[str]:
+        return list(values) or [""]  # a ROS string array cannot be empty: [""] is the node's "none"
+
+    params = {
+        "model.path": str(Path(out_dir).resolve()),
+        "image.camera_topics": strings(demos.cameras),
+        "action.joint_names": strings(pcfg.joint_names),
+        "action.low": [float(x) for x in pcfg.low],
+        "action.high": [float(x) for x in pcfg.high],
+        "action.discrete_joints": strings(pcfg.discrete_joints),
+        "action.n_bins": int(pcfg.n_bins),
+        "memory.vram_budget_mb": float(budget_mb),
+    }
+    path = Path(out_dir) / NODE_PARAMS_FILE
+    header = ("# Written by `aura-ros train` for the policy in this folder:\n"
+              f"#   ros2 launch aura_ros policy.launch.py params_file:={path.resolve()}\n"
+              f"# Trained on {len(demos.episodes)} episode(s) from {demos.source or 'the sim'}.\n")
+    path.write_text(header + yaml.safe_dump({"/**": {"ros__parameters": params}}, sort_keys=False))
+    return path
+
+
+def record_robot(out_dir: Path, demos) -> None:
+    """The robot the policy was trained for, in the model folder's training record."""
+    import json
+
+    from aura_ros.backends.transformers.train import TRAIN_INFO_FILE
+
+    info_file = Path(out_dir) / TRAIN_INFO_FILE
+    info = json.loads(info_file.read_text())
+    info["robot"] = {"joint_names": list(demos.joint_names), "low": list(demos.low), "high": list(demos.high),
+                     "discrete_joints": list(demos.discrete_joints), "cameras": list(demos.cameras),
+                     "fps": demos.fps, "source": demos.source, "episodes": len(demos.episodes),
+                     "steps": demos.n_steps}
+    info_file.write_text(json.dumps(info, indent=2) + "\n")
+
+
 def check(out_dir: Path, tasks, n_per_task: int, distractor_steps: int = 20, window: int | None = None,
-          cross_task: float | None = None) -> dict:
+          cross_task: float | None = None, views: tuple[str, ...] = ("top",)) -> dict:
     """The held-out check: printed, and stored in the model folder's training record. ``window``:
     recent steps of the gated context (None: the trainer's ``context_steps``). Held-out streams
     (tasks back to back with no reset, ``n_per_task`` streams of 4 tasks): each task type's decisions
@@ -88,8 +212,10 @@ def check(out_dir: Path, tasks, n_per_task: int, distractor_steps: int = 20, win
 
     window = TrainConfig.context_steps if window is None else window
     cross_task = DEFAULT_CROSS_TASK if cross_task is None else cross_task
-    streams = held_out_streams(n_per_task, distractor_steps, tasks, cross_task=cross_task)
-    acc = decision_accuracy(out_dir, streams, recent_steps=window)
+    from aura_ros.core.config import PolicyConfig
+
+    streams = held_out_streams(n_per_task, distractor_steps, tasks, cross_task=cross_task, cameras=views)
+    acc = decision_accuracy(out_dir, streams, PolicyConfig(n_cameras=len(views)), recent_steps=window)
     for task, kinds in acc.items():
         print(f"held-out {task} (D={distractor_steps}, in {n_per_task} streams of 4 tasks with no reset, gated "
               f"contexts with {window} recent steps): action right at decision steps {kinds['decision']:.2f}, "

@@ -483,7 +483,8 @@ DEFAULT_CROSS_TASK = 0.25
 
 
 def default_streams(n_streams: int = 50, seed: int = 0, max_distractor: int = 30, tasks=DEFAULT_TASKS,
-                    tasks_per_stream: tuple[int, int] = (3, 6), cross_task: float = DEFAULT_CROSS_TASK) -> list:
+                    tasks_per_stream: tuple[int, int] = (3, 6), cross_task: float = DEFAULT_CROSS_TASK,
+                    cameras: tuple[str, ...] = ("top",)) -> list:
     """The expert streams the default policy is trained on: tasks back to back without a reset
     (the robot's endless episode), mixed by ``tasks`` weights, D drawn per task from
     0..``max_distractor``, a share of recall_previous tasks; seeds disjoint from the evaluation's
@@ -504,7 +505,7 @@ def default_streams(n_streams: int = 50, seed: int = 0, max_distractor: int = 30
                 specs.append(("recall_previous", d))
             else:
                 specs.append((names[int(rng.choice(len(names), p=weights))], d))
-        out.append(expert_stream(10_000 + seed * 100_000 + i, specs))
+        out.append(expert_stream(10_000 + seed * 100_000 + i, specs, cameras=cameras))
     return out
 
 
@@ -556,12 +557,13 @@ def decision_accuracy(model: str | Path | None, records: list, policy_config: Po
 
 
 def held_out_streams(n_streams: int = 4, distractor_steps: int = 20, tasks=DEFAULT_TASKS, n_tasks: int = 4,
-                     cross_task: float = DEFAULT_CROSS_TASK) -> list:
+                     cross_task: float = DEFAULT_CROSS_TASK, cameras: tuple[str, ...] = ("top",)) -> list:
     """Expert streams (tasks back to back, no reset) on evaluation seeds."""
     from aura_ros.sim.tasks import expert_stream, stream_specs
 
     mix = tuple((name, distractor_steps, w) for name, w in tasks)
-    return [expert_stream(5_000 + i, stream_specs(5_000 + i, n_tasks, mix, cross_task)) for i in range(n_streams)]
+    return [expert_stream(5_000 + i, stream_specs(5_000 + i, n_tasks, mix, cross_task), cameras=cameras)
+            for i in range(n_streams)]
 
 
 def held_out_episodes(n_per_task: int = 10, distractor_steps: int = 20, tasks=DEFAULT_TASKS) -> list:
