@@ -121,6 +121,14 @@ def _bench_streams(args) -> int:
     return 0
 
 
+def _bench_cameras(args) -> int:
+    from aura_ros.bench import cameras
+
+    _threads(args.threads)
+    cameras.run(steps=args.steps, budget_mb=args.budget_mb, rounds=args.rounds, model=args.model, out=Path(args.out))
+    return 0
+
+
 def _demo(args) -> int:
     from aura_ros.tools.demo import run_demo
 
@@ -403,6 +411,15 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--out", default="out/bench_streams")
     bs.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     bs.set_defaults(func=_bench_streams)
+
+    bc = bench.add_parser("cameras", help="what a second camera costs: tokens per step, steps held, step time")
+    bc.add_argument("--steps", type=int, default=300, help="steps per run (the cache fills within the first ~20)")
+    bc.add_argument("--budget-mb", type=float, default=0.5, help="KV budget in MiB, the same for both")
+    bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure is the best round's")
+    bc.add_argument("--model", default=None, help="model folder (default: the embedded trained policy)")
+    bc.add_argument("--out", default="out/bench_cameras")
+    bc.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    bc.set_defaults(func=_bench_cameras)
 
     ex = sub.add_parser("export-gguf", help="write a policy this package built (default: the embedded one) as "
                                            "model.gguf + mmproj.gguf for the llama.cpp backend")

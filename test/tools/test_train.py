@@ -66,13 +66,15 @@ def random_default(tmp_path_factory):
     return tiny_models.build_tiny_vlm(DEFAULT_ARCH, tmp_path_factory.mktemp("init"), seed=0)
 
 
-def test_training_sees_exactly_what_the_runtime_feeds(random_default):
+@pytest.mark.parametrize("cameras", [("top",), ("top", "wrist")])
+def test_training_sees_exactly_what_the_runtime_feeds(random_default, cameras):
     """The policy runs a task with the unbounded cache; the trainer encodes the same steps (the
-    policy's own actions as labels) as one full context: the action logits agree."""
+    policy's own actions as labels) as one full context: the action logits agree, with one camera
+    and with two (each step's frames in camera order)."""
     loaded = load_model(random_default)
-    cfg = PolicyConfig(eviction="unbounded")
+    cfg = PolicyConfig(eviction="unbounded", n_cameras=len(cameras))
     ids = action_token_ids(loaded.tokenizer, cfg.n_bins)
-    task = make_task("cue_recall", 1, 3)
+    task = make_task("cue_recall", 1, 3, cameras=cameras)
     policy = VLMPolicy(loaded.model, loaded.processor, cfg, ids, task.instruction)
     images, states, actions, logits = [], [], [], []
     for _ in range(5):
@@ -117,6 +119,48 @@ def test_short_training_run_lowers_the_loss_and_loads(random_default, tmp_path):
         action = policy.step(Observation(obs.image, obs.joint_state, instruction=task.instruction))
         task.apply(action.first)
     assert policy.step_index == 3
+
+
+def test_two_camera_training_writes_the_params_the_node_runs_with(random_default, tmp_path):
+    """`--cameras top,wrist`: the model takes two frames a step, and the params file beside it names
+    the two camera topics, the joints and limits, as parameters the node declares and accepts."""
+    import yaml
+
+    from aura_ros.ros.params import POLICY_PARAMS
+    from aura_ros.tools.cli import main
+
+    out = tmp_path / "two"
+    rc = main(["train", "--out", str(out), "--model", str(random_default), "--steps", "2", "--streams", "1",
+               "--max-distractor", "0", "--batch-size", "2", "--cameras", "top,wrist", "--check-episodes", "0",
+               "--no-progress"])
+    assert rc == 0
+    doc = yaml.safe_load((out / "aura_ros_policy.yaml").read_text())
+    params = doc["/**"]["ros__parameters"]
+    assert params["image.camera_topics"] == ["image", "wrist/image"]
+    assert params["model.path"] == str(out.resolve())
+    assert params["action.joint_names"] == ["shoulder", "elbow", "wrist", "gripper"]
+    for name, value in params.items():
+        assert name in POLICY_PARAMS.by_name and not POLICY_PARAMS.check(name, value), name
+    robot = json.loads((out / TRAIN_INFO_FILE).read_text())["robot"]
+    assert robot["cameras"] == ["image", "wrist/image"] and robot["source"] == "sim"
+    policy = VLMPolicy.from_pretrained(str(out), PolicyConfig(n_cameras=2))
+    task = make_task("cue_recall", 0, 2, cameras=("top", "wrist"))
+    obs = task.observe()
+    policy.step(Observation(obs.image, obs.joint_state))
+    with pytest.raises(ValueError, match="1 camera frame; the policy takes 2"):
+        policy.step(Observation(obs.image[0], obs.joint_state))
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--cameras", "top,side"], "cameras must be distinct views"),
+    (["--bags", "x", "--lerobot", "y"], "two sources"),
+])
+def test_a_bad_training_source_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
+    from aura_ros.tools.cli import main
+
+    rc = main(["train", "--out", str(tmp_path / "x"), "--steps", "1", "--no-progress", *argv])
+    printed = capsys.readouterr().out.strip()
+    assert rc == 2 and words in printed and "\n" not in printed and "Traceback" not in printed
 
 
 @pytest.mark.skipif(not trained_default_available(), reason="the trained default policy is not in this checkout")
