@@ -53,8 +53,8 @@ def run(steps: int = 300, budget_mb: float = 0.5, rounds: int = 3, model: str | 
     for r in range(rounds):
         for n in (1, 2):
             res = run_once(n, steps, budget_mb, model)
-            log(f"round {r + 1}: {n} camera(s): {res['tokens_per_step']} tokens/step, median {res['median_ms']:.2f} ms, "
-                f"p90 {res['p90_ms']:.2f} ms")
+            log(f"round {r + 1}: {n} camera(s): {res['tokens_per_step']} tokens/step, "
+                f"median {res['median_ms']:.2f} ms, p90 {res['p90_ms']:.2f} ms")
             if n not in best or res["median_ms"] < best[n]["median_ms"]:
                 best[n] = res
     ratio = best[2]["median_ms"] / best[1]["median_ms"]
