@@ -241,10 +241,12 @@ def _replay(args) -> int:
     kwargs = dict(model=args.model, instruction=args.instruction, camera_topic=args.camera_topic,
                   joints_topic=args.joints_topic, command_topic=args.command_topic, rate_hz=args.rate,
                   map_period_s=args.map_period, max_steps=args.max_steps, progress=not args.no_progress,
-                  overwrite=args.overwrite, zero_joints=args.zero_joints)
+                  overwrite=args.overwrite, zero_joints=args.zero_joints,
+                  more_cameras=tuple(c.strip() for c in args.more_cameras.split(",") if c.strip()))
     try:
         sel = replay.inspect_bag(bag, args.camera_topic, args.joints_topic, args.command_topic, args.zero_joints)
-        print(f"aura-ros replay: camera {sel.camera} ({sel.camera_type}, {sel.camera_count} frames), joint states "
+        print(f"aura-ros replay: camera {sel.camera} ({sel.camera_type}, {sel.camera_count} frames)"
+              + "".join(f", camera {k + 2} {c}" for k, c in enumerate(kwargs["more_cameras"])) + ", joint states "
               + (sel.joints or "none (--zero-joints: every joint at zero)")
               + (f", recorded commands {sel.commands}" if sel.commands else "")
               + (f", instructions {sel.instruction}" if sel.instruction else ""), flush=True)
@@ -444,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--model", default=None, help="model folder (None: the embedded model)")
     rp.add_argument("--instruction", default="", help="the instruction (an /instruction topic in the bag replaces it)")
     rp.add_argument("--camera-topic", default=None, help="None: /image, /image/compressed, or the only image topic")
+    rp.add_argument("--more-cameras", default="",
+                    help="further camera topics, comma-separated, for a policy trained on several cameras (their "
+                         "newest frames join each step's, in this order)")
     rp.add_argument("--joints-topic", default=None, help="None: /joint_states or the only JointState topic")
     rp.add_argument("--zero-joints", action="store_true",
                     help="no joint states (a camera-only bag): every joint at zero, clipped into the limits, with "

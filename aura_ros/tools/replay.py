@@ -10,7 +10,9 @@ Reading and writing use the ``rosbags`` package (pure Python: rosbag2 MCAP and s
 message types built in, aura_ros's messages registered from the .msg text in msg/).
 
 Schedule: one control step per camera frame (default), at the frame's recorded time, with the
-newest joint state recorded at or before it (one recorded at the same time counts, whichever was
+newest joint state recorded at or before it (and, with ``more_cameras``, the newest frame of each
+further camera: a policy trained on several cameras gets its frames in that order; steps before
+every camera has sent a frame are skipped and counted) (one recorded at the same time counts, whichever was
 written first); or, with ``rate_hz``, steps on a fixed grid from the first frame, each with the
 newest frame and joint state at that time. Frames before the first joint state are skipped (the
 node holds too). A bag without joint states replays only with ``zero_joints``: every joint at zero
@@ -242,12 +244,13 @@ class Tick:
     """One control step's inputs, at recorded time ``t_ns``."""
 
     t_ns: int
-    image: np.ndarray
+    image: np.ndarray | tuple[np.ndarray, ...]  # the frame, or one per camera (with more_cameras)
     joints: np.ndarray
     instruction: str | None
     recorded_command: np.ndarray | None  # the newest recorded command (policy joint order), if any
     camera_raw: bytes  # the frame's CDR bytes (written to the output as is)
     joints_raw: bytes
+    more_raw: tuple[tuple[str, str, bytes], ...] = ()  # further cameras: (topic, type, CDR bytes)
 
 
 def _joint_vector(msg, names: tuple[str, ...], topic: str) -> np.ndarray:
@@ -291,16 +294,19 @@ def _command_vector(msg, msgtype: str, names: tuple[str, ...]) -> np.ndarray | N
 def iter_ticks(bag: Path, joint_names: tuple[str, ...], *, camera_topic: str | None = None,
                joints_topic: str | None = None, command_topic: str | None = None, rate_hz: float | None = None,
                on_dropped: Callable[[str], None] | None = None,
-               zero_joints: tuple[np.ndarray] | None = None) -> Iterator[Tick]:
+               zero_joints: tuple[np.ndarray] | None = None, more_cameras: tuple[str, ...] = ()) -> Iterator[Tick]:
     """The control steps of a recording, in recorded time order (see the module docstring).
 
-    ``zero_joints``: ``(positions,)`` to use instead of joint states (the bag's are not read)."""
+    ``zero_joints``: ``(positions,)`` to use instead of joint states (the bag's are not read);
+    ``more_cameras``: further camera topics, whose newest frames join each step's (in this order)."""
     from aura_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
 
     reader = _open(bag)
     try:
         sel = _topics(reader, camera_topic, joints_topic, command_topic, zero_joints is not None)
-        wanted = {sel.camera} | ({sel.joints} if sel.joints else set()) \
+        extra = {topic: _pick(reader, topic, (IMAGE_TYPE, COMPRESSED_TYPE), "camera", ())[1] for topic in more_cameras}
+        newest: dict[str, tuple[np.ndarray, bytes]] = {}  # further camera -> its newest frame
+        wanted = set(extra) | {sel.camera} | ({sel.joints} if sel.joints else set()) \
             | ({sel.commands} if sel.commands else set()) | ({sel.instruction} if sel.instruction else set())
         conns = [c for c in reader.connections if c.topic in wanted]
         to_rgb = image_to_rgb if sel.camera_type == IMAGE_TYPE else compressed_to_rgb
@@ -317,12 +323,17 @@ def iter_ticks(bag: Path, joint_names: tuple[str, ...], *, camera_topic: str | N
         next_tick: int | None = None
         last_seen = 0
 
-        def make(t_ns: int, image: np.ndarray, raw: bytes) -> Tick:
+        def make(t_ns: int, image: np.ndarray, raw: bytes) -> Tick | None:
             nonlocal instruction
+            if len(newest) < len(extra):
+                if on_dropped:
+                    on_dropped(f"frame at {t_ns} ns before every camera had sent one")
+                return None
             raw_joints = joints_raw if zero_joints is None else \
                 _zero_joint_state(store, joint_names, joints, t_ns)
-            tick = Tick(t_ns, image, joints.copy(), instruction, None if command is None else command.copy(), raw,
-                        raw_joints)
+            frames = (image, *(newest[topic][0] for topic in more_cameras)) if more_cameras else image
+            tick = Tick(t_ns, frames, joints.copy(), instruction, None if command is None else command.copy(), raw,
+                        raw_joints, tuple((topic, extra[topic], newest[topic][1]) for topic in more_cameras))
             instruction = None
             return tick
 
@@ -344,13 +355,17 @@ def iter_ticks(bag: Path, joint_names: tuple[str, ...], *, camera_topic: str | N
                         if next_tick is None:
                             next_tick = ft
                     else:
-                        yield make(ft, image, raw)
+                        tick = make(ft, image, raw)
+                        if tick is not None:
+                            yield tick
                 pending.clear()
             # Rate mode: every grid time before this message (up to the last message at the end)
             # is a step with the frame and joint state that were newest then.
             while period and next_tick is not None and joints is not None \
                     and (next_tick < t if t is not None else next_tick <= last_seen):
-                yield make(next_tick, frame[1], frame[2])
+                tick = make(next_tick, frame[1], frame[2])
+                if tick is not None:
+                    yield tick
                 next_tick += period
             if item is None:
                 break
@@ -373,6 +388,13 @@ def iter_ticks(bag: Path, joint_names: tuple[str, ...], *, camera_topic: str | N
                 except ImageConversionError as exc:
                     if on_dropped:
                         on_dropped(f"bad frame at {t} ns: {exc}")
+            elif conn.topic in extra:
+                try:
+                    convert = image_to_rgb if extra[conn.topic] == IMAGE_TYPE else compressed_to_rgb
+                    newest[conn.topic] = (convert(msg), bytes(raw))
+                except ImageConversionError as exc:
+                    if on_dropped:
+                        on_dropped(f"bad frame on {conn.topic} at {t} ns: {exc}")
     finally:
         reader.close()
 
@@ -433,13 +455,15 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
            name: str = "replay", camera_topic: str | None = None, joints_topic: str | None = None,
            command_topic: str | None = None, rate_hz: float | None = None, map_period_s: float = 1.0,
            map_size: tuple[int, int] = (640, 160), max_steps: int | None = None, action_type: str = "joint_trajectory",
-           progress: bool = True, overwrite: bool = False, policy=None, zero_joints: bool = False) -> ReplayResult:
+           progress: bool = True, overwrite: bool = False, policy=None, zero_joints: bool = False,
+           more_cameras: tuple[str, ...] = ()) -> ReplayResult:
     """Run a policy over ``bag``; write the output bag to ``out`` (None: no output bag).
 
     ``config``: a PolicyConfig (budget, eviction, ...); ``policy``: an already built Policy
     (then ``config``/``model``/``instruction`` are not used). ``zero_joints``: every joint at zero
-    (clipped into the limits) instead of the bag's joint states. Raises BagError for a bag it
-    cannot use.
+    (clipped into the limits) instead of the bag's joint states. ``more_cameras``: further camera
+    topics for a policy with several cameras (the camera topic first, then these). Raises BagError
+    for a bag it cannot use.
     """
     from std_msgs.msg import Header, String
 
@@ -454,7 +478,10 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
     bag = Path(bag)
     sel = inspect_bag(bag, camera_topic, joints_topic, command_topic, zero_joints)  # fail before loading a model
     if policy is None:
-        policy = make_policy(model, config or PolicyConfig(), instruction=instruction)
+        from dataclasses import replace as _with
+
+        config = _with(config or PolicyConfig(), n_cameras=1 + len(more_cameras))
+        policy = make_policy(model, config, instruction=instruction)
     names = tuple(policy.config.joint_names)
     zeros = (np.clip(np.zeros(len(names)), policy.config.low, policy.config.high),) if zero_joints else None
     cmd_type = command_type(action_type)
@@ -485,7 +512,7 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
         last_t = None
         for tick in iter_ticks(bag, names, camera_topic=sel.camera, joints_topic=sel.joints,
                                command_topic=sel.commands, rate_hz=rate_hz, on_dropped=dropped.append,
-                               zero_joints=zeros):
+                               zero_joints=zeros, more_cameras=tuple(more_cameras)):
             if max_steps is not None and len(commands) >= max_steps:
                 break
             action = policy.step(Observation(tick.image, tick.joints, instruction=tick.instruction))
@@ -505,6 +532,8 @@ def replay(bag: Path, out: Path | None, config=None, *, model: str | None = None
                 if tick.instruction is not None:
                     writer.write_msg(topics.INSTRUCTION, STRING_TYPE, tick.t_ns, String(data=tick.instruction))
                 writer.write_raw_clean(input_topic, sel.camera_type, tick.t_ns, tick.camera_raw)
+                for topic, msgtype, raw in tick.more_raw:
+                    writer.write_raw_clean(topic, msgtype, tick.t_ns, raw)
                 writer.write_msg(topics.COMMANDS[action_type], cmd_msgtype, tick.t_ns,
                                  command_msg(action_type, names, action.positions, header))
                 writer.write_msg(topics.MEMORY, "aura_ros/msg/MemoryBudget", tick.t_ns, memory_msg(stats, header))

@@ -96,10 +96,12 @@ def trajectory_msg(pos: np.ndarray, names: tuple[str, ...], t_ns: int):
 
 def write_bag(path: Path, rec: Recording, camera: str | None = "raw", storage: str = "mcap",
               camera_topic: str | None = None, commands: bool = True, rmw_joints: bool = False,
-              joints: bool = True, instructions: list[tuple[int, str]] = ()) -> Path:
+              joints: bool = True, instructions: list[tuple[int, str]] = (),
+              more_cameras: dict[str, list[tuple[int, np.ndarray]]] | None = None) -> Path:
     """camera: 'raw' (sensor_msgs/Image rgb8), 'compressed' (PNG), 'jpeg', or None (no camera topic).
     rmw_joints: joint states as rclpy's serialize_message bytes (what ``ros2 bag record`` stores).
-    joints: False for a camera-only recording. instructions: (time, text) on /instruction."""
+    joints: False for a camera-only recording. instructions: (time, text) on /instruction.
+    more_cameras: further raw Image topics, (time, rgb) per frame."""
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     msgs = []
     with Writer(path, version=9, storage_plugin=plugin) as w:
@@ -117,6 +119,9 @@ def write_bag(path: Path, rec: Recording, camera: str | None = "raw", storage: s
             build = (lambda f, t: image_msg(f, t)) if camera == "raw" else \
                 (lambda f, t: compressed_msg(f, t, "png" if camera == "compressed" else "jpg"))
             msgs += [(t, cam, typ, build(f, t)) for t, f in zip(rec.frame_times, rec.frames)]
+        for topic, frames in (more_cameras or {}).items():
+            cam = w.add_connection(topic, "sensor_msgs/msg/Image", typestore=STORE)
+            msgs += [(t, cam, "sensor_msgs/msg/Image", image_msg(f, t)) for t, f in frames]
         if commands:
             cmd = w.add_connection("/joint_trajectory", "trajectory_msgs/msg/JointTrajectory", typestore=STORE)
             msgs += [(t, cmd, "trajectory_msgs/msg/JointTrajectory", trajectory_msg(c, rec.joint_names, t))

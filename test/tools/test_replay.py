@@ -59,6 +59,23 @@ def test_replay_gives_the_commands_of_direct_stepping(tmp_path, rec, camera, sto
     assert counts[topics.MEMORY_MAP] >= 1 and counts[topics.DIAGNOSTICS] >= 1
 
 
+def test_two_cameras_replay_as_direct_stepping_with_both_frames(tmp_path, rec):
+    """A second camera (its frames 2 ms before the first camera's, the first one missing): each
+    step gets the first camera's frame and the newest of the second; steps before the second
+    camera has sent anything are skipped and counted, and its frames reach the output bag."""
+    wrist = [(t - 2_000_000, np.ascontiguousarray(f[::-1])) for t, f in zip(rec.frame_times, rec.frames)][1:]
+    bag = write_bag(tmp_path / "in", rec, more_cameras={"/wrist/image": wrist})
+    result = replay(bag, tmp_path / "out", PolicyConfig(budget_bytes=4 * BUDGET), instruction=INSTRUCTION,
+                    progress=False, more_cameras=("/wrist/image",))
+    assert result.steps == len(rec.frames) - 1 and result.stamps_ns == rec.frame_times[1:]
+    assert len(result.dropped) == 1 and "before every camera had sent one" in result.dropped[0]
+    pairs = [(f, w) for f, (_, w) in zip(rec.frames[1:], wrist)]
+    expected = direct_commands(pairs, joints_at(rec, rec.frame_times[1:]),
+                               PolicyConfig(budget_bytes=4 * BUDGET, n_cameras=2))
+    np.testing.assert_array_equal(result.commands, expected)
+    assert read_topics(result.out)["/wrist/image"] == result.steps
+
+
 def test_output_bag_reads_back_at_the_recorded_times(tmp_path, rec):
     bag = next(write_bag(tmp_path / "in", rec, camera="raw").glob("*.mcap"))  # a bare .mcap file works as well
     result = replay(bag, tmp_path / "out", PolicyConfig(budget_bytes=BUDGET), instruction=INSTRUCTION, progress=False)
