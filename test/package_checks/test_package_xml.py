@@ -73,6 +73,9 @@ DEPENDENCIES: dict[str, tuple[str, str | None]] = {
     "rosbags": ("python3-rosbags", "rosbags"),
     "foxglove": ("python3-foxglove-sdk", "foxglove-sdk"),
     "mcap": ("python3-mcap", "mcap"),
+    # LeRobotDataset v3 folders: parquet and mp4 (python3-pyarrow has no rosdep key yet: pip).
+    "pyarrow": ("python3-pyarrow", "pyarrow"),
+    "av": ("python3-av", "av"),
     # No rosdep keys exist for these two: only laptop-only code may use them, as pip extras.
     "gguf": ("python3-gguf", "gguf"),
     "accelerate": ("python3-accelerate", "accelerate"),
