@@ -307,7 +307,7 @@ def _camera_frames(root: Path, info: dict, features: dict, episodes: dict, e: in
                            chunk_index=int(episodes[cols[0]][e]), file_index=int(episodes[cols[1]][e]))
     start = float(episodes[cols[2]][e])
     times = start + np.asarray(data["timestamp"], dtype=np.float64)[rows]
-    return _decode(video, times, fps, where)
+    return _decode(video, times, fps, where.rsplit(': ', 1)[-1])  # the file names the dataset
 
 
 def _decode(video: Path, times: np.ndarray, fps: float, where: str) -> list[np.ndarray]:
@@ -331,7 +331,7 @@ def _decode(video: Path, times: np.ndarray, fps: float, where: str) -> list[np.n
                 shown.append(frame.to_ndarray(format="rgb24"))
                 stamps.append(frame.time)
     except (av.error.FFmpegError, IndexError, ValueError) as e:
-        raise DataError(f"{video}: does not decode ({where}: {_first_line(e)})") from None
+        raise DataError(f"{video}: does not decode at {where} ({_first_line(e)})") from None
     if len(shown) < len(times):
         raise DataError(f"{video}: {len(shown)} frames from {times[0]:.3f} s to {times[-1]:.3f} s "
                         f"for the {len(times)} rows of {where} (a truncated or short video)")
