@@ -484,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     from aura_ros.tools import train as train_tool
 
     train_tool.add_parser(sub)
+    train_tool.add_sim_dataset_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "version":

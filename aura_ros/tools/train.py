@@ -51,6 +51,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                           "task_cross_task=--cross-task (e.g. cue_recall:20,cue_recall:200,latent_fact:50)")
     src.add_argument("--tasks-per-stream", type=int, default=6, help="sim with --mix: tasks per stream")
     src.add_argument("--sim-seed", type=int, default=10_000, help="sim with --mix: the first stream's seed")
+    src.add_argument("--camera-topics", default=None,
+                     help="the robot's image topics for the cameras, comma-separated, in camera order (written into "
+                          "the params file; default: the bags' topics, the sim's, or <name>/image for a dataset's "
+                          "observation.images.<name>)")
     p.add_argument("--budget-mb", type=float, default=0.5,
                    help="the KV budget the policy is meant to run at (written into the params file)")
     p.add_argument("--tasks", default="cue_recall:0.7,latent_fact:0.3", help="task:weight,... of the episodes")
@@ -96,12 +100,20 @@ def run(args) -> int:
         print(f"aura-ros train: {exc}")
         return 2
     pcfg = policy_config(demos)
+    try:
+        topics_for_node = camera_topics(demos, args.camera_topics)
+    except ValueError as exc:
+        print(f"aura-ros train: {exc}")
+        return 2
     result = train(demos.episodes, Path(args.out), model=args.model, config=cfg, policy_config=pcfg,
                    progress=not args.no_progress, init_seed=args.seed)
-    params = write_node_params(result.out_dir, demos, pcfg, args.budget_mb)
+    params = write_node_params(result.out_dir, demos, pcfg, args.budget_mb, topics_for_node)
     record_robot(result.out_dir, demos)
     print(f"trained on {result.n_episodes} episodes ({demos.n_steps} steps, {len(demos.cameras)} camera(s)) in "
           f"{result.seconds:.0f} s: loss {result.first_loss:.4f} -> {result.final_loss:.4f}; wrote {result.out_dir}")
+    if tuple(topics_for_node) != tuple(demos.cameras):
+        print("camera topics for the node: " + ", ".join(f"{c} -> {t}" for c, t in zip(demos.cameras, topics_for_node))
+              + " (--camera-topics names your robot's)")
     print(f"node parameters: ros2 launch aura_ros policy.launch.py params_file:={params}")
     if args.check_episodes > 0 and demos.source == "sim":
         from aura_ros.core import topics
@@ -153,7 +165,26 @@ def policy_config(demos):
                         discrete_joints=tuple(demos.discrete_joints), n_cameras=len(demos.cameras))
 
 
-def write_node_params(out_dir: Path, demos, pcfg, budget_mb: float) -> Path:
+def camera_topics(demos, given: str | None) -> tuple[str, ...]:
+    """The node's image topics, one per camera of the demonstrations: ``given`` (comma-separated),
+    else the recorded topic, or for a dataset's ``observation.images.<name>`` the topic
+    ``<name>/image`` (the first camera: the node's default ``image``)."""
+    from aura_ros.core import topics
+
+    if given:
+        names = tuple(c.strip() for c in given.split(",") if c.strip())
+        if len(names) != len(demos.cameras):
+            raise ValueError(f"--camera-topics names {len(names)} topic(s) for {len(demos.cameras)} camera(s) "
+                             f"{list(demos.cameras)}")
+        return names
+    prefix = "observation.images."
+    if not any(c.startswith(prefix) for c in demos.cameras):
+        return tuple(demos.cameras)
+    return tuple(topics.REL_IMAGE if k == 0 else f"{c[len(prefix):] if c.startswith(prefix) else c}/image"
+                 for k, c in enumerate(demos.cameras))
+
+
+def write_node_params(out_dir: Path, demos, pcfg, budget_mb: float, camera_topic_names=None) -> Path:
     """The node's parameters for this policy, in ``ros2 launch ... params_file:=`` form: what it
     must be told that the weights do not say (the robot's joints and limits, its cameras, the budget)."""
     import yaml
@@ -163,7 +194,7 @@ def write_node_params(out_dir: Path, demos, pcfg, budget_mb: float) -> Path:
 
     params = {
         "model.path": str(Path(out_dir).resolve()),
-        "image.camera_topics": strings(demos.cameras),
+        "image.camera_topics": strings(camera_topic_names or demos.cameras),
         "action.joint_names": strings(pcfg.joint_names),
         "action.low": [float(x) for x in pcfg.low],
         "action.high": [float(x) for x in pcfg.high],
@@ -228,3 +259,37 @@ def check(out_dir: Path, tasks, n_per_task: int, distractor_steps: int = 20, win
                         "accuracy": acc}
     info_file.write_text(json.dumps(info, indent=2) + "\n")
     return acc
+
+
+def add_sim_dataset_parser(sub) -> argparse.ArgumentParser:
+    from aura_ros.backends.transformers.train import DEFAULT_CROSS_TASK
+
+    p = sub.add_parser("sim-dataset", help="write the sim expert's streams as a LeRobotDataset v3 folder (to try "
+                                           "the training route without a robot)")
+    p.add_argument("--out", required=True, help="the dataset folder (must not exist)")
+    p.add_argument("--cameras", default="top", help="the sim's views, comma-separated (top, wrist)")
+    p.add_argument("--mix", default="cue_recall:20,cue_recall:200,latent_fact:50",
+                   help="stream i is what the sim node runs with seed=--sim-seed+i and task_mix=MIX")
+    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--tasks-per-stream", type=int, default=6)
+    p.add_argument("--sim-seed", type=int, default=10_000)
+    p.add_argument("--cross-task", type=float, default=DEFAULT_CROSS_TASK)
+    p.add_argument("--fps", type=float, default=10.0, help="the recorded rate written into the dataset")
+    p.add_argument("--png", action="store_true", help="frames as PNG image features (lossless) instead of mp4")
+    p.set_defaults(func=run_sim_dataset)
+    return p
+
+
+def run_sim_dataset(args) -> int:
+    from aura_ros.data.lerobot import write_lerobot
+
+    ns = argparse.Namespace(bags=None, lerobot=None, cameras=args.cameras, mix=args.mix, streams=args.streams,
+                            tasks_per_stream=args.tasks_per_stream, sim_seed=args.sim_seed, cross_task=args.cross_task)
+    try:
+        demos = demonstrations(ns, ())
+        out = write_lerobot(demos, args.out, fps=args.fps, video=not args.png)
+    except (ValueError, FileExistsError) as exc:
+        print(f"aura-ros sim-dataset: {exc}")
+        return 2
+    print(f"wrote {out}: {len(demos.episodes)} episodes, {demos.n_steps} steps, cameras {list(demos.cameras)}")
+    return 0
