@@ -40,6 +40,11 @@ CONVERTER = "python -m lerobot.datasets.v30.convert_dataset_v21_to_v30 --repo-id
 # LeRobot's per-frame bookkeeping features (lerobot.datasets.utils.DEFAULT_FEATURES).
 INDEX_FEATURES = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64",
                   "index": "int64", "task_index": "int64"}
+# A per-frame flag written beside LeRobot's own features: this frame begins a task. A robot's
+# stream of tasks is one episode, and two tasks in a row may share their text (the same task asked
+# again), so task_index alone cannot mark every boundary; without the flag a change of task_index
+# does (what any other LeRobot dataset gives).
+TASK_START = "task_start"
 # What the reader needs of meta/episodes: which episodes, and which data file holds each.
 EPISODE_COLUMNS = ("episode_index", "data/chunk_index", "data/file_index")
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # the q01 ... q99 that LeRobot's stats carry
@@ -82,6 +87,7 @@ def read_lerobot(path: str | Path, cameras: Sequence[str] | str | None = None,
                              "meta/episodes", required=EPISODE_COLUMNS)
     columns = [STATE, ACTION, "episode_index", "frame_index", "timestamp", "task_index"]
     columns += [k for k in keys if features[k]["dtype"] == "image"]
+    columns += [TASK_START] * (TASK_START in features)
     data_files = sorted({_format(info, "data_path", DATA_PATH, chunk_index=int(c), file_index=int(f))
                          for c, f in zip(episodes["data/chunk_index"], episodes["data/file_index"], strict=True)})
     data = _read_parquet(root, [root / f for f in data_files], "data", required=columns, select=True)
@@ -102,8 +108,11 @@ def read_lerobot(path: str | Path, cameras: Sequence[str] | str | None = None,
         frames = [_camera_frames(root, info, features, episodes, e, k, data, rows, fps, where) for k in keys]
         images = frames[0] if len(keys) == 1 else list(zip(*frames, strict=True))
         task_idx = np.asarray(data["task_index"], dtype=np.int64)[rows]
-        starts = (0,) if instruction is not None else tuple(int(s) for s in np.flatnonzero(
-            np.r_[True, task_idx[1:] != task_idx[:-1]]))
+        boundary = np.r_[True, task_idx[1:] != task_idx[:-1]]
+        if TASK_START in data:
+            boundary = np.asarray(data[TASK_START], dtype=bool).reshape(len(data[TASK_START]), -1)[rows, 0]
+            boundary[0] = True
+        starts = (0,) if instruction is not None else tuple(int(s) for s in np.flatnonzero(boundary))
         texts = (instruction,) if instruction is not None else tuple(_task(tasks, task_idx[s], where) for s in starts)
         events = np.zeros(len(rows), dtype=bool)
         events[list(starts)] = True
@@ -420,6 +429,7 @@ def write_lerobot(demos: Demonstrations, path: str | Path, fps: float | None = N
         "episode_index": np.repeat(np.arange(len(episodes)), lengths).astype(np.int64),
         "index": np.arange(sum(lengths), dtype=np.int64),
         "task_index": np.asarray([task_of[t] for ep in instructions for t in ep], dtype=np.int64),
+        TASK_START: np.concatenate([np.isin(np.arange(n), rec.task_starts) for rec, n in zip(episodes, lengths)]),
     }
     frames = {k: [f for rec in episodes for f in frames_of(rec, c)] for c, k in enumerate(keys)}
 
@@ -438,15 +448,16 @@ def write_lerobot(demos: Demonstrations, path: str | Path, fps: float | None = N
         features[key] = {"dtype": float_name, "shape": [dim], "names": list(demos.joint_names)}
     for key, dtype in INDEX_FEATURES.items():
         features[key] = {"dtype": dtype, "shape": [1], "names": None}
+    features[TASK_START] = {"dtype": "bool", "shape": [1], "names": None}
 
     # data/: one parquet of every frame (image features as datasets.Image structs of PNG bytes).
     arrays = {key: pa.FixedSizeListArray.from_arrays(pa.array(cols[key].reshape(-1)), dim) for key in (STATE, ACTION)}
-    arrays.update({key: pa.array(cols[key]) for key in INDEX_FEATURES})
+    arrays.update({key: pa.array(cols[key]) for key in (*INDEX_FEATURES, TASK_START)})
     if not video:
         image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
         for key in keys:
             arrays[key] = pa.array([{"bytes": _png_bytes(f), "path": None} for f in frames[key]], type=image_type)
-    order = keys * (not video) + [STATE, ACTION, *INDEX_FEATURES]
+    order = keys * (not video) + [STATE, ACTION, *INDEX_FEATURES, TASK_START]
     _write_parquet(pq, pa.table({k: arrays[k] for k in order}), root / DATA_PATH.format(chunk_index=0, file_index=0))
 
     # meta/: tasks, per-episode rows (where each episode lives, its stats), dataset stats, info.
@@ -568,6 +579,7 @@ def _all_stats(cols: dict, frames: dict, rows: slice) -> dict[str, dict]:
         imgs = np.stack([seq[i] for i in pick]).astype(np.float32) / 255.0  # [N, H, W, 3]
         st = _stats(imgs.transpose(0, 3, 1, 2), axis=(0, 2, 3), keepdims=True)
         stats[key] = {k: (v[0] if k != "count" else v) for k, v in st.items()}
-    for key in (STATE, ACTION, *INDEX_FEATURES):
-        stats[key] = _stats(np.asarray(cols[key][rows]).reshape(len(cols[key][rows]), -1))
+    for key in (STATE, ACTION, *INDEX_FEATURES, TASK_START):
+        values = np.asarray(cols[key][rows])
+        stats[key] = _stats(values.reshape(len(values), -1).astype(np.float64 if key == TASK_START else values.dtype))
     return stats

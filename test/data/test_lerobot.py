@@ -106,10 +106,11 @@ def test_one_camera_gives_one_frame_per_step_and_an_instruction_overrides_the_ta
 
 @pytest.fixture(scope="module")
 def sim_demos() -> Demonstrations:
-    """Two short sim episodes and a stream of two tasks, with the sim's two cameras."""
+    """Two short sim episodes and a stream of three tasks (the first two of the same text: the
+    task asked again), with the sim's two cameras."""
     recs = [expert_episode("cue_recall", 0, 2, cameras=SIM_CAMERAS),
             expert_episode("latent_fact", 1, 1, cameras=SIM_CAMERAS),
-            expert_stream(7, [("cue_recall", 1), ("latent_fact", 1)], cameras=SIM_CAMERAS)]
+            expert_stream(7, [("cue_recall", 1), ("cue_recall", 0), ("latent_fact", 1)], cameras=SIM_CAMERAS)]
     return Demonstrations(recs, arm.JOINT_NAMES, arm.LOW, arm.HIGH, arm.DISCRETE_JOINTS,
                           cameras=SIM_CAMERAS, fps=10, source="sim")
 
@@ -128,7 +129,7 @@ def check_round_trip(src: Demonstrations, got: Demonstrations) -> None:
     assert got.discrete_joints == discrete(src)
     for a, b in zip(src.episodes, got.episodes, strict=True):
         assert np.array_equal(a.states, b.states) and np.array_equal(a.actions, b.actions)  # float64 on disk
-        assert b.instruction == a.instruction
+        assert b.instruction == a.instruction and b.task_starts == a.task_starts
         steps = range(len(a.actions))
         assert [b.instruction_at(t) for t in steps] == [a.instruction_at(t) for t in steps]
 
@@ -144,9 +145,11 @@ def test_round_trip_through_video(sim_demos, written):
     codec = info["features"]["observation.images.top"]["info"]["video.codec"]
     got = read_lerobot(written)
     check_round_trip(sim_demos, got)
-    stream = got.episodes[2]
-    assert stream.task_starts == sim_demos.episodes[2].task_starts == (0, 10)
-    assert stream.events.nonzero()[0].tolist() == [0, 10]
+    stream, src = got.episodes[2], sim_demos.episodes[2]
+    # Every boundary, the one between two tasks of the same text too (the task_start flag).
+    assert len(src.task_starts) == 3 and src.task_instructions[0] == src.task_instructions[1]
+    assert stream.task_starts == src.task_starts
+    assert stream.events.nonzero()[0].tolist() == list(src.task_starts)
     if codec != "h264":
         pytest.skip(f"PyAV here has no libx264 (wrote {codec}): the bound below is h264 4:4:4's")
     assert VIDEO_SETTINGS["libx264"][0] == info["features"]["observation.images.top"]["info"]["video.pix_fmt"]
