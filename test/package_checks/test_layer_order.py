@@ -7,8 +7,11 @@ import pytest
 from test_import_cycles import graph
 
 # Folder of aura_ros -> layer, lowest first. sim/ (the simulated arm: numpy and core's arm facts)
-# sits beside core; tools/ and bench/ are one layer (the tools run the benchmarks).
-LAYERS = {"memory": 0, "core": 1, "sim": 1, "backends": 2, "ros": 3, "data": 4, "tools": 4, "bench": 4}
+# sits beside core, and so does data/ (users' recordings read into the sim's episode records, no ROS:
+# a training machine reads bags without the ROS wheels); tools/ and bench/ are one layer (the tools
+# run the benchmarks).
+LAYERS = {"memory": 0, "core": 1, "sim": 1, "data": 1, "backends": 2, "ros": 3, "tools": 4, "bench": 4}
+
 # The package root (``import aura_ros`` for its version, the generated msg/srv) is below everything.
 ROOT_LAYER = -1
 # Folders above the backends that reach a model only through the seam (core.protocol and
