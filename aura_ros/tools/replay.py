@@ -42,6 +42,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from tqdm import tqdm
 
 from aura_ros.core import topics
+from aura_ros.data.bags import deserialize  # CDR bytes -> a message, accepting the rmw serializer's tail
 from aura_ros.tools.msgdefs import MSG_NAMES, msg_text
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -69,27 +70,6 @@ def make_typestore():
         types.update(get_types_from_msg(msg_text(name), f"aura_ros/msg/{name}"))
     store.register(types)
     return store
-
-
-def deserialize(store, rawdata: bytes | memoryview, typename: str):
-    """CDR bytes -> a rosbags message, accepting trailing bytes after the message.
-
-    rosbags refuses a message followed by more than 3 bytes; the bytes that rclpy's
-    ``serialize_message`` (the rmw's serializer, which ``ros2 bag record`` uses too) gives for
-    JointState, JointTrajectory and others here carry such a tail, although the message itself
-    decodes. So the check is left out; everything else (encapsulation, field decoding) stays.
-    """
-    from rosbags.serde import SerdeError
-
-    if len(rawdata) < 4 or bytes(rawdata[:2]) not in {b"\x00\x00", b"\x00\x01"}:
-        raise SerdeError(f"invalid or unsupported CDR encapsulation for {typename!r}")
-    msgdef = store.get_msgdef(typename)
-    func = msgdef.deserialize_cdr_le if rawdata[1] else msgdef.deserialize_cdr_be
-    try:
-        message, _ = func(memoryview(rawdata)[4:], 0, msgdef.cls, store)
-    except (struct.error, UnicodeDecodeError, ValueError) as exc:
-        raise SerdeError(f"could not deserialize {typename!r}: {exc}") from exc
-    return message
 
 
 # ----------------------------------------------------------------------------- reading
