@@ -14,6 +14,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 # best-effort subscriber also matches drivers that publish reliably.
 SENSOR: QoSProfile = qos_profile_sensor_data
 
+# Camera frames and joint states of a demonstration being recorded (the sim's scripted expert):
+# reliable, keep last 100 (5 s at 20 Hz), so that a recorder that subscribes reliably (aura-ros
+# record, like rosbag2, takes the publishers' reliability) gets every step even when it stalls for a
+# moment. A best-effort reader (the policy node) still matches, and gets them best effort.
+DEMONSTRATION = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.VOLATILE)
+
 # Commands to the robot (JointTrajectory, Float64MultiArray, TwistStamped): reliable, so a
 # command is not silently lost on a lossy link (ros2_control controllers subscribe reliably
 # too), keep last 10 so that a short stall of the reader does not block the writer. Volatile:
@@ -49,4 +56,5 @@ STATS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Reliab
 DIAGNOSTICS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
 
-__all__ = ["COMMANDS", "DIAGNOSTICS", "INSTRUCTION", "INSTRUCTION_VOLATILE", "SENSOR", "SERVICES", "STATS"]
+__all__ = ["COMMANDS", "DEMONSTRATION", "DIAGNOSTICS", "INSTRUCTION", "INSTRUCTION_VOLATILE", "SENSOR", "SERVICES",
+           "STATS"]

@@ -1,7 +1,9 @@
 """The sim source: a simulated robot (aura_ros.sim.SimScene) behind real ROS 2 topics.
 
 Publishes, every 1/rate_hz seconds:
-- ``image`` (sensor_msgs/Image, rgb8) and, with publish_compressed, ``image/compressed`` (JPEG),
+- each camera of ``cameras`` (sim.scene.CAMERA_VIEWS; default ["top"]) on its topic
+  (topics.SIM_CAMERA_TOPICS: ``image`` for top, ``wrist/image`` for wrist; sensor_msgs/Image,
+  rgb8, all with one stamp) and, with publish_compressed, ``<topic>/compressed`` (JPEG),
 - ``joint_states`` (sensor_msgs/JointState: shoulder, elbow, wrist, gripper),
 - ``/diagnostics`` about once a second (counters of frames, commands and drops).
 Subscribes to every command type the policy node can send, so it follows whichever is in use:
@@ -31,6 +33,23 @@ old frame); the next task starts once the reset is acknowledged.
 
     python -m aura_ros.ros.sim_node --ros-args -p task:=cue_recall -p task_distractors:=200
 
+With ``task_expert`` (task mode only) the node is its own teleoperator, a robot whose
+demonstrations are being recorded: every tick it publishes the current observation (the cameras
+and joint_states, one stamp), then the scripted expert's action on ``joint_trajectory``
+(trajectory_msgs/JointTrajectory, stamped after the observation), applies it and advances the task;
+each task's instruction goes out as the task begins and its outcome on ``task/result``. A bag of
+these topics is what a teleoperated robot's bag holds, and reads back (aura_ros.data.bags) into
+the episode record that ``sim.tasks.expert_stream`` makes in process. Commands from others are not
+subscribed to. The cameras and joint states are then published reliably (qos.DEMONSTRATION), so a
+recorder that subscribes reliably gets every step.
+
+``wait_for_subscribers`` (N > 0): nothing is published and nothing steps until every camera (raw or
+compressed), joint_states and, in task mode, instruction, task/result (and joint_trajectory in
+expert mode) has at least N subscribers: a recorder started first then misses no step.
+
+    python -m aura_ros.ros.sim_node --ros-args -p task:=cue_recall -p task_expert:=true \
+        -p "cameras:=[top, wrist]" -p wait_for_subscribers:=1
+
 All callbacks share the node's default (mutually exclusive) callback group, so the scene is only
 ever touched from one callback at a time and needs no lock.
 """
@@ -45,25 +64,28 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from aura_ros.core import topics
 from aura_ros.ros import qos
 from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
 from aura_ros.ros.params import ParamTable, Spec
 from aura_ros.ros.signals import ignore_further_signals
-from aura_ros.sim.scene import JOINT_NAMES, SimScene
+from aura_ros.sim.scene import CAMERA_VIEWS, JOINT_NAMES, SimScene
 
 # A command-type warning is logged at most this often; every drop is still counted.
 WARN_THROTTLE_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
+WAIT_LOG_PERIOD_S = 2.0  # while waiting for subscribers, say which topics still lack them this often
 
 
 SIM_PARAMS = ParamTable((
@@ -80,6 +102,12 @@ SIM_PARAMS = ParamTable((
     Spec("cmd_vel_timeout_s", "cmd_vel_timeout_s", 0.5, "The base stops when no cmd_vel arrived for this long",
          live=True, range=(0.01, 60.0)),
     Spec("frame_id", "frame_id", "aura_sim_camera", "frame_id of the image headers"),
+    Spec("cameras", "cameras", ["top"],
+         "Camera views published, each on its topic ("
+         + ", ".join(f"{v} on {t}" for v, t in topics.SIM_CAMERA_TOPICS.items()) + ")"),
+    Spec("wait_for_subscribers", "wait_for_subscribers", 0,
+         "Publish and step only once every camera, joint_states (and the task topics) has at least this many "
+         "subscribers, e.g. a recorder started first; 0 = at once", range=(0, 1000)),
     Spec("task", "task", "", "Memory tasks (cue_recall, latent_fact) run in lockstep with the commands, one after "
          "another on one scene with no reset (the robot's endless episode); '' = the free scene"),
     Spec("task_distractors", "task_distractors", 200, "Distractor steps D of each task",
@@ -95,6 +123,9 @@ SIM_PARAMS = ParamTable((
     Spec("task_pause_s", "task_pause_s", 1.5,
          "With task_reset_service: pause between tasks, longer than the policy's image timeout, so it holds",
          range=(0.0, 60.0)),
+    Spec("task_expert", "task_expert", False,
+         "Task mode: the scripted expert teleoperates, one step a tick (its action published on joint_trajectory "
+         "after the observation); commands from others are not subscribed to"),
 ), "SimSettings")
 RESET_TIMEOUT_S = 5.0  # a reset service that does not answer: go on, warn
 
@@ -115,6 +146,19 @@ class SimSourceNode(Node):
         self._task_name = str(p.task)
         self._task_distractors = int(p.task_distractors)
         self._task_pause_s = float(p.task_pause_s)
+        self._cameras = tuple(str(c) for c in p.cameras)
+        if not self._cameras or any(c not in CAMERA_VIEWS for c in self._cameras) \
+                or len(set(self._cameras)) != len(self._cameras):
+            raise ParameterException(f"cameras must be distinct views among {list(CAMERA_VIEWS)}, got "
+                                     f"{list(self._cameras)}", ["cameras"])
+        self._expert = bool(p.task_expert)
+        if self._expert and not self._task_name:
+            raise ParameterException("task_expert needs a task (task:=cue_recall or latent_fact)", ["task_expert"])
+        if self._expert and p.task_reset_service:
+            raise ParameterException("task_expert runs the tasks back to back; task_reset_service is for a policy "
+                                     "that is reset between tasks", ["task_expert", "task_reset_service"])
+        self._wait_for = int(p.wait_for_subscribers)
+        self._last_wait_log = -math.inf
         self.task = None  # the running MemoryTask in task mode
         self.task_results: list[dict] = []
         self.stream = None  # the endless TaskStream in task mode
@@ -130,7 +174,8 @@ class SimSourceNode(Node):
                     mix = parse_mix(str(p.task_mix))
                 except ValueError as exc:
                     raise ParameterException(f"task_mix: {exc}", ["task_mix"]) from None
-            self.stream = TaskStream(self._seed, iter_specs(self._seed, mix, float(p.task_cross_task)))
+            self.stream = TaskStream(self._seed, iter_specs(self._seed, mix, float(p.task_cross_task)),
+                                     cameras=self._cameras)
             self._begin_task()
         else:
             self.scene = SimScene(width=int(p.width), height=int(p.height), seed=self._seed,
@@ -144,16 +189,24 @@ class SimSourceNode(Node):
         self._twist: tuple[float, float] | None = None
         self._twist_time = -math.inf
 
-        self._image_pub = self.create_publisher(Image, topics.REL_IMAGE, qos.SENSOR)
-        self._compressed_pub = None
+        # The expert is a demonstration being recorded: every frame and joint state reaches a reliable reader.
+        self._sensor_qos = qos.DEMONSTRATION if self._expert else qos.SENSOR
+        self._image_pubs = {view: self.create_publisher(Image, topics.SIM_CAMERA_TOPICS[view], self._sensor_qos)
+                            for view in self._cameras}
+        self._compressed_pubs: dict = {}
         self._set_compressed(self._publish_compressed)
-        self._joint_pub = self.create_publisher(JointState, topics.REL_JOINT_STATES, qos.SENSOR)
+        self._joint_pub = self.create_publisher(JointState, topics.REL_JOINT_STATES, self._sensor_qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
-        self.create_subscription(JointTrajectory, topics.REL_COMMANDS["joint_trajectory"], self._on_trajectory,
-                                 qos.COMMANDS)
-        self.create_subscription(Float64MultiArray, topics.REL_COMMANDS["float64_multi_array"], self._on_commands,
-                                 qos.COMMANDS)
-        self.create_subscription(TwistStamped, topics.REL_COMMANDS["twist"], self._on_cmd_vel, qos.COMMANDS)
+        self._expert_pub = None
+        if self._expert:
+            self._expert_pub = self.create_publisher(JointTrajectory, topics.REL_COMMANDS["joint_trajectory"],
+                                                     qos.COMMANDS)
+        else:
+            self.create_subscription(JointTrajectory, topics.REL_COMMANDS["joint_trajectory"], self._on_trajectory,
+                                     qos.COMMANDS)
+            self.create_subscription(Float64MultiArray, topics.REL_COMMANDS["float64_multi_array"],
+                                     self._on_commands, qos.COMMANDS)
+            self.create_subscription(TwistStamped, topics.REL_COMMANDS["twist"], self._on_cmd_vel, qos.COMMANDS)
         self._timer = self.create_timer(1.0 / self._rate_hz, self._tick)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         # Task mode: the outcome of each episode, the episode's instruction, the reset between episodes.
@@ -161,21 +214,28 @@ class SimSourceNode(Node):
         if self.task is not None:
             self._result_pub = self.create_publisher(String, "task/result", qos.STATS)
             self._instruction_pub = self.create_publisher(String, "instruction", qos.INSTRUCTION)
-            self._publish_instruction()
+            if not self._wait_for:
+                self._publish_instruction()  # else once the subscribers are there
             if p.task_reset_service:
                 self._reset_client = self.create_client(Trigger, str(p.task_reset_service))
         # Ranges and read-only are enforced by rclpy itself; this applies the live ones.
         self.add_post_set_parameters_callback(self._apply_parameters)
+        cams = "" if self._cameras == ("top",) else \
+            " (" + ", ".join(f"{v} on {topics.SIM_CAMERA_TOPICS[v]}" for v in self._cameras) + ")"
+        waiting = f"; waiting for {self._wait_for} subscriber(s) on every topic" if self._wait_for else ""
+        compressed = ", " + ", ".join(topics.SIM_CAMERA_TOPICS[v] + topics.COMPRESSED_SUFFIX for v in self._cameras) \
+            + " on"
         if self.task is not None:
+            pace = (f"the scripted expert teleoperates at {self._rate_hz:g} steps/s (joint_trajectory)" if self._expert
+                    else f"lockstep with the commands, observations re-sent at {self._rate_hz:g} Hz")
             self.get_logger().info(
                 f"sim source: task {self._task_name} (D = {self._task_distractors}), {self.scene.width}x"
-                f"{self.scene.height} rgb8, lockstep with the commands, observations re-sent at {self._rate_hz:g} Hz, "
-                f"seeds from {self._seed}")
+                f"{self.scene.height} rgb8{cams}, {pace}, seeds from {self._seed}{waiting}")
             return
         self.get_logger().info(
-            f"sim source: {self.scene.width}x{self.scene.height} rgb8 at {self._rate_hz:g} Hz, joints "
+            f"sim source: {self.scene.width}x{self.scene.height} rgb8{cams} at {self._rate_hz:g} Hz, joints "
             f"{list(JOINT_NAMES)}, seed {self.scene.seed}, an event every {self.scene.event_period_steps} steps"
-            f"{', image/compressed on' if self._publish_compressed else ''}")
+            f"{compressed if self._publish_compressed else ''}{waiting}")
 
     # ------------------------------------------------------------------ parameters
 
@@ -196,11 +256,40 @@ class SimSourceNode(Node):
         # The publisher exists only while enabled: a subscriber to image/compressed then sees no
         # publisher at all rather than a silent one.
         self._publish_compressed = enabled
-        if enabled and self._compressed_pub is None:
-            self._compressed_pub = self.create_publisher(CompressedImage, topics.REL_IMAGE_COMPRESSED, qos.SENSOR)
-        elif not enabled and self._compressed_pub is not None:
-            self.destroy_publisher(self._compressed_pub)
-            self._compressed_pub = None
+        if enabled and not self._compressed_pubs:
+            self._compressed_pubs = {
+                view: self.create_publisher(CompressedImage, topics.SIM_CAMERA_TOPICS[view] + topics.COMPRESSED_SUFFIX,
+                                            self._sensor_qos) for view in self._cameras}
+        elif not enabled and self._compressed_pubs:
+            for pub in self._compressed_pubs.values():
+                self.destroy_publisher(pub)
+            self._compressed_pubs = {}
+
+    def _publish_frames(self, frames, stamp) -> None:
+        """One frame per camera (a single frame: the one camera), each on its topic, one stamp."""
+        if not isinstance(frames, tuple):
+            frames = (frames,)
+        for view, frame in zip(self._cameras, frames):
+            self._image_pubs[view].publish(rgb_to_image_msg(frame, "rgb8", self._frame_id, stamp))
+            if view in self._compressed_pubs:
+                self._compressed_pubs[view].publish(rgb_to_compressed_msg(frame, "jpeg", self._jpeg_quality,
+                                                                          self._frame_id, stamp))
+
+    def _subscribers_ready(self) -> bool:
+        """wait_for_subscribers: whether every topic has its subscribers (logs the missing ones now and then)."""
+        counts = {self._image_pubs[v].topic_name: self._image_pubs[v].get_subscription_count()
+                  + (self._compressed_pubs[v].get_subscription_count() if v in self._compressed_pubs else 0)
+                  for v in self._cameras}
+        others = [self._joint_pub, self._instruction_pub, self._result_pub, self._expert_pub]
+        counts.update({pub.topic_name: pub.get_subscription_count() for pub in others if pub is not None})
+        missing = [t for t, n in counts.items() if n < self._wait_for]
+        if not missing:
+            return True
+        now = time.monotonic()
+        if now - self._last_wait_log >= WAIT_LOG_PERIOD_S:
+            self._last_wait_log = now
+            self.get_logger().info(f"waiting for {self._wait_for} subscriber(s) on {', '.join(missing)}")
+        return False
 
     # ------------------------------------------------------------------ commands
 
@@ -260,6 +349,15 @@ class SimSourceNode(Node):
     # ------------------------------------------------------------------ tick
 
     def _tick(self) -> None:
+        if self._wait_for:
+            if not self._subscribers_ready():
+                return
+            self._wait_for = 0
+            self.get_logger().info("every topic has its subscribers: starting")
+            if self.task is not None:
+                self._publish_instruction()
+        if self._expert:
+            return self._expert_tick()
         if self.task is not None:
             return self._task_tick()
         targets, self._pending_targets = self._pending_targets, None
@@ -271,11 +369,7 @@ class SimSourceNode(Node):
             self.counters["events"] += 1
             self.get_logger().info(f"step {event.step}: {event.kind} {event.detail}")
         stamp = self.get_clock().now().to_msg()
-        frame = self.scene.render()
-        self._image_pub.publish(rgb_to_image_msg(frame, "rgb8", self._frame_id, stamp))
-        if self._compressed_pub is not None:
-            self._compressed_pub.publish(rgb_to_compressed_msg(frame, "jpeg", self._jpeg_quality,
-                                                               self._frame_id, stamp))
+        self._publish_frames(tuple(self.scene.render_view(view) for view in self._cameras), stamp)
         names, positions, velocities = self.scene.joint_state()
         state = JointState(name=names, position=positions.tolist(), velocity=velocities.tolist())
         state.header.stamp = stamp
@@ -306,11 +400,9 @@ class SimSourceNode(Node):
             now = self.get_clock().now()
             self._obs_stamp_msg = now.to_msg()
             self._obs_stamp = now.nanoseconds * 1e-9
+            self._obs_stamp_ns = now.nanoseconds
         stamp = self._obs_stamp_msg
-        self._image_pub.publish(rgb_to_image_msg(self._obs.image, "rgb8", self._frame_id, stamp))
-        if self._compressed_pub is not None:
-            self._compressed_pub.publish(rgb_to_compressed_msg(self._obs.image, "jpeg", self._jpeg_quality,
-                                                               self._frame_id, stamp))
+        self._publish_frames(self._obs.image, stamp)
         q = np.asarray(self._obs.joint_state, dtype=np.float64)
         state = JointState(name=list(JOINT_NAMES), position=q.tolist(), velocity=[0.0] * len(q))
         state.header.stamp = stamp
@@ -341,6 +433,23 @@ class SimSourceNode(Node):
         self._begin_task()
         self._publish_instruction()
         self._publish_observation(fresh=True)
+
+    def _expert_tick(self) -> None:
+        """One teleoperated step: the observation, then the expert's command on it, applied."""
+        self._publish_observation(fresh=True)
+        action = np.asarray(self.task.expert_action(), dtype=np.float64)
+        now = self.get_clock().now().nanoseconds
+        stamp_ns = max(now, self._obs_stamp_ns + 1)  # after the observation it answers
+        msg = JointTrajectory(joint_names=list(JOINT_NAMES), points=[JointTrajectoryPoint(
+            positions=[float(v) for v in action], time_from_start=Duration(seconds=1.0 / self._rate_hz).to_msg())])
+        msg.header.stamp = Time(nanoseconds=stamp_ns).to_msg()
+        self._expert_pub.publish(msg)
+        self.counters["expert_commands"] += 1
+        task = self.task
+        self._task_targets = action.copy()
+        self.stream.apply(action)
+        if task.done:
+            self._end_episode(task)
 
     def _task_command(self, kind: str, targets: dict[str, float], stamp: float | None) -> None:
         if self._between_episodes or self._obs is None:
