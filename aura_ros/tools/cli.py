@@ -9,6 +9,7 @@
     aura-ros train --out DIR        # behaviour-clone a policy on the sim's memory tasks
     aura-ros export-gguf            # that policy as a GGUF pair for the llama.cpp backend
     aura-ros replay BAG             # the policy over a recorded rosbag2, to an MCAP (--eviction a,b compares)
+    aura-ros record --out DIR --topics /image /joint_states ...   # a rosbag2 (MCAP) where rosbag2 is missing
     aura-ros foxglove               # the policy on the sim, served live to Foxglove on ws://127.0.0.1
 """
 from __future__ import annotations
@@ -268,6 +269,12 @@ def _replay(args) -> int:
     return 0
 
 
+def _record(args) -> int:
+    from aura_ros.tools.record import run_from_args
+
+    return run_from_args(args)
+
+
 def _export_gguf(args) -> int:
     from aura_ros.tools.export_gguf import export_gguf
 
@@ -470,6 +477,13 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     rp.set_defaults(func=_replay)
+
+    from aura_ros.tools import record as record_tool
+
+    rc = sub.add_parser("record", help=record_tool.DESCRIPTION, epilog=record_tool.EPILOG,
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    record_tool.add_arguments(rc)
+    rc.set_defaults(func=_record)
 
     fg = sub.add_parser("foxglove", help="run the policy on the sim and serve it live to Foxglove (ws://127.0.0.1)")
     fg.add_argument("--steps", type=int, default=0, help="control steps (0: until Ctrl-C)")
