@@ -24,9 +24,9 @@ The rules:
   and the action is the next step's joint state (so an episode's last frame has no step).
 - **Cameras.** sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8 and the other encodings of
   ``aura_ros.core.images``) or CompressedImage (JPEG/PNG, decoded with OpenCV). Default: every
-  image topic of the bag, the sim's camera topics first (``topics.SIM_CAMERA_TOPICS`` order: /image,
-  /wrist/image), then the rest sorted; ``<t>/compressed`` is left out where ``<t>`` is recorded raw
-  (the same camera), and so is the policy's memory-map image. One camera: a step's image is an
+  image topic of the bag, the sim's camera topics first, in any namespace (``topics.SIM_CAMERA_TOPICS``
+  order: .../image, .../wrist/image), then the rest sorted; ``<t>/compressed`` is left out where
+  ``<t>`` is recorded raw (the same camera), and so is the policy's memory-map image. One camera: a step's image is an
   HxWx3 uint8 array; several: a tuple of frames in camera order. Only frames that a step uses are
   decoded.
 - **Joints.** Names come from the JointState messages (in order of first appearance; messages may
@@ -126,18 +126,22 @@ class BagChoice:
     marker: str | None
 
 
+def _sim_rank(topic: str) -> int:
+    """Where ``topic`` stands among the sim's camera topics (image, wrist/image), in any namespace;
+    len(SIM_CAMERA_TOPICS) for any other camera."""
+    rels = list(topics.SIM_CAMERA_TOPICS.values())
+    name = topic[:-len(topics.COMPRESSED_SUFFIX)] if topic.endswith(topics.COMPRESSED_SUFFIX) else topic
+    # The longest name that fits: /ns/wrist/image is the wrist camera, not a top camera in /ns/wrist.
+    fits = [r for r in rels if name == "/" + r or name.endswith("/" + r)]
+    return rels.index(max(fits, key=len)) if fits else len(rels)
+
+
 def _default_cameras(by_topic: dict[str, str]) -> list[str]:
     images = [t for t, m in by_topic.items() if m in IMAGE_TYPES and t not in NOT_CAMERAS]
     # "<t>/compressed" beside a raw "<t>" is the same camera: keep the lossless one.
     images = [t for t in images if not (t.endswith(topics.COMPRESSED_SUFFIX)
                                         and by_topic.get(t[:-len(topics.COMPRESSED_SUFFIX)]) == IMAGE_TYPE)]
-    first = []
-    for rel in topics.SIM_CAMERA_TOPICS.values():
-        for name in (topics.resolve(rel), topics.resolve(rel) + topics.COMPRESSED_SUFFIX):
-            if name in images and name not in first:
-                first.append(name)
-                break
-    return first + sorted(t for t in images if t not in first)
+    return sorted(images, key=lambda t: (_sim_rank(t), t))
 
 
 def _listing(by_topic: dict[str, str]) -> str:
@@ -194,7 +198,9 @@ def _choose(where: str, by_topic: dict[str, str], cameras, joint_states, command
     if instr is not None and instr not in by_topic:
         if instruction_topic not in ("instruction", topics.INSTRUCTION):
             need(instr, "instruction", (STRING_TYPE,))
-        instr = None
+        # The default in a namespace: the only String topic named instruction (/robot1/instruction).
+        named = [t for t, m in by_topic.items() if m == STRING_TYPE and t.endswith("/instruction")]
+        instr = named[0] if len(named) == 1 else None
     elif instr is not None:
         instr = need(instr, "instruction", (STRING_TYPE,))
     marker = _absolute(episode_marker) if episode_marker else None
@@ -462,7 +468,8 @@ def read_bags(paths: Sequence[str | Path] | str | Path, cameras: Sequence[str] |
     joint_states: the JointState topic (the default falls back to the bag's only JointState topic).
     commands: the command topic (None: /joint_trajectory, /commands or /cmd_vel, else the only
         command topic, else the frame clock; "": the frame clock).
-    instruction_topic: std_msgs/String whose messages start tasks (None or absent: no tasks).
+    instruction_topic: std_msgs/String whose messages start tasks (None or absent: no tasks; the
+        default falls back to the bag's only String topic named .../instruction).
     instruction: the text of tasks without an instruction message ("" when None).
     episode_marker: a topic whose every message starts an episode (None: one episode a recording).
     Topic names without a leading "/" are taken from the root namespace ("joint_states" is

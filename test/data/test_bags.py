@@ -316,11 +316,21 @@ def test_several_bags_are_several_episodes(tmp_path):
 
 # ----------------------------------------------------------------------------- camera choice
 def test_default_cameras_sim_topics_first_then_sorted_raw_before_its_compressed_twin(tmp_path):
-    msgs, _ = robot_messages(3, cameras=("/a_cam/image", "/wrist/image", "/image", "/image/compressed"))
+    msgs, _ = robot_messages(3, cameras=("/a_cam/image_raw", "/wrist/image", "/image", "/image/compressed"))
     msgs += [(T0 + 100 * MS * k + 5, "/aura_policy/memory_map", image(frame(k))) for k in range(3)]
     demos = read_bags(write(tmp_path / "bag", msgs), log=quiet)
-    assert demos.cameras == ("/image", "/wrist/image", "/a_cam/image")
+    assert demos.cameras == ("/image", "/wrist/image", "/a_cam/image_raw")
     assert isinstance(demos.episodes[0].images[0], tuple) and len(demos.episodes[0].images[0]) == 3
+
+
+def test_defaults_find_the_sims_topics_in_a_namespace(tmp_path):
+    msgs, exp = robot_messages(4, cameras=("/robot1/wrist/image", "/robot1/image"), instructions=[(0, "go")])
+    msgs = [(t, "/robot1" + topic if not topic.startswith("/robot1") else topic, m) for t, topic, m in msgs]
+    demos = read_bags(write(tmp_path / "bag", msgs), log=quiet)
+    assert demos.cameras == ("/robot1/image", "/robot1/wrist/image")
+    rec = demos.episodes[0]
+    assert all(np.array_equal(g[0], w[1]) and np.array_equal(g[1], w[0]) for g, w in zip(rec.images, exp["frames"]))
+    assert rec.task_instructions == ("go",) and np.array_equal(rec.actions, np.array(exp["actions"]))
 
 
 def test_cameras_asked_for_in_their_order(tmp_path):

@@ -67,6 +67,9 @@ def test_a_recorded_expert_stream_reads_back_as_the_expert_stream(tmp_path):
     assert demos.joint_names == ("shoulder", "elbow", "wrist", "gripper")
     assert demos.cameras == (topics["top"], topics["wrist"])
     assert RATE_HZ * 0.5 < demos.fps < RATE_HZ * 1.5
+    # The defaults find the same topics in the sim's namespace.
+    default = read_bags([bag], log=lambda _line: None)
+    assert default.cameras == demos.cameras and default.episodes[0].task_starts == rec.task_starts
 
     # The bag itself: rosbag2 MCAP (storage version 9), one message per step on each stream
     # topic, the instruction of each task, the results, and not a message more.
