@@ -522,6 +522,12 @@ def main(args: list[str] | None = None) -> None:
         pass
     except ParameterException as exc:  # a value out of range or of the wrong type on the command line
         raise SystemExit(f"aura_sim: bad parameter: {exc}") from None
+    except Exception:
+        # A signal shuts the context down while a timer callback publishes (the expert ticks up to
+        # hundreds of times a second): that publish fails on the dead context and spin() raises it.
+        # The node is going down as asked; anything else is a real fault.
+        if rclpy.ok():
+            raise
     finally:
         ignore_further_signals()
         if node is not None:

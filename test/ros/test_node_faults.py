@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from helpers.policy_process import Operator
@@ -237,13 +238,16 @@ def test_joint_state_clock_reset_recovers_without_a_service_call(started, operat
     assert "order restarts" in node.output()
 
 
-def test_sim_node_exits_cleanly_on_a_terminal_ctrl_c(ros_env, tmp_path):
-    """Ctrl-C under `ros2 launch`: SIGINT to the whole process group, and again during cleanup."""
+@pytest.mark.parametrize("mode", [[], ["-p", "task:=cue_recall", "-p", "task_expert:=true", "-p", "rate_hz:=400.0",
+                                   "-p", "cameras:=[top, wrist]"]], ids=["source", "expert_at_400_hz"])
+def test_sim_node_exits_cleanly_on_a_terminal_ctrl_c(ros_env, tmp_path, mode):
+    """Ctrl-C under `ros2 launch`: SIGINT to the whole process group, and again during cleanup; in
+    expert mode too, where a timer publishes hundreds of times a second while the context goes."""
     for pause in (0.0, 0.05, 0.3):
         log = tmp_path / f"sim-{pause}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "aura_ros.ros.sim_node", "--ros-args", "-r",
-                                     f"__node:=aura_sim_ctrl_c_{os.getpid()}", "-p", "rate_hz:=50.0"],
+                                     f"__node:=aura_sim_ctrl_c_{os.getpid()}", "-p", "rate_hz:=50.0", *mode],
                                     env=ros_env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         try:
