@@ -55,6 +55,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                      help="the robot's image topics for the cameras, comma-separated, in camera order (written into "
                           "the params file; default: the bags' topics, the sim's, or <name>/image for a dataset's "
                           "observation.images.<name>)")
+    src.add_argument("--low", default=None,
+                     help="the robot's lower joint limits, comma-separated in the data's joint order (e.g. from its "
+                          "URDF; default: the recorded range widened by 5 %%)")
+    src.add_argument("--high", default=None, help="the robot's upper joint limits (as --low)")
+    src.add_argument("--discrete-joints", default=None,
+                     help="joints whose every change is a discrete event for the gate (a gripper), comma-separated; "
+                          "default: those whose recorded actions take at most two values; '' for none")
     p.add_argument("--budget-mb", type=float, default=0.5,
                    help="the KV budget the policy is meant to run at (written into the params file)")
     p.add_argument("--tasks", default="cue_recall:0.7,latent_fact:0.3", help="task:weight,... of the episodes")
@@ -95,7 +102,7 @@ def run(args) -> int:
                       single_frame_warmup_steps=args.single_frame_warmup_steps,
                       window_curriculum_steps=args.window_curriculum_steps)
     try:
-        demos = demonstrations(args, tuple(tasks))
+        demos = with_robot_limits(demonstrations(args, tuple(tasks)), args)
     except (DataError, ValueError) as exc:  # bad data or a bad option: one line, no traceback
         print(f"aura-ros train: {exc}")
         return 2
@@ -156,6 +163,43 @@ def demonstrations(args, tasks):
                                    cross_task=args.cross_task, cameras=views)
     return Demonstrations(episodes, arm.JOINT_NAMES, arm.LOW, arm.HIGH, arm.DISCRETE_JOINTS,
                           cameras=tuple(topics.SIM_CAMERA_TOPICS[v] for v in views), source="sim")
+
+
+def with_robot_limits(demos, args):
+    """The demonstrations with the limits and discrete joints the user gave (the robot's own, from
+    its URDF) instead of those derived from the data. Limits that cut off recorded actions are
+    refused: the policy could not express what it is trained on."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    def values(text: str, flag: str) -> tuple[float, ...]:
+        try:
+            out = tuple(float(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"{flag} takes numbers, comma-separated; got {text!r}") from None
+        if len(out) != len(demos.joint_names):
+            raise ValueError(f"{flag} has {len(out)} value(s) for {len(demos.joint_names)} joints "
+                             f"{list(demos.joint_names)}")
+        return out
+
+    low = values(args.low, "--low") if getattr(args, "low", None) else demos.low
+    high = values(args.high, "--high") if getattr(args, "high", None) else demos.high
+    if any(lo >= hi for lo, hi in zip(low, high)):
+        raise ValueError(f"every --low must be below its --high; got {list(low)} and {list(high)}")
+    actions = np.concatenate([np.asarray(e.actions) for e in demos.episodes])
+    outside = [n for j, n in enumerate(demos.joint_names)
+               if actions[:, j].min() < low[j] - 1e-9 or actions[:, j].max() > high[j] + 1e-9]
+    if outside:
+        raise ValueError(f"recorded actions of {', '.join(outside)} lie outside the limits given; widen them")
+    discrete = demos.discrete_joints
+    given = getattr(args, "discrete_joints", None)
+    if given is not None:
+        discrete = tuple(n.strip() for n in given.split(",") if n.strip())
+        unknown = [n for n in discrete if n not in demos.joint_names]
+        if unknown:
+            raise ValueError(f"--discrete-joints names {unknown}, not among the joints {list(demos.joint_names)}")
+    return replace(demos, low=tuple(low), high=tuple(high), discrete_joints=tuple(discrete))
 
 
 def policy_config(demos):

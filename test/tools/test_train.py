@@ -154,11 +154,14 @@ def test_two_camera_training_writes_the_params_the_node_runs_with(random_default
 @pytest.mark.parametrize("argv,words", [
     (["--cameras", "top,side"], "cameras must be distinct views"),
     (["--bags", "x", "--lerobot", "y"], "two sources"),
+    (["--low=-1,-1,-1"], "--low has 3 value(s) for 4 joints"),
+    (["--low=-1,-1,-1,0.5", "--high=1,1,1,1"], "outside the limits given"),
+    (["--discrete-joints", "claw"], "not among the joints"),
 ])
 def test_a_bad_training_source_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
     from aura_ros.tools.cli import main
 
-    rc = main(["train", "--out", str(tmp_path / "x"), "--steps", "1", "--no-progress", *argv])
+    rc = main(["train", "--out", str(tmp_path / "x"), "--steps", "1", "--streams", "1", "--no-progress", *argv])
     printed = capsys.readouterr().out.strip()
     assert rc == 2 and words in printed and "\n" not in printed and "Traceback" not in printed
 
