@@ -20,15 +20,16 @@ from pathlib import Path
 _PKG = Path(__file__).resolve().parents[1]
 
 
-def fastdds_profile() -> Path | None:
-    """The shipped Fast DDS profile: the source tree's config/ or the colcon share dir."""
-    for candidate in (_PKG.parent / "config" / "fastdds.xml",):
+def fastdds_profile(name: str = "fastdds.xml") -> Path | None:
+    """A shipped Fast DDS profile (``fastdds.xml``: one host; ``fastdds_network.xml``: peers on
+    other hosts): the source tree's config/ or the colcon share dir."""
+    for candidate in (_PKG.parent / "config" / name,):
         if candidate.is_file():
             return candidate
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        shared = Path(get_package_share_directory("aura_ros")) / "config" / "fastdds.xml"
+        shared = Path(get_package_share_directory("aura_ros")) / "config" / name
         return shared if shared.is_file() else None
     except Exception:  # no ament index (laptop route without a share dir): no profile
         return None
@@ -55,6 +56,51 @@ def local_ros_env(domain_id: int | None = None, log_dir: str | os.PathLike | Non
     profile = fastdds_profile()
     if profile is not None:
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
+    else:
+        env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)  # unset, never empty
+    return env
+
+
+def cross_host_env(static_peers: Iterable[str] = (), domain_id: int | None = None,
+                   log_dir: str | os.PathLike | None = None, base: dict | None = None,
+                   discovery_server: str | None = None, profile: str = "fastdds_network.xml") -> dict[str, str]:
+    """The environment of a process whose peers are on other hosts (docs/cross_host.md): what a
+    user exports on the policy's GPU host and on the robot.
+
+    Discovery by multicast on the subnet (``ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET``) plus
+    ``ROS_STATIC_PEERS`` (the other hosts' addresses, ';'-separated): the peers are found by
+    unicast even where multicast does not pass (Wi-Fi, routed networks). With
+    ``discovery_server`` ("ip:port", ROS_DISCOVERY_SERVER's format) the process is a client of a
+    Fast DDS discovery server instead and no peers are listed. ``profile``: the Fast DDS profile
+    from config/ (``fastdds_network.xml``: UDP only; ``fastdds.xml`` on a robot host that also
+    moves raw frames between its own processes). The domain id must be the same on every host.
+    """
+    env = dict(os.environ if base is None else base)
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
+    if discovery_server:
+        env["ROS_DISCOVERY_SERVER"] = discovery_server
+        env.pop("ROS_STATIC_PEERS", None)
+    else:
+        env.pop("ROS_DISCOVERY_SERVER", None)
+        peers = ";".join(p.strip() for p in static_peers if p.strip())
+        if peers:
+            env["ROS_STATIC_PEERS"] = peers
+        else:
+            env.pop("ROS_STATIC_PEERS", None)
+    if domain_id is None:
+        domain_id = int(env.get("ROS_DOMAIN_ID", "") or 0)
+    env["ROS_DOMAIN_ID"] = str(domain_id)
+    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    log_dir = log_dir or env.get("ROS_LOG_DIR") or str(_PKG.parent / "build" / "ros_log")
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    env["ROS_LOG_DIR"] = str(log_dir)
+    env.setdefault("HOME", str(Path.home()))
+    if "RCUTILS_COLORIZED_OUTPUT" not in env and not output_is_terminal():
+        env["RCUTILS_COLORIZED_OUTPUT"] = "0"
+    path = fastdds_profile(profile)
+    if path is not None:
+        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(path)
     else:
         env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)  # unset, never empty
     return env
