@@ -5,6 +5,7 @@
     aura-ros bench recall           # what the memory keeps, with real SmolLM2-135M weights
     aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
     aura-ros bench streams          # the endless run: tasks back to back without a reset
+    aura-ros bench cross-host       # the policy on another host: loop and recovery over a link (root)
     aura-ros soak --steps 100000    # node + sim, invariants checked on every message
     aura-ros train --out DIR        # behaviour-clone a policy on the sim's memory tasks
     aura-ros export-gguf            # that policy as a GGUF pair for the llama.cpp backend
@@ -127,6 +128,24 @@ def _bench_cameras(args) -> int:
 
     _threads(args.threads)
     cameras.run(steps=args.steps, budget_mb=args.budget_mb, rounds=args.rounds, model=args.model, out=Path(args.out))
+    return 0
+
+
+def _bench_cross_host(args) -> int:
+    from aura_ros.bench import cross_host
+
+    width, _, height = args.size.partition("x")
+    modes = tuple(m for m in args.modes.split(",") if m)
+    if not width.isdigit() or not height.isdigit() or not modes or set(modes) - set(cross_host.MODES):
+        print(f"aura-ros bench cross-host: --size WxH and --modes from {','.join(cross_host.MODES)}")
+        return 2
+    try:
+        cross_host.run(modes=modes, width=int(width), height=int(height), rate_hz=args.rate_hz, cuts=args.cuts,
+                       cut_s=args.cut_s, long_cut_s=args.long_cut_s, window_s=args.window_s,
+                       discovery=args.discovery, out=Path(args.out))
+    except RuntimeError as exc:
+        print(f"aura-ros bench cross-host: {exc}")
+        return 2
     return 0
 
 
@@ -429,6 +448,21 @@ def main(argv: list[str] | None = None) -> int:
     bc.add_argument("--out", default="out/bench_cameras")
     bc.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     bc.set_defaults(func=_bench_cameras)
+
+    bx = bench.add_parser("cross-host", help="the policy on another host: the loop and its recovery after link "
+                                             "cuts, over a veth pair between two network namespaces (root)")
+    bx.add_argument("--modes", default="raw,jpeg", help="frames over the link: raw (Image), jpeg (CompressedImage)")
+    bx.add_argument("--size", default="96x96", help="frame size WxH")
+    bx.add_argument("--rate-hz", type=float, default=10.0, help="sim and control rate")
+    bx.add_argument("--cuts", type=int, default=3, help="link cuts per mode")
+    bx.add_argument("--cut-s", type=float, default=4.0, help="seconds each cut lasts")
+    bx.add_argument("--long-cut-s", type=float, default=0.0,
+                    help="one more cut of this length (e.g. 25: past Fast DDS's 20 s participant lease); 0: none")
+    bx.add_argument("--window-s", type=float, default=10.0, help="seconds of steady running measured")
+    bx.add_argument("--discovery", default="static", choices=("static", "server"),
+                    help="static: multicast on the subnet + ROS_STATIC_PEERS; server: a Fast DDS discovery server")
+    bx.add_argument("--out", default="out/bench_cross_host")
+    bx.set_defaults(func=_bench_cross_host)
 
     ex = sub.add_parser("export-gguf", help="write a policy this package built (default: the embedded one) as "
                                            "model.gguf + mmproj.gguf for the llama.cpp backend")

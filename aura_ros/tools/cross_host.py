@@ -28,6 +28,7 @@ from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
 PREFIX = "aura-xh-"  # namespace names: aura-xh-<pid>-<random>-<robot|gpu>
+LINK_UP_TIMEOUT_S = 10.0
 
 
 def netns_unavailable() -> str | None:
@@ -64,6 +65,13 @@ def reap_stale_namespaces() -> list[str]:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
             gone.append(name)
     return gone
+
+
+def _operstate(host: Host) -> str:
+    """The interface's operational state as the namespace sees it ("up" once it is running)."""
+    out = subprocess.run(host.argv(["cat", f"/sys/class/net/{host.ifname}/operstate"]), capture_output=True,
+                         text=True)
+    return out.stdout.strip()
 
 
 @dataclass
@@ -105,7 +113,26 @@ class HostPair:
             _ip("-n", host.netns, "addr", "add", f"{host.address}/30", "dev", host.ifname)
             _ip("-n", host.netns, "link", "set", "lo", "up")
             _ip("-n", host.netns, "link", "set", host.ifname, "up")
+        self.wait_running()
         return self
+
+    def wait_running(self, timeout: float = LINK_UP_TIMEOUT_S) -> float:
+        """Wait until both ends are operational (IFF_RUNNING); returns the monotonic time they were.
+
+        Why: the kernel sets an interface running a moment after it is set up (up to ~1 s: link
+        events are rate-limited machine-wide), and Fast DDS takes the addresses of the running
+        interfaces once, when a participant starts. A node started in between announces only
+        127.0.0.1 and never reaches the other host (seen here: every time a node started within
+        ~1 s of the pair's creation). A real host has the same trap: docs/cross_host.md."""
+        end = time.monotonic() + timeout
+        pending = [self.robot, self.gpu]
+        while pending:
+            pending = [h for h in pending if _operstate(h) != "up"]
+            if pending and time.monotonic() > end:
+                raise RuntimeError(f"{[h.ifname for h in pending]} not running after {timeout:g} s")
+            if pending:
+                time.sleep(0.02)
+        return time.monotonic()
 
     def delete(self) -> None:
         """Delete the namespaces (the veth pair goes with them). Safe to call twice."""
@@ -129,8 +156,10 @@ class HostPair:
         return time.monotonic()
 
     def restore(self) -> float:
+        """Bring the link back; returns the monotonic time both ends are running again (the
+        kernel's own delay to that point is not the middleware's and is left out)."""
         _ip("-n", self.robot.netns, "link", "set", self.robot.ifname, "up")
-        return time.monotonic()
+        return self.wait_running()
 
     def link_bytes(self, host: Host) -> tuple[int, int]:
         """(rx, tx) bytes of the host's end of the veth pair."""
@@ -236,7 +265,8 @@ def _watch(side: str, out_path: str, frames: bool) -> None:
     node.create_subscription(JointTrajectory, topics.REL_COMMANDS["joint_trajectory"], on_cmd, qos.COMMANDS)
     if side == "gpu":
         def on_gate(msg) -> None:
-            emit("gate", step=int(msg.step), oldest=int(msg.oldest_kept_step), ms=round(float(msg.step_latency_ms), 2))
+            emit("gate", step=int(msg.step), oldest=int(msg.oldest_kept_step), ms=round(float(msg.step_latency_ms), 2),
+                 stamp=round(_stamp_s(msg.header), 4))
 
         def on_diag(msg: DiagnosticArray) -> None:
             for s in msg.status:
