@@ -6,9 +6,10 @@ a user: multicast on the subnet plus static peers (or, with ``discovery="server"
 discovery server on the GPU host), UDP only. The sim runs at ``rate_hz`` with frames of
 ``width`` x ``height``; per mode:
 
-- ``raw``: sensor_msgs/Image (rgb8) crosses the link;
-- ``jpeg``: only image/compressed crosses it (the sim's raw topic is remapped to a name the node
-  does not read, as a robot would keep raw frames on its own host).
+- ``raw``: the sim publishes sensor_msgs/Image (rgb8) only, and it crosses the link;
+- ``jpeg``: the sim publishes both, and only image/compressed crosses: the node's raw
+  subscription is remapped (``-r image:=...``) to a topic nobody publishes, as docs/cross_host.md
+  tells a user whose camera driver publishes both.
 
 Measured over a window of steady running: steps/s at the node, commands/s arriving at the robot,
 frames/s arriving at the GPU host and their latency (arrival against the sim's header stamp; both
@@ -20,7 +21,7 @@ frame at the GPU host, to the node's first new step, and to that step's command 
 robot (the loop closed again); the commands stamped during the cut that still arrived after it (the
 reliable command topic's history); whether the memory from before the cut is still in the cache.
 
-Note: the GPU-side watcher subscribes to the frames too, so two readers' copies cross the link.
+Note: the GPU-side watcher reads the frames the node reads, so two readers' copies cross the link.
 A watcher on each side writes what it sees (JSON lines); nothing here changes the nodes.
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ LOOP_START_TIMEOUT_S = 120.0
 RECOVERY_TIMEOUT_S = 60.0
 SETTLE_S = 3.0
 STEP_STAMP_SLACK_S = 0.03
+RAW_NOT_READ = "image_raw_stays_on_the_robot"
 
 
 def _pct(values, q: float) -> float:
@@ -89,18 +91,23 @@ def run_mode(mode: str, width: int = 96, height: int = 96, rate_hz: float = 10.0
             gpu_env = cross_host_env([pair.robot.address], domain, work / "ros_log")
         sim_args = ros_args({"rate_hz": rate_hz, "width": width, "height": height,
                              "publish_compressed": mode == "jpeg"})
+        policy_args = ros_args({"control.rate_hz": rate_hz})
         if mode == "jpeg":
-            sim_args += ["-r", "image:=robot_local/image"]  # raw frames stay on the robot
+            # The node reads each camera topic raw and compressed: its raw subscription goes to a
+            # topic nobody publishes, so the raw frames stay on the robot (DDS sends a sample only
+            # to the readers that match it).
+            policy_args += ["-r", f"image:={RAW_NOT_READ}"]
         gpu_log, robot_log = EventLog(work / "gpu.jsonl"), EventLog(work / "robot.jsonl")
         logs = [gpu_log, robot_log]
         try:
             sim = spawn(pair.robot, [sys.executable, "-m", "aura_ros.ros.sim_node", *sim_args], robot_env,
                         work / "sim.log")
-            policy = spawn(pair.gpu, [sys.executable, "-m", "aura_ros.ros.policy_node",
-                                      *ros_args({"control.rate_hz": rate_hz})], gpu_env, work / "policy.log")
+            policy = spawn(pair.gpu, [sys.executable, "-m", "aura_ros.ros.policy_node", *policy_args], gpu_env,
+                           work / "policy.log")
             procs += [sim, policy,
-                      spawn(pair.gpu, watch_argv("gpu", gpu_log.path), gpu_env, work / "watch_gpu.log"),
-                      spawn(pair.robot, watch_argv("robot", robot_log.path, frames=False), robot_env,
+                      spawn(pair.gpu, watch_argv("gpu", gpu_log.path, frames=(mode,)), gpu_env,
+                            work / "watch_gpu.log"),
+                      spawn(pair.robot, watch_argv("robot", robot_log.path, frames=()), robot_env,
                             work / "watch_robot.log")]
             nodes = (sim, policy)
             frame_kind = "frame" if mode == "raw" else "frame_jpeg"

@@ -10,8 +10,8 @@ A watcher process per side writes what it sees as JSON lines (one event a line, 
 CLOCK_MONOTONIC, which the namespaces share; latencies from header stamps against the system
 clock, which they share too):
 
-    python -m aura_ros.tools.cross_host watch gpu OUT.jsonl     # the policy's steps, diagnostics,
-                                                                # its commands, frames it receives
+    python -m aura_ros.tools.cross_host watch gpu OUT.jsonl --frames raw,jpeg   # the policy's steps,
+                                                # diagnostics and commands; frames over the link
     python -m aura_ros.tools.cross_host watch robot OUT.jsonl   # commands as they reach the robot
 """
 from __future__ import annotations
@@ -156,10 +156,12 @@ class HostPair:
         return time.monotonic()
 
     def restore(self) -> float:
-        """Bring the link back; returns the monotonic time both ends are running again (the
-        kernel's own delay to that point is not the middleware's and is left out)."""
+        """Bring the link back; returns the monotonic time it was set up (packets pass from then
+        on), after waiting until both ends are running again."""
         _ip("-n", self.robot.netns, "link", "set", self.robot.ifname, "up")
-        return self.wait_running()
+        up = time.monotonic()
+        self.wait_running()
+        return up
 
     def link_bytes(self, host: Host) -> tuple[int, int]:
         """(rx, tx) bytes of the host's end of the veth pair."""
@@ -205,9 +207,14 @@ def spawn(host: Host, argv: list[str], env: dict, log: Path, cwd: Path | None = 
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def watch_argv(side: str, out: Path, frames: bool = True) -> list[str]:
+FRAME_KINDS = ("raw", "jpeg")  # sensor_msgs/Image on image, CompressedImage on image/compressed
+
+
+def watch_argv(side: str, out: Path, frames: tuple[str, ...] = FRAME_KINDS) -> list[str]:
+    """The watcher of one side; on the GPU side, ``frames`` are the frame topics it also reads
+    (each reader gets its own copy over the link: read only what the node reads)."""
     return [sys.executable, "-m", "aura_ros.tools.cross_host", "watch", side, str(out),
-            *(["--frames"] if frames else [])]
+            *(["--frames", ",".join(frames)] if frames else [])]
 
 
 class EventLog:
@@ -241,7 +248,7 @@ def _stamp_s(header) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
-def _watch(side: str, out_path: str, frames: bool) -> None:
+def _watch(side: str, out_path: str, frames: tuple[str, ...]) -> None:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
@@ -281,8 +288,9 @@ def _watch(side: str, out_path: str, frames: bool) -> None:
 
         node.create_subscription(GateStats, topics.resolve(topics.REL_GATE_STATS), on_gate, qos.STATS)
         node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diag, qos.DIAGNOSTICS)
-        if frames:
+        if "raw" in frames:
             node.create_subscription(Image, topics.REL_IMAGE, lambda m: on_frame(m, "frame"), qos.SENSOR)
+        if "jpeg" in frames:
             node.create_subscription(CompressedImage, topics.REL_IMAGE_COMPRESSED,
                                      lambda m: on_frame(m, "frame_jpeg"), qos.SENSOR)
     emit("ready", side=side)
@@ -304,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("watch", help="write what one side sees as JSON lines")
     w.add_argument("side", choices=("gpu", "robot"))
     w.add_argument("out")
-    w.add_argument("--frames", action="store_true", help="gpu side: also the frames arriving over the link")
+    w.add_argument("--frames", default="", help="gpu side: also the frames arriving over the link, "
+                                                "comma-separated from " + ",".join(FRAME_KINDS))
     args = parser.parse_args(argv)
-    _watch(args.side, args.out, args.frames)
+    _watch(args.side, args.out, tuple(f for f in args.frames.split(",") if f))
     return 0
 
 

@@ -114,7 +114,7 @@ def test_policy_on_another_host_loop_cut_and_recovery(hosts, processes, ros_env,
                                    *ros_args({"control.rate_hz": 10.0, "timeouts.image_s": TIMEOUT_S,
                                               "timeouts.joint_state_s": TIMEOUT_S})], gpu_env, tmp_path / "policy.log")
     processes(hosts.gpu, watch_argv("gpu", gpu_log.path), gpu_env, tmp_path / "watch_gpu.log")
-    processes(hosts.robot, watch_argv("robot", robot_log.path, frames=False), robot_env, tmp_path / "watch_robot.log")
+    processes(hosts.robot, watch_argv("robot", robot_log.path, frames=()), robot_env, tmp_path / "watch_robot.log")
 
     def output() -> str:
         return "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-3000:]}"
@@ -173,8 +173,8 @@ def test_discovery_server_for_a_fleet(hosts, processes, ros_env, tmp_path):
     sim = processes(hosts.robot, [sys.executable, "-m", "aura_ros.ros.sim_node", *ros_args({"rate_hz": 10.0})], env,
                     tmp_path / "sim.log")
     policy = processes(hosts.gpu, [sys.executable, "-m", "aura_ros.ros.policy_node"], env, tmp_path / "policy.log")
-    processes(hosts.gpu, watch_argv("gpu", gpu_log.path, frames=False), env, tmp_path / "watch_gpu.log")
-    processes(hosts.robot, watch_argv("robot", robot_log.path, frames=False), env, tmp_path / "watch_robot.log")
+    processes(hosts.gpu, watch_argv("gpu", gpu_log.path, frames=()), env, tmp_path / "watch_gpu.log")
+    processes(hosts.robot, watch_argv("robot", robot_log.path, frames=()), env, tmp_path / "watch_robot.log")
     policy_log = tmp_path / "policy.log"
     assert _wait([], lambda: "lifecycle: active" in policy_log.read_text(errors="replace"), 60, (sim, policy)), \
         policy_log.read_text(errors="replace")
