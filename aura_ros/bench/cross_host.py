@@ -12,8 +12,9 @@ discovery server on the GPU host), UDP only. The sim runs at ``rate_hz`` with fr
   tells a user whose camera driver publishes both.
 
 Measured over a window of steady running: steps/s at the node, commands/s arriving at the robot,
-frames/s arriving at the GPU host and their latency (arrival against the sim's header stamp; both
-namespaces share the system clock), the latency of commands to the robot, the link's bytes/s.
+frames/s taken in by the node (its /diagnostics counter) and arriving at the GPU-side watcher,
+their latency (arrival against the sim's header stamp; both namespaces share the system clock),
+the latency of commands to the robot, the link's bytes/s.
 Then the link is cut (``ip link set down`` on the robot's end: no netem qdisc on this kernel)
 ``cuts`` times for ``cut_s`` seconds each (and once for ``long_cut_s``, longer than Fast DDS's
 20 s participant lease, if given) and restored; per cut: the time from the restore to the first
@@ -72,10 +73,10 @@ def _wait(logs, predicate, timeout: float, procs=()) -> bool:
 
 def run_mode(mode: str, width: int = 96, height: int = 96, rate_hz: float = 10.0, cuts: int = 3,
              cut_s: float = 4.0, long_cut_s: float = 0.0, window_s: float = 10.0, discovery: str = "static",
-             out: Path = Path("out/bench_cross_host"), log=print) -> dict:
+             out: Path = Path("out/bench_cross_host"), log=print, profile: str = "fastdds_network.xml") -> dict:
     from aura_ros.ros.env import cross_host_env
 
-    work = Path(out) / f"{mode}_{width}x{height}_{discovery}"
+    work = Path(out) / f"{mode}_{width}x{height}_{discovery}_{Path(profile).stem}"
     work.mkdir(parents=True, exist_ok=True)
     for old in work.glob("*.jsonl"):
         old.unlink()
@@ -84,11 +85,12 @@ def run_mode(mode: str, width: int = 96, height: int = 96, rate_hz: float = 10.0
     with HostPair() as pair:
         if discovery == "server":
             server = f"{pair.gpu.address}:{DISCOVERY_PORT}"
-            robot_env = gpu_env = cross_host_env(domain_id=domain, log_dir=work / "ros_log", discovery_server=server)
+            robot_env = gpu_env = cross_host_env(domain_id=domain, log_dir=work / "ros_log", discovery_server=server,
+                                                 profile=profile)
             procs.append(spawn(pair.gpu, discovery_server_argv(pair.gpu.address), gpu_env, work / "server.log"))
         else:
-            robot_env = cross_host_env([pair.gpu.address], domain, work / "ros_log")
-            gpu_env = cross_host_env([pair.robot.address], domain, work / "ros_log")
+            robot_env = cross_host_env([pair.gpu.address], domain, work / "ros_log", profile=profile)
+            gpu_env = cross_host_env([pair.robot.address], domain, work / "ros_log", profile=profile)
         sim_args = ros_args({"rate_hz": rate_hz, "width": width, "height": height,
                              "publish_compressed": mode == "jpeg"})
         policy_args = ros_args({"control.rate_hz": rate_hz})
@@ -126,10 +128,13 @@ def run_mode(mode: str, width: int = 96, height: int = 96, rate_hz: float = 10.0
             def within(events):
                 return [e for e in events if w0 <= e["t"] < w1]
             frames, cmds = within(gpu_log.of(frame_kind)), within(robot_log.of("cmd"))
-            gates = within(gpu_log.of("gate"))
+            gates, diag = within(gpu_log.of("gate")), within(gpu_log.of("diag"))
             steady = {
                 "steps_per_s": len(gates) / (w1 - w0), "commands_per_s_at_robot": len(cmds) / (w1 - w0),
                 "frames_per_s_at_gpu": len(frames) / (w1 - w0),
+                # What the node itself took in (its `frames` counter on /diagnostics, ~1 Hz).
+                "frames_per_s_at_node": ((diag[-1]["frames"] - diag[0]["frames"]) / (diag[-1]["t"] - diag[0]["t"])
+                                         if len(diag) >= 2 else float("nan")),
                 "frame_bytes": int(np.median([f["bytes"] for f in frames])) if frames else 0,
                 "frame_latency_ms_p50": _pct([f["lat_ms"] for f in frames], 50),
                 "frame_latency_ms_p90": _pct([f["lat_ms"] for f in frames], 90),
@@ -156,7 +161,7 @@ def run_mode(mode: str, width: int = 96, height: int = 96, rate_hz: float = 10.0
             for p in reversed(procs):
                 stop_process(p, grace_s=5.0)
     return {"mode": mode, "width": width, "height": height, "rate_hz": rate_hz, "discovery": discovery,
-            "loop_start_s": loop_start_s, "steady": steady, "cuts": recoveries}
+            "profile": profile, "loop_start_s": loop_start_s, "steady": steady, "cuts": recoveries}
 
 
 def _cut_once(pair: HostPair, gpu_log: EventLog, robot_log: EventLog, frame_kind: str, duration: float,
@@ -200,13 +205,15 @@ def _fmt(x, digits: int = 2) -> str:
 
 
 def tables(results: list[dict]) -> str:
-    lines = ["| frames | discovery | steps/s | commands/s at robot | frames/s at GPU | frame bytes | "
-             "frame latency p50 / p90 ms | command latency p50 / p90 ms | link robot->GPU KB/s |",
+    lines = ["| frames | discovery, profile | steps/s | commands/s at robot | frames/s at the node / watcher | "
+             "frame bytes | frame latency p50 / p90 ms | command latency p50 / p90 ms | link robot->GPU KB/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["steady"]
-        lines.append(f"| {r['mode']} {r['width']}x{r['height']} @ {r['rate_hz']:g} Hz | {r['discovery']} | "
-                     f"{s['steps_per_s']:.1f} | {s['commands_per_s_at_robot']:.1f} | {s['frames_per_s_at_gpu']:.1f} | "
+        lines.append(f"| {r['mode']} {r['width']}x{r['height']} @ {r['rate_hz']:g} Hz | {r['discovery']}, "
+                     f"{Path(r['profile']).stem} | "
+                     f"{s['steps_per_s']:.1f} | {s['commands_per_s_at_robot']:.1f} | "
+                     f"{_fmt(s['frames_per_s_at_node'], 1)} / {s['frames_per_s_at_gpu']:.1f} | "
                      f"{s['frame_bytes']} | {_fmt(s['frame_latency_ms_p50'], 1)} / {_fmt(s['frame_latency_ms_p90'], 1)}"
                      f" | {_fmt(s['command_latency_ms_p50'], 1)} / {_fmt(s['command_latency_ms_p90'], 1)} | "
                      f"{s['link_kbytes_per_s_robot_to_gpu']:.0f} |")
@@ -224,7 +231,7 @@ def tables(results: list[dict]) -> str:
 
 def run(modes=MODES, width: int = 96, height: int = 96, rate_hz: float = 10.0, cuts: int = 3, cut_s: float = 4.0,
         long_cut_s: float = 0.0, window_s: float = 10.0, discovery: str = "static",
-        out: Path = Path("out/bench_cross_host"), log=print) -> dict:
+        out: Path = Path("out/bench_cross_host"), log=print, profile: str = "fastdds_network.xml") -> dict:
     reason = netns_unavailable()
     if reason:
         raise RuntimeError(f"two network namespaces are needed: {reason}")
@@ -233,7 +240,7 @@ def run(modes=MODES, width: int = 96, height: int = 96, rate_hz: float = 10.0, c
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    results = [run_mode(m, width, height, rate_hz, cuts, cut_s, long_cut_s, window_s, discovery, out, log)
+    results = [run_mode(m, width, height, rate_hz, cuts, cut_s, long_cut_s, window_s, discovery, out, log, profile)
                for m in modes]
     table = tables(results)
     summary = {"results": results, "seconds": time.monotonic() - t0}

@@ -142,7 +142,7 @@ def _bench_cross_host(args) -> int:
     try:
         cross_host.run(modes=modes, width=int(width), height=int(height), rate_hz=args.rate_hz, cuts=args.cuts,
                        cut_s=args.cut_s, long_cut_s=args.long_cut_s, window_s=args.window_s,
-                       discovery=args.discovery, out=Path(args.out))
+                       discovery=args.discovery, out=Path(args.out), profile=args.profile)
     except RuntimeError as exc:
         print(f"aura-ros bench cross-host: {exc}")
         return 2
@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     bx.add_argument("--window-s", type=float, default=10.0, help="seconds of steady running measured")
     bx.add_argument("--discovery", default="static", choices=("static", "server"),
                     help="static: multicast on the subnet + ROS_STATIC_PEERS; server: a Fast DDS discovery server")
+    bx.add_argument("--profile", default="fastdds_network.xml",
+                    help="Fast DDS profile from config/ on both hosts (fastdds.xml: the one-host profile)")
     bx.add_argument("--out", default="out/bench_cross_host")
     bx.set_defaults(func=_bench_cross_host)
 
