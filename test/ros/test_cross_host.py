@@ -40,8 +40,8 @@ STALE_AFTER_S = TIMEOUT_S + 1.0  # by then the node holds (margin for a step in 
 @pytest.fixture
 def hosts():
     pair = HostPair()
-    pair.create()  # a failure half-way is undone by the finalizer below
     try:
+        pair.create()  # a failure half-way is undone below too
         yield pair
     finally:
         pair.delete()
