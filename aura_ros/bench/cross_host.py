@@ -7,9 +7,9 @@ discovery server on the GPU host), UDP only. The sim runs at ``rate_hz`` with fr
 ``width`` x ``height``; per mode:
 
 - ``raw``: the sim publishes sensor_msgs/Image (rgb8) only, and it crosses the link;
-- ``jpeg``: the sim publishes both, and only image/compressed crosses: the node's raw
-  subscription is remapped (``-r image:=...``) to a topic nobody publishes, as docs/cross_host.md
-  tells a user whose camera driver publishes both.
+- ``jpeg``: the sim publishes both, and only image/compressed crosses: the node takes compressed
+  frames only (``image.transport:=compressed``), as docs/cross_host.md tells a user whose camera
+  driver publishes both.
 
 Measured over a window of steady running: steps/s at the node, commands/s arriving at the robot,
 frames/s taken in by the node (its /diagnostics counter) and arriving at the GPU-side watcher,
@@ -51,7 +51,6 @@ LOOP_START_TIMEOUT_S = 120.0
 RECOVERY_TIMEOUT_S = 60.0
 SETTLE_S = 3.0
 STEP_STAMP_SLACK_S = 0.03
-RAW_NOT_READ = "image_raw_stays_on_the_robot"
 
 
 def _pct(values, q: float) -> float:
@@ -93,12 +92,10 @@ def run_mode(mode: str, width: int = 96, height: int = 96, rate_hz: float = 10.0
             gpu_env = cross_host_env([pair.robot.address], domain, work / "ros_log", profile=profile)
         sim_args = ros_args({"rate_hz": rate_hz, "width": width, "height": height,
                              "publish_compressed": mode == "jpeg"})
-        policy_args = ros_args({"control.rate_hz": rate_hz})
-        if mode == "jpeg":
-            # The node reads each camera topic raw and compressed: its raw subscription goes to a
-            # topic nobody publishes, so the raw frames stay on the robot (DDS sends a sample only
-            # to the readers that match it).
-            policy_args += ["-r", f"image:={RAW_NOT_READ}"]
+        # JPEG: the node subscribes to compressed frames only, so the raw ones stay on the robot
+        # (DDS sends a sample only to the readers that match it).
+        policy_args = ros_args({"control.rate_hz": rate_hz, **({"image.transport": "compressed"} if mode == "jpeg"
+                                                               else {})})
         gpu_log, robot_log = EventLog(work / "gpu.jsonl"), EventLog(work / "robot.jsonl")
         logs = [gpu_log, robot_log]
         try:

@@ -238,6 +238,10 @@ POLICY_PARAMS = ParamTable((
     Spec("image.camera_topics", "camera_topics", [topics.REL_IMAGE],
          "One Image topic per camera, in the order the policy was trained on (each also heard on "
          "<topic>/compressed); a step waits for a fresh frame of every camera"),
+    Spec("image.transport", "image_transport", "both",
+         "Which frames to take: raw (Image on each camera topic), compressed (CompressedImage on "
+         "<topic>/compressed) or both; across a network, compressed keeps raw frames off the link",
+         choices=("both", "raw", "compressed")),
     Spec("image.max_pixels", "max_pixels", 7680 * 4320, "Frames with more pixels are dropped and counted",
          live=True, range=(1, 10**9)),
     Spec("diagnostics.period_s", "diagnostics_period_s", 1.0, "Period of /diagnostics", live=True,

@@ -134,10 +134,14 @@ class PolicyNode(LifecycleNode):
                                 alive=self.context.ok, store=InputStore(len(s.camera_topics)))
         cameras = []
         for k, topic in enumerate(s.camera_topics):
-            cameras += [
-                self.create_subscription(Image, topic, lambda msg, k=k: self._on_image(msg, k), qos.SENSOR),
-                self.create_subscription(CompressedImage, topic + topics.COMPRESSED_SUFFIX,
-                                         lambda msg, k=k: self._on_compressed(msg, k), qos.SENSOR)]
+            # Each subscription reaches its publishers wherever they are: one that is not wanted
+            # (raw frames of a camera on another host) would pull every frame over the link.
+            if s.image_transport in ("both", "raw"):
+                cameras.append(self.create_subscription(Image, topic, lambda msg, k=k: self._on_image(msg, k),
+                                                        qos.SENSOR))
+            if s.image_transport in ("both", "compressed"):
+                cameras.append(self.create_subscription(CompressedImage, topic + topics.COMPRESSED_SUFFIX,
+                                                        lambda msg, k=k: self._on_compressed(msg, k), qos.SENSOR))
         self._own_subscriptions = cameras + [
             self.create_subscription(JointState, topics.REL_JOINT_STATES, self._on_joint_state, qos.SENSOR),
             # A volatile publisher (`ros2 topic pub`) is incompatible with the latched reader by

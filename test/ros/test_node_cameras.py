@@ -69,3 +69,15 @@ def test_two_cameras_step_together_and_a_silent_one_holds(run_python, observer):
         assert spin_until(observer, warned, 20), [s.message for d in diags for s in d.status]
         held_at = gates[-1].step
         assert spin_until(observer, lambda: gates[-1].step > held_at + 5, 20), policy.output()
+
+
+def test_compressed_transport_subscribes_to_no_raw_frames(run_python, observer):
+    """image.transport:=compressed: the node reads <topic>/compressed only, so a camera's raw
+    frames are never sent to it (across a network they stay on the robot)."""
+    params = {"image.transport": "compressed", "image.camera_topics": "[image,wrist/image]"}
+    with run_python.spawn(RUN_MODULE, NODE, *ros_args(params), name="policy") as policy:
+        assert spin_until(observer, lambda: observer.count_subscribers("/wrist/image/compressed") > 0, 60), \
+            policy.output()
+        counts = {t: observer.count_subscribers(t) for t in ("/image", "/wrist/image", "/image/compressed",
+                                                                "/wrist/image/compressed")}
+    assert counts == {"/image": 0, "/wrist/image": 0, "/image/compressed": 1, "/wrist/image/compressed": 1}, counts
