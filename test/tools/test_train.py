@@ -166,6 +166,37 @@ def test_a_bad_training_source_is_one_line_and_exit_2(tmp_path, capsys, argv, wo
     assert rc == 2 and words in printed and "\n" not in printed and "Traceback" not in printed
 
 
+def test_bad_data_is_one_line_and_exit_2(tmp_path, capsys):
+    """A dataset without its statistics and a bag without a camera: the reader's reason, one line."""
+    import shutil
+    from pathlib import Path
+
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from aura_ros.tools.cli import main
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "lerobot_v3_so101_tiny"
+    broken = tmp_path / "no_stats"
+    shutil.copytree(fixture, broken)
+    (broken / "meta" / "stats.json").unlink()
+    store = get_typestore(Stores.ROS2_JAZZY)
+    bag = tmp_path / "no_camera"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conn = w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=store)
+        T = store.types
+        for k in range(5):
+            msg = T["sensor_msgs/msg/JointState"](
+                header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=k, nanosec=0), frame_id=""),
+                name=["a"], position=np.array([0.1 * k]), velocity=np.array([], dtype=np.float64),
+                effort=np.array([], dtype=np.float64))
+            w.write(conn, k * 10**9, store.serialize_cdr(msg, "sensor_msgs/msg/JointState"))
+    for source, words in ((["--lerobot", str(broken)], "stats"), (["--bags", str(bag)], "camera")):
+        rc = main(["train", "--out", str(tmp_path / "x"), "--steps", "1", "--no-progress", *source])
+        printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("aura-ros train:")]
+        assert rc == 2 and len(printed) == 1 and words in printed[0], (source, printed)
+
+
 @pytest.mark.skipif(not trained_default_available(), reason="the trained default policy is not in this checkout")
 def test_held_out_check_tells_a_trained_policy_from_a_random_one(random_default):
     """At cue_recall's decision steps (react to the cue, recall it) the shipped default acts as the
