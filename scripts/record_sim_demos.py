@@ -31,7 +31,8 @@ def record_stream(out: Path, seed: int, args, domain: int) -> float:
     recorder = subprocess.Popen([sys.executable, "-c", RECORD, "--out", str(out), "--topics", *TOPICS,
                                  "--until-results", str(args.tasks), "--results-topic", "/task/result"], env=env)
     sim = subprocess.Popen([sys.executable, "-c", SIM, "--ros-args", "-p", f"task_mix:={args.mix}",
-                            "-p", "task:=cue_recall", "-p", f"seed:={seed}", "-p", f"task_cross_task:={args.cross_task}",
+                            "-p", "task:=cue_recall", "-p", f"seed:={seed}",
+                            "-p", f"task_cross_task:={args.cross_task}",
                             "-p", f"rate_hz:={args.rate}", "-p", "task_expert:=true", "-p", "cameras:=[top, wrist]",
                             "-p", "wait_for_subscribers:=1"], env=env, stdout=subprocess.DEVNULL)
     try:
