@@ -218,24 +218,31 @@ def _read_parquet(root: Path, files: list[Path], what: str, required: Sequence[s
     """The columns of ``files`` concatenated (only the ``required`` ones if ``select``), by name:
     numbers as numpy arrays, the rest as Python lists."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if not files:
         raise DataError(f"{root}: no {what} parquet files")
     tables = []
     for f in files:
-        if not f.is_file():
-            raise DataError(f"{f}: missing ({what} file named by meta/episodes)")
-        try:
-            table = pq.read_table(f)
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"{f}: unreadable parquet ({_first_line(e)})") from None
+        table = _parquet_table(f, f"{what} file named by meta/episodes")
         missing = [c for c in required if c not in table.column_names]
         if missing:
             raise DataError(f"{f}: no column {', '.join(missing)}")
         tables.append(table.select(list(required)) if select else table)
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     return {name: _column(table.column(name)) for name in table.column_names}
+
+
+def _parquet_table(path: Path, what: str):
+    """The parquet file at ``path`` as a pyarrow table; missing or unreadable: a DataError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DataError(f"{path}: missing ({what})")
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: unreadable parquet ({_first_line(e)})") from None
 
 
 def _column(col):
@@ -275,16 +282,8 @@ def _matrix(values, rows: np.ndarray, dim: int, where: str, key: str) -> np.ndar
 def _read_tasks(root: Path) -> dict[int, str]:
     """task_index -> task string. LeRobot writes a pandas frame indexed by the task string; a
     'task' column is read too."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = root / TASKS
-    if not path.is_file():
-        raise DataError(f"{path}: missing (the task strings)")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: unreadable parquet ({_first_line(e)})") from None
+    table = _parquet_table(path, "the task strings")
     text = "task" if "task" in table.column_names else None
     if text is None:
         pandas = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}"))

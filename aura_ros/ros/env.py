@@ -43,6 +43,12 @@ def local_ros_env(domain_id: int | None = None, log_dir: str | os.PathLike | Non
     env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated in Jazzy; conflicts with the above
     if domain_id is None:
         domain_id = int(env.get("ROS_DOMAIN_ID", "") or (os.getpid() % 100) + 1)
+    return _process_env(env, domain_id, log_dir, fastdds_profile())
+
+
+def _process_env(env: dict[str, str], domain_id: int, log_dir, profile: Path | None) -> dict[str, str]:
+    """What every ROS process of this project is given, whatever its discovery: the domain, the
+    middleware, the log folder, a HOME, uncoloured logs off a terminal and the Fast DDS profile."""
     env["ROS_DOMAIN_ID"] = str(domain_id)
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     log_dir = log_dir or env.get("ROS_LOG_DIR") or str(_PKG.parent / "build" / "ros_log")
@@ -53,7 +59,6 @@ def local_ros_env(domain_id: int | None = None, log_dir: str | os.PathLike | Non
         # rcutils colours console lines when it thinks it writes to a terminal; a process whose
         # output goes to a file or a pipe (tests, tools, CI) must not write escape codes into logs.
         env["RCUTILS_COLORIZED_OUTPUT"] = "0"
-    profile = fastdds_profile()
     if profile is not None:
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
     else:
@@ -90,20 +95,7 @@ def cross_host_env(static_peers: Iterable[str] = (), domain_id: int | None = Non
             env.pop("ROS_STATIC_PEERS", None)
     if domain_id is None:
         domain_id = int(env.get("ROS_DOMAIN_ID", "") or 0)
-    env["ROS_DOMAIN_ID"] = str(domain_id)
-    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    log_dir = log_dir or env.get("ROS_LOG_DIR") or str(_PKG.parent / "build" / "ros_log")
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
-    env["ROS_LOG_DIR"] = str(log_dir)
-    env.setdefault("HOME", str(Path.home()))
-    if "RCUTILS_COLORIZED_OUTPUT" not in env and not output_is_terminal():
-        env["RCUTILS_COLORIZED_OUTPUT"] = "0"
-    path = fastdds_profile(profile)
-    if path is not None:
-        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(path)
-    else:
-        env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)  # unset, never empty
-    return env
+    return _process_env(env, domain_id, log_dir, fastdds_profile(profile))
 
 
 def apply_local_ros_env(domain_id: int | None = None) -> dict[str, str]:
