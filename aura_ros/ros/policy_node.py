@@ -45,7 +45,7 @@ from aura_ros.ros.image_conversion import (
 )
 from aura_ros.ros.messages import command_msg, command_type, gate_msg, memory_msg
 from aura_ros.ros.params import POLICY_PARAMS, check_action_limits, check_camera_topics, param_value
-from aura_ros.ros.signals import ignore_further_signals
+from aura_ros.ros.signals import ignore_further_signals, stop_on_first_signal
 
 # ~/memory_map (a picture of what the cache holds) is published this often, and on each
 # ~/get_memory_map call.
@@ -676,6 +676,7 @@ def main(args=None) -> None:
     # A terminal's Ctrl-C under `ros2 launch` delivers a second SIGINT (to the process group and
     # forwarded by launch) while the node is cleaning up: from the first signal on, further ones
     # are ignored, so teardown and the final snapshot always complete.
+    stop_on_first_signal()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.ALL)
     # The executor's threads take the GIL hundreds of times a second (rclpy's wait loop is
     # Python), and the inference thread gives it up around every torch op; at the default 5 ms

@@ -79,7 +79,7 @@ from aura_ros.core import topics
 from aura_ros.ros import qos
 from aura_ros.ros.image_conversion import rgb_to_compressed_msg, rgb_to_image_msg
 from aura_ros.ros.params import ParamTable, Spec
-from aura_ros.ros.signals import ignore_further_signals
+from aura_ros.ros.signals import ignore_further_signals, stop_on_first_signal
 from aura_ros.sim.scene import CAMERA_VIEWS, JOINT_NAMES, SimScene
 
 # A command-type warning is logged at most this often; every drop is still counted.
@@ -513,6 +513,7 @@ class SimSourceNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point: ``python -m aura_ros.ros.sim_node [--ros-args ...]``; Ctrl-C exits cleanly."""
+    stop_on_first_signal()
     rclpy.init(args=args)
     node = None
     try:

@@ -200,7 +200,7 @@ def record(out: Path, topic_names: list[str], duration_s: float | None = None, u
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from aura_ros.ros.signals import ignore_further_signals
+    from aura_ros.ros.signals import ignore_further_signals, stop_on_first_signal
 
     out = Path(out)
     if out.exists():
@@ -212,6 +212,7 @@ def record(out: Path, topic_names: list[str], duration_s: float | None = None, u
     if until_results and results_topic not in names:
         names.append(results_topic)
     out.parent.mkdir(parents=True, exist_ok=True)
+    stop_on_first_signal()
     rclpy.init(args=args)
     node = None
     stopped_by = "signal"

@@ -243,7 +243,7 @@ def test_joint_state_clock_reset_recovers_without_a_service_call(started, operat
 def test_sim_node_exits_cleanly_on_a_terminal_ctrl_c(ros_env, tmp_path, mode):
     """Ctrl-C under `ros2 launch`: SIGINT to the whole process group, and again during cleanup; in
     expert mode too, where a timer publishes hundreds of times a second while the context goes."""
-    for pause in (0.0, 0.05, 0.3):
+    for pause in (0.0, 0.05, 0.3, "storm"):
         log = tmp_path / f"sim-{pause}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "aura_ros.ros.sim_node", "--ros-args", "-r",
@@ -257,9 +257,14 @@ def test_sim_node_exits_cleanly_on_a_terminal_ctrl_c(ros_env, tmp_path, mode):
                 time.sleep(0.05)
             time.sleep(0.3)
             os.killpg(proc.pid, signal.SIGINT)
-            time.sleep(pause)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
+            if pause == "storm":  # one every 2 ms until it has exited: one lands in each cleanup step
+                while proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGINT)
+                    time.sleep(0.002)
+            else:
+                time.sleep(pause)
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGINT)
             code = proc.wait(30)
         finally:
             if proc.poll() is None:
