@@ -94,7 +94,7 @@ class PolicyBase:
         bins = bins.reshape(self.space.chunk, self.space.dim)
         positions = np.stack([self.space.from_bins(b) for b in bins])
         decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
-        self.kv_store.set_gate(step, decision.value, decision.written)
+        self.kv_store.set_gate(step, decision.value, decision.written, decision.acted)
         self.writes_total += int(decision.written)
         self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
         self.step_index += 1

@@ -85,6 +85,10 @@ class GateDecision:
     novelty: float = 0.0  # the observation embedding's distance from its running mean, in units
     delta: float = 0.0  # the action's largest departure from its baseline, in units
     returned: bool = False  # a return to the pre-event baseline: part of the last event, not a new one
+    # Written for what the robot did: the action terms (departure, flip, drift) outweigh the sight
+    # term, and the step is no task start or marked event. An event of this kind in a later task
+    # supersedes the earlier task's (planner: they leave first under pressure).
+    acted: bool = False
 
 
 @dataclass
@@ -261,6 +265,8 @@ class ActionGate:
                     + cfg.w_novelty * novelty)
         value = strength / (1.0 + strength)
         written = value >= cfg.threshold
+        acted = bool(written and not event and cfg.w_delta * delta + cfg.w_discrete * float(discrete)
+                     + cfg.w_surprise * surprise >= cfg.w_novelty * novelty)
         if written:
             # Only a departure (one unit away, a flip, a novel sight) can be returned from; a
             # write by drift alone leaves nothing to come back to.
@@ -289,7 +295,8 @@ class ActionGate:
                 self._obs.add(obs, cfg.novelty_window)
         self._prev = a
         return GateDecision(value=float(value), written=bool(written), action_delta=action_delta,
-                            discrete=discrete, surprise=surprise, novelty=novelty, delta=delta, returned=returned)
+                            discrete=discrete, surprise=surprise, novelty=novelty, delta=delta, returned=returned,
+                            acted=acted)
 
     def _write(self, norm: np.ndarray, obs: np.ndarray | None, departed: bool) -> None:
         # A write absorbs the change: the new action becomes the baseline, so one event is

@@ -32,6 +32,9 @@ class Segment:
     gate: float = 1.0  # gate value of the step (1 for pinned)
     written: bool = False  # written to long-term memory
     task: int = 0  # the task the step belongs to (SegmentTable.current_task when it was committed)
+    # Written for something the robot did (an action departure, a flip of a discrete joint), not
+    # for a task's start or a sight: what a newer action event of a later task supersedes.
+    acted: bool = False
 
     @property
     def end(self) -> int:
@@ -55,10 +58,14 @@ class GroupView:
     pinned: np.ndarray  # bool
     sink: np.ndarray  # bool
     task_age: np.ndarray | None = None  # int64, tasks begun since the group's (0: the current task)
+    # bool, an action event of a finished task after which a later task has had its own
+    superseded: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.task_age is None:
             self.task_age = np.zeros(len(self.step), dtype=np.int64)
+        if self.superseded is None:
+            self.superseded = np.zeros(len(self.step), dtype=bool)
 
     def __len__(self) -> int:
         return int(self.step.shape[0])
@@ -125,11 +132,15 @@ class SegmentTable:
                 entry[2] += s.length
         return [(k, v[0], v[1], v[2]) for k, v in sorted(out.items())]
 
-    def set_gate(self, step: int, gate: float, written: bool) -> None:
+    def latest_acted_task(self) -> int:
+        """The newest task with an action event among the kept steps (-1: none)."""
+        return max((s.task for s in self.segments if s.is_step and s.written and s.acted), default=-1)
+
+    def set_gate(self, step: int, gate: float, written: bool, acted: bool = False) -> None:
         # Called every step for the newest step: walk back from the end, stop at older steps.
         for s in reversed(self.segments):
             if s.is_step and s.step == step:
-                s.gate, s.written = gate, written
+                s.gate, s.written, s.acted = gate, written, bool(written and acted)
             elif s.is_step and s.step < step:
                 break
 
@@ -138,6 +149,6 @@ class SegmentTable:
         s = self.segments[index]
         if not 0 < at < s.length:
             return
-        head = Segment(first_kind, s.step, s.start, at, s.pos_start, at, s.gate, s.written, s.task)
+        head = Segment(first_kind, s.step, s.start, at, s.pos_start, at, s.gate, s.written, s.task, s.acted)
         s.start, s.length, s.pos_start, s.pos_span = s.start + at, s.length - at, s.pos_start + at, s.pos_span - at
         self.segments.insert(index, head)

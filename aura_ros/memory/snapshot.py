@@ -82,9 +82,10 @@ _META_KEYS = {"format", "fingerprint", "tensors", "layout", "policy", "budget_by
               "min_step_tokens", "current_step", "evictions_total", "evicted_written_total", "segments", "extra"}
 _SEGMENT_KEYS = {"kind", "step", "start", "length", "pos_start", "pos_span", "gate", "written"}
 # Optional: the task boundaries of the endless run (the stale rule needs to know which kept steps
-# belong to finished tasks). A snapshot written before tasks were recorded loads as one task.
+# belong to finished tasks). A snapshot written before tasks were recorded loads as one task; one
+# written before action events were told apart loads with none (nothing superseded).
 _META_OPTIONAL = {"current_task"}
-_SEGMENT_OPTIONAL = {"task"}
+_SEGMENT_OPTIONAL = {"task", "acted"}
 _POLICY_EXTRA_KEYS = {"step_index", "writes_total", "write_rate", "instruction", "gate"}
 
 
@@ -287,7 +288,8 @@ def save(store: MemoryStore, base: str | os.PathLike, fingerprint: str, layout: 
         "evicted_written_total": store.evicted_written_total,
         "segments": [{"kind": s.kind.value, "step": s.step, "start": s.start, "length": s.length,
                       "pos_start": s.pos_start, "pos_span": s.pos_span, "gate": float(s.gate),
-                      "written": bool(s.written), "task": s.task} for s in store.table.segments],
+                      "written": bool(s.written), "task": s.task, "acted": bool(s.acted)}
+                     for s in store.table.segments],
         "extra": extra or {},
     }
     try:
@@ -437,7 +439,11 @@ def _segments(raw, store: MemoryStore, current_step: int, where: str, current_ta
             if task < last_task:
                 raise _fail(where, f"{name} (task {task}) comes after task {last_task}: tasks out of order")
             last_task = task
-        out.append(Segment(kind, step, start, length, pos_start, pos_span, gate, s["written"], task))
+        acted = s.get("acted", False)
+        if type(acted) is not bool:
+            raise _fail(where, f"{name}.acted must be true or false, got {acted!r:.40}")
+        out.append(Segment(kind, step, start, length, pos_start, pos_span, gate, s["written"], task,
+                           acted and s["written"]))
     return out
 
 
