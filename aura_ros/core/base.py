@@ -12,6 +12,7 @@ import psutil
 from aura_ros.core.types import Action, Observation, frames
 from aura_ros.memory.budget import budget_error
 from aura_ros.memory.gate import GateConfig
+from aura_ros.memory.segments import ACTION_EVENT, TASK_START
 from aura_ros.memory.stats import MemoryStats
 
 
@@ -22,6 +23,7 @@ class PolicyBase:
     t0)`` (ending in ``_finish_step``) and ``_stats(step, decision, latency_ms)``."""
 
     _task_event = False  # begin_task() was called: the next step is a gate event
+    _task_start = False  # the step being taken is the first of a task (begin_task() before it)
 
     @property
     def kv_store(self):
@@ -68,7 +70,8 @@ class PolicyBase:
         elif obs.instruction is not None and obs.instruction != self.instruction:
             self.set_instruction(obs.instruction)
         event = obs.event or self._task_event
-        self._task_event = False
+        # The episode's first step is its first task's start as much as a boundary's next step is.
+        self._task_start, self._task_event = self._task_event or self.step_index == 0, False
         state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(state)):
             raise ValueError("joint state contains NaN or infinite values")
@@ -94,7 +97,8 @@ class PolicyBase:
         bins = bins.reshape(self.space.chunk, self.space.dim)
         positions = np.stack([self.space.from_bins(b) for b in bins])
         decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
-        self.kv_store.set_gate(step, decision.value, decision.written, decision.acted)
+        kind = TASK_START if self._task_start else ACTION_EVENT if decision.acted else ""
+        self.kv_store.set_gate(step, decision.value, decision.written, kind)
         self.writes_total += int(decision.written)
         self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
         self.step_index += 1

@@ -74,7 +74,7 @@ def group_view(table: SegmentTable, current_step: int,
         groups.setdefault(key, []).append(i)
     members = list(groups.values())
     segs = table.segments
-    latest_acted = table.latest_acted_task()
+    latest = table.latest_event_tasks()
     rows = []
     for idx in members:
         first = segs[idx[0]]
@@ -84,7 +84,7 @@ def group_view(table: SegmentTable, current_step: int,
         rows.append((first.step, max(current_step - first.step, 0) if first.is_step else 0,
                      tokens, first.gate, first.written, att, first.kind is Kind.PINNED, first.kind is Kind.SINK,
                      max(table.current_task - first.task, 0) if first.is_step else 0,
-                     first.is_step and first.written and first.acted and first.task < latest_acted))
+                     first.is_step and first.written and first.task < latest.get(first.event, -1)))
     cols = list(zip(*rows)) if rows else [()] * 10
     view = GroupView(
         step=np.asarray(cols[0], dtype=np.int64), age=np.asarray(cols[1], dtype=np.int64),
@@ -132,8 +132,8 @@ def plan_eviction(table: SegmentTable, policy: EvictionPolicy, *, capacity: int,
     oldest_first = [int(g) for g in np.argsort(view.step, kind="stable")]
     if policy.keep_written:
         # Stale first: the steps of tasks more than ``task_horizon`` tasks back, and (with
-        # ``supersede``) a finished task's action events once a later task has had its own
-        # (older tasks first), before even the current task's transient steps, so facts of
+        # ``supersede``) a finished task's events once a later task has had its own of the same
+        # kind (older tasks first), before even the current task's transient steps, so facts of
         # finished tasks never crowd out the new ones, nor sit beside them for the policy to
         # read instead. A written step past the window's share is long-term memory already: it
         # waits with the other written steps, in the policy's order.

@@ -142,10 +142,10 @@ class EvictionPolicy:
         block.
     task_horizon: with keep_written, the steps of tasks more than this many task boundaries back
         are stale: they leave before anything else when room is needed (None: no such rule).
-    supersede: with keep_written, a finished task's action events are stale too once a later
-        task has written an action event of its own (segments.Segment.acted): the newer fact of
-        the same kind replaces the older one. A later task that acts on nothing yet (one that
-        asks for the previous task's fact) leaves them where they are.
+    supersede: with keep_written, a finished task's events are stale too once a later task has
+        written one of its own of the same kind (segments.EVENT_KINDS: an action event, a task's
+        start): the newer fact replaces the older one. A later task that has reacted to nothing
+        yet (one that asks for the previous task's fact) leaves the action events where they are.
     """
 
     name: str
@@ -190,7 +190,8 @@ class UtilityWeights:
     # Two cues in memory, the current task's and the previous one's, are two answers for the
     # policy to choose between: with a reset per task the shipped default read the right one 40
     # times in 40, without one 33 in 40, every miss with both kept (docs/benchmarks.md section 8).
-    # A later task's own action event supersedes the finished task's, which then leave first.
+    # A later task's own event of the same kind (an action event, its start) supersedes the
+    # finished task's, which then leaves first.
     supersede: bool = True
 
 

@@ -13,6 +13,15 @@ from enum import Enum
 import numpy as np
 
 
+# Events the memory tells apart, because a newer one of the same kind replaces an older one: an
+# action event (the robot reacted: its action left the baseline, or a gripper flipped) and a task's
+# start (written as a gate event; it shows where the last task left the arm). A sight the robot
+# did not react to cannot be told from another (a distractor) and is never superseded.
+ACTION_EVENT = "action"
+TASK_START = "task"
+EVENT_KINDS = ("", ACTION_EVENT, TASK_START)
+
+
 class Kind(str, Enum):
     PINNED = "pinned"  # system prompt + instruction: never evicted by the action-gated policy
     SINK = "sink"  # StreamingLLM's attention-sink tokens (split off the first segment)
@@ -32,9 +41,9 @@ class Segment:
     gate: float = 1.0  # gate value of the step (1 for pinned)
     written: bool = False  # written to long-term memory
     task: int = 0  # the task the step belongs to (SegmentTable.current_task when it was committed)
-    # Written for something the robot did (an action departure, a flip of a discrete joint), not
-    # for a task's start or a sight: what a newer action event of a later task supersedes.
-    acted: bool = False
+    # What kind of event the written step was (EVENT_KINDS): a later task's own event of the same
+    # kind supersedes it (planner). "" for a sight, a marked event, a drift, or a step not written.
+    event: str = ""
 
     @property
     def end(self) -> int:
@@ -132,15 +141,21 @@ class SegmentTable:
                 entry[2] += s.length
         return [(k, v[0], v[1], v[2]) for k, v in sorted(out.items())]
 
-    def latest_acted_task(self) -> int:
-        """The newest task with an action event among the kept steps (-1: none)."""
-        return max((s.task for s in self.segments if s.is_step and s.written and s.acted), default=-1)
+    def latest_event_tasks(self) -> dict[str, int]:
+        """For each event kind among the kept written steps, the newest task that has one."""
+        out: dict[str, int] = {}
+        for s in self.segments:
+            if s.is_step and s.written and s.event:
+                out[s.event] = max(out.get(s.event, -1), s.task)
+        return out
 
-    def set_gate(self, step: int, gate: float, written: bool, acted: bool = False) -> None:
+    def set_gate(self, step: int, gate: float, written: bool, event: str = "") -> None:
         # Called every step for the newest step: walk back from the end, stop at older steps.
+        if event not in EVENT_KINDS:
+            raise ValueError(f"event kind is one of {EVENT_KINDS}, got {event!r}")
         for s in reversed(self.segments):
             if s.is_step and s.step == step:
-                s.gate, s.written, s.acted = gate, written, bool(written and acted)
+                s.gate, s.written, s.event = gate, written, event if written else ""
             elif s.is_step and s.step < step:
                 break
 
@@ -149,6 +164,6 @@ class SegmentTable:
         s = self.segments[index]
         if not 0 < at < s.length:
             return
-        head = Segment(first_kind, s.step, s.start, at, s.pos_start, at, s.gate, s.written, s.task, s.acted)
+        head = Segment(first_kind, s.step, s.start, at, s.pos_start, at, s.gate, s.written, s.task, s.event)
         s.start, s.length, s.pos_start, s.pos_span = s.start + at, s.length - at, s.pos_start + at, s.pos_span - at
         self.segments.insert(index, head)
