@@ -12,7 +12,6 @@ from enum import Enum
 
 import numpy as np
 
-
 # Events the memory tells apart, because a newer one of the same kind replaces an older one: an
 # action event (the robot reacted: its action left the baseline, or a gripper flipped) and a task's
 # start (written as a gate event; it shows where the last task left the arm). A sight the robot
