@@ -11,6 +11,9 @@ What else a tool or the node needs to know about a backend is said by its packag
   policies it cannot run with these options; none when absent.
 - ``MODEL_SUFFIXES``: model file endings that select it under ``backend: auto`` (``.gguf``).
 - ``REQUIRES``: modules of an opt-in runtime it needs beyond the base install (tests skip without).
+- ``SERVING``: what serving several robots from one process does with its model (one copy
+  shared, or one per robot); ``share_models()`` turns the sharing on, ``shared_models()`` lists
+  what is shared ({"path", "loads", "users"} each).
 - ``SMALL_BUDGET_BYTES``: a budget at which its embedded default holds a few steps, so every
   memory policy evicts (the conformance test); ``SMALL_BUDGET_BYTES`` below when absent.
 """
@@ -109,4 +112,28 @@ def backend_options(model: str | None, mmproj: str | None = None, kv_type: str |
                          + (f" (they are {', '.join(takers)} options)" if takers else ""))
     if backend != "auto":
         out["backend"] = name
+    return out
+
+
+def share_loaded_models() -> dict[str, str]:
+    """For the rest of this process, every backend that can shares one loaded model between the
+    policies that ask for the same one (``aura-ros serve``). Returns {backend: what it does}."""
+    out = {}
+    for name in BACKENDS:
+        share = backend_fact(name, "share_models")
+        if share is not None:
+            share()
+        out[name] = backend_fact(name, "SERVING", "each robot loads its own model")
+    return out
+
+
+def shared_models() -> dict[str, list[dict]]:
+    """{backend: the models it shares now, {"path", "loads", "users"} each}; backends without sharing
+    or that loaded nothing are left out."""
+    out = {}
+    for name in BACKENDS:
+        listed = backend_fact(name, "shared_models")
+        models = listed() if listed is not None else []
+        if models:
+            out[name] = models
     return out

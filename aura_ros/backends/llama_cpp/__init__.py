@@ -26,3 +26,8 @@ def refuses(policy: str, options: dict | None) -> str | None:
     if policy == "action_gate_novelty" and not (options or {}).get("mmproj"):
         return NO_FRAMES
     return REFUSES.get(policy)
+
+
+# Serving several robots from one process (``aura-ros serve``): what happens to the model.
+SERVING = ("each robot loads its own model: a llama.cpp context is created from its own llama_model here; "
+           "several contexts on one llama_model would share the weights, not built")

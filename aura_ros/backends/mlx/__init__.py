@@ -21,3 +21,7 @@ REFUSES = {
 def refuses(policy: str, options: dict | None = None) -> str | None:
     """Why this backend cannot run ``policy`` (None: it can)."""
     return REFUSES.get(policy)
+
+
+# Serving several robots from one process (``aura-ros serve``): what happens to the model.
+SERVING = "each robot loads its own model (the MLX policy owns its weights; sharing them is not built)"

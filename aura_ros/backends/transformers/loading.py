@@ -20,9 +20,11 @@ when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set or the model is already cac
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,46 @@ def config_is_mrope(config) -> bool:
     return "mrope_section" in rope or config.model_type in ("qwen2_vl", "qwen2_5_vl")
 
 
+# ------------------------------------------------------------------ one model, many robots
+@dataclass
+class SharedModel:
+    """One model loaded while sharing is on, and how often it was asked for."""
+
+    path: Path
+    loads: int  # times the weights were read (1: every later request got the same module)
+    users: int  # load_model calls answered with this module
+
+
+_sharing = threading.Lock()
+_shared: dict[tuple, tuple[LoadedModel, SharedModel]] | None = None  # None: every call loads
+
+
+def share_loaded_models(on: bool = True) -> None:
+    """From now on, in this process, ``load_model`` with the same arguments returns the same
+    nn.Module (one copy of the weights for every robot of ``aura-ros serve``). Each call still
+    gets a processor of its own: a fast tokenizer is not safe to call from two threads at once
+    (tokenizers' "Already borrowed"), and each robot steps on its own worker thread.
+    ``on=False`` forgets the shared models (their holders keep them) and loads anew each call."""
+    global _shared
+    with _sharing:
+        if not on:
+            _shared = None
+        elif _shared is None:
+            _shared = {}
+
+
+def shared_models() -> list[SharedModel]:
+    """The models loaded while sharing is on (empty when it is off)."""
+    with _sharing:
+        return [dataclasses.replace(info) for _, info in (_shared or {}).values()]
+
+
+def is_shared(module: torch.nn.Module) -> bool:
+    """Whether ``module`` was handed out by the sharing ``load_model`` (others may hold it too)."""
+    with _sharing:
+        return any(loaded.model is module for loaded, _ in (_shared or {}).values())
+
+
 def load_model(model: str | Path | None = None, dtype: str | torch.dtype = "float32", device: str = "cpu",
                trust_remote_code: bool = False, local_files_only: bool | None = None,
                attn_implementation: str = "sdpa") -> LoadedModel:
@@ -158,17 +200,46 @@ def load_model(model: str | Path | None = None, dtype: str | torch.dtype = "floa
     ``model``: None (the embedded tiny default), a local folder, or a hub id (see ``resolve_model``).
     Weights must be safetensors; ``trust_remote_code`` stays off unless asked for.
     ``attn_implementation``: "sdpa" (default) or "eager" (or any transformers registered name).
+    After ``share_loaded_models()``, the same arguments give the same module (see there).
     """
+    if _shared is None:
+        return _load_model(model, dtype, device, trust_remote_code, local_files_only, attn_implementation)
+    source, local_only = resolve_model(model, local_files_only)
+    key = (source, str(_torch_dtype(dtype)), str(torch.device(device)), bool(trust_remote_code), local_only,
+           attn_implementation)
+    with _sharing:  # held while loading: two robots configuring at once still load once
+        if key not in _shared:
+            loaded = _load_model(source, dtype, device, trust_remote_code, local_only, attn_implementation)
+            _shared[key] = loaded, SharedModel(loaded.path, loads=1, users=1)
+            return loaded
+        loaded, info = _shared[key]
+        info.users += 1
+        processor, tokenizer = _load_processor(source, loaded.is_vlm, trust_remote_code, local_only)
+        return dataclasses.replace(loaded, processor=processor, tokenizer=tokenizer)
+
+
+def _load_processor(source: str, is_vlm: bool, trust_remote_code: bool, local_only: bool):
+    """(processor, tokenizer); for a text-only model both are the tokenizer."""
+    from transformers import AutoTokenizer
+
+    from aura_ros.backends.transformers.processors import load_processor
+
+    common = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
+    if is_vlm:
+        processor = load_processor(source, **common)
+        return processor, processor.tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    return tokenizer, tokenizer
+
+
+def _load_model(model, dtype, device, trust_remote_code, local_files_only, attn_implementation) -> LoadedModel:
     from transformers import (
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
         AutoConfig,
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
-        AutoTokenizer,
     )
     from transformers.utils.hub import cached_file
-
-    from aura_ros.backends.transformers.processors import load_processor
 
     source, local_only = resolve_model(model, local_files_only)
     common = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
@@ -179,11 +250,7 @@ def load_model(model: str | Path | None = None, dtype: str | torch.dtype = "floa
         net = auto.from_pretrained(source, config=config, dtype=_torch_dtype(dtype), use_safetensors=True,
                                    attn_implementation=attn_implementation, **common)
     net = net.to(device).eval()
-    if is_vlm:
-        processor = load_processor(source, **common)
-        tokenizer = processor.tokenizer
-    else:
-        tokenizer = processor = AutoTokenizer.from_pretrained(source, **common)
+    processor, tokenizer = _load_processor(source, is_vlm, trust_remote_code, local_only)
     # The folder the files came from (a hub id resolves into its snapshot in the HF cache).
     path = Path(source) if Path(source).is_dir() else Path(cached_file(source, "config.json",
                                                                        local_files_only=True)).parent

@@ -13,6 +13,7 @@ never grows; positions are explicit (mrope for the Qwen family); nothing per ste
 from __future__ import annotations
 
 import inspect
+import threading
 import weakref
 
 import numpy as np
@@ -103,11 +104,16 @@ def observation_embedding(inputs_embeds: torch.Tensor, input_ids: torch.Tensor,
 
 
 def _embedding_hook(policy_ref):
-    """A decoder pre-hook that keeps the decoder's input embeddings while the policy asks for them."""
+    """A decoder pre-hook that keeps the decoder's input embeddings while the policy asks for them.
+
+    Several policies may share one loaded model (``aura-ros serve``), each stepping on its own
+    thread: every policy's hook sees every forward of the shared decoder, so a policy keeps only
+    the forward of the thread that asked (``_capture_thread``), never another robot's frame.
+    """
 
     def hook(module, args, kwargs):
         policy = policy_ref()
-        if policy is not None and policy._capture_embeds:
+        if policy is not None and policy._capture_thread == threading.get_ident():
             embeds = kwargs.get("inputs_embeds")
             policy._captured_embeds = embeds.detach() if isinstance(embeds, torch.Tensor) else None
 
@@ -137,7 +143,7 @@ class VLMPolicy(PolicyBase):
         # The observation embedding for the gate's novelty term, captured from the decoder's input
         # during the observation chunk's forward pass (no second pass through the vision tower).
         self.last_observation_embedding: np.ndarray | None = None
-        self._capture_embeds = False
+        self._capture_thread: int | None = None  # the thread whose forward the hook keeps; None: none
         self._captured_embeds: torch.Tensor | None = None
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
         if isinstance(decoder, torch.nn.Module) and decoder is not model:
@@ -156,6 +162,14 @@ class VLMPolicy(PolicyBase):
         policy = self._eviction_policy()
         if policy.uses_attention:
             from aura_ros.backends.transformers.attention import register
+            from aura_ros.backends.transformers.loading import is_shared
+
+            if is_shared(self.model):
+                # The switch is the model's, not the policy's: every robot on this model would run
+                # eager attention, and a switch during another robot's forward mixes both.
+                raise ValueError(f"eviction {cfg.eviction!r} scores segments by attention, which switches the "
+                                 "loaded model's attention implementation, and this model is shared by the robots "
+                                 "of this process (aura-ros serve): run that robot in a node of its own")
 
             self.model.set_attn_implementation(register())
         return GatedKVCache(self.model.config, cfg.budget_bytes, RopeRotator.from_model(self.model), policy=policy,
@@ -313,11 +327,11 @@ class VLMPolicy(PolicyBase):
         inputs = self._encode_observation(image, state)
         n_act = self.space.tokens_per_step
         self.cache.reserve(inputs["input_ids"].shape[1] + n_act)
-        self._capture_embeds = True
+        self._capture_thread = threading.get_ident()
         try:
             logits = self._forward(inputs, (Kind.OBSERVATION, step))
         finally:
-            self._capture_embeds = False
+            self._capture_thread = None
         self.last_observation_embedding = self._observation_embedding(inputs["input_ids"])
         bins = np.empty(n_act, dtype=np.int64)
         first_logits = logits.index_select(-1, self.action_ids).float().cpu().numpy()
