@@ -1,6 +1,7 @@
 """The `aura-ros` command: the demo and the benchmarks.
 
     aura-ros demo                   # the closed loop over real topics, with a plot
+    aura-ros serve --robots a,b     # one process, one model, a policy node per robot namespace
     aura-ros bench memory           # flat memory / latency per policy (20k steps by default)
     aura-ros bench recall           # what the memory keeps, with real SmolLM2-135M weights
     aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
@@ -317,9 +318,16 @@ def _foxglove(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # its ROS arguments (--ros-args ...) are rcl's, not argparse's
+        from aura_ros.ros import serve
+
+        return serve.main(argv[1:])
     parser = argparse.ArgumentParser(prog="aura-ros", description="aura_ros: demo and benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version")
+    sub.add_parser("serve", help="one process, one model, many robots: aura-ros serve --robots a,b "
+                                 "[--ros-args --params-file F]  (aura-ros serve --help)")
 
     demo = sub.add_parser("demo", help="run the sim and the policy node over real topics, then plot")
     demo.add_argument("--task", default="cue_recall", help="memory task the sim runs (cue_recall, latent_fact)")
