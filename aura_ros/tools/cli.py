@@ -7,6 +7,7 @@
     aura-ros bench tasks            # closed-loop success on the memory tasks, per memory policy
     aura-ros bench streams          # the endless run: tasks back to back without a reset
     aura-ros bench cross-host       # the policy on another host: loop and recovery over a link (root)
+    aura-ros bench serve            # N robots on one model in one process against N processes
     aura-ros soak --steps 100000    # node + sim, invariants checked on every message
     aura-ros train --out DIR        # behaviour-clone a policy on the sim's memory tasks
     aura-ros export-gguf            # that policy as a GGUF pair for the llama.cpp backend
@@ -121,6 +122,25 @@ def _bench_streams(args) -> int:
     print(f"\nwrote {out}/streams_tasks.csv, streams_by_index.csv, streams_table.md, streams_success.png, "
           f"streams_summary.json ({len(summary['rows'])} rows)")
     print((out / "streams_table.md").read_text())
+    return 0
+
+
+def _bench_serve(args) -> int:
+    from aura_ros.bench import serve
+
+    try:
+        robots = tuple(int(n) for n in args.robots.split(",") if n)
+        modes = tuple(m for m in args.modes.split(",") if m)
+        if not robots or min(robots) < 1 or not modes or set(modes) - set(serve.MODES):
+            raise ValueError
+    except ValueError:
+        print(f"aura-ros bench serve: --robots is a list of counts (1,2,4,8), --modes from {','.join(serve.MODES)}")
+        return 2
+    out = Path(args.out)
+    serve.run(robots=robots, steps=args.steps, budget_mb=args.budget_mb, model=args.model, seed=args.seed,
+              threads=args.threads, modes=modes, out=out)
+    print(f"\nwrote {out}/serve.json, serve.csv, serve_table.md")
+    print((out / "serve_table.md").read_text())
     return 0
 
 
@@ -371,6 +391,17 @@ def main(argv: list[str] | None = None) -> int:
     mem.add_argument("--out", default="out/bench_memory")
     mem.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     mem.set_defaults(func=_bench_memory)
+
+    sv = bench.add_parser("serve", help="N robots on one model in one process, against N processes of one robot")
+    sv.add_argument("--robots", default="1,2,4,8", help="robot counts to measure, comma-separated")
+    sv.add_argument("--steps", type=int, default=300, help="steps of each robot")
+    sv.add_argument("--budget-mb", type=float, default=0.5, help="KV budget of each robot (MiB)")
+    sv.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
+    sv.add_argument("--modes", default="shared,separate", help="shared (one process) and/or separate (N processes)")
+    sv.add_argument("--seed", type=int, default=0, help="robot i's task stream uses seed + 7919 i")
+    sv.add_argument("--threads", type=int, default=1, help="torch CPU threads of each process")
+    sv.add_argument("--out", default="out/bench_serve")
+    sv.set_defaults(func=_bench_serve)
 
     sc = bench.add_parser("scaling", help="step time at capacity against the budget, per policy, vs the physical limit")
     sc.add_argument("--budgets-mb", default="1,8,64,256")
