@@ -13,6 +13,7 @@ model was loaded and how many robots it serves.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -33,6 +34,25 @@ SERVE_NODE_NAME = "aura_serve"
 REPORT_PERIOD_S = 1.0
 # A namespace token: what rcl accepts as one segment of a namespace.
 _ROBOT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ServeRefused(RuntimeError):
+    """The robots' settings cannot run together in one process (the reason is the message)."""
+
+
+def shared_snapshot_paths(paths: dict[str, str]) -> str | None:
+    """Why these robots' snapshot paths ({robot: memory.snapshot_path}) cannot be served together:
+    two robots writing one snapshot would overwrite each other's memory (a ``/**:`` entry in the
+    params file gives every robot the same path). None when each robot has its own or none."""
+    by_path: dict[str, list[str]] = {}
+    for robot, path in paths.items():
+        if path:
+            by_path.setdefault(os.path.abspath(os.path.expanduser(path)), []).append(robot)
+    clashes = [f"{', '.join(robots)} -> {path}" for path, robots in by_path.items() if len(robots) > 1]
+    if clashes:
+        return ("robots share a memory.snapshot_path (" + "; ".join(clashes) + "): give each robot its own, under "
+                "/<robot>/aura_policy: in the params file")
+    return None
 
 
 def parse_robots(text: str) -> list[str]:
@@ -124,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     serving = share_loaded_models()  # before the first robot loads its policy
     nodes: list[Node] = []
     code = 0
+    final_snapshots = True
     executor = MultiThreadedExecutor(num_threads=args.executor_threads or 2 * len(robots))
     robot = None
     try:
@@ -135,10 +156,18 @@ def main(argv: list[str] | None = None) -> int:
             nodes.append(node)
             executor.add_node(node)
         robot = None
+        clash = shared_snapshot_paths({n.get_namespace().strip("/"): n.settings.snapshot_path
+                                       for n in nodes if isinstance(n, PolicyNode)})
+        if clash:
+            raise ServeRefused(clash)
         report.log_summary()
         _spin(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except ServeRefused as exc:
+        print(f"aura-ros serve: not started: {exc}", file=sys.stderr)
+        code = 2
+        final_snapshots = False  # they would overwrite one another
     except StartupError:  # the robot's node logged the reason
         print(f"aura-ros serve: robot {robot!r} not started (see its log line above); no robot is served",
               file=sys.stderr)
@@ -154,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         ignore_further_signals()
         for node in reversed(nodes):
             if isinstance(node, PolicyNode):
-                node._release(snapshot=True)  # the final snapshot of each robot that has a path
+                node._release(snapshot=final_snapshots)  # each robot's final snapshot, where it has a path
             node.destroy_node()
         executor.shutdown(timeout_sec=1.0)
         rclpy.try_shutdown()

@@ -18,7 +18,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from aura_ros.msg import MemoryBudget
 from aura_ros.ros import qos
-from aura_ros.ros.serve import parse_robots
+from aura_ros.ros.serve import parse_robots, shared_snapshot_paths
 from aura_ros.srv import GetMemoryMap
 
 SIM = "aura_ros.ros.sim_node"
@@ -70,6 +70,12 @@ def test_robot_names_are_checked():
     for bad in ("a,a", "a,,b", "2arm", "a/b", ""):
         with pytest.raises(ValueError):
             parse_robots(bad)
+
+
+def test_robots_may_not_share_a_snapshot_path(tmp_path):
+    assert shared_snapshot_paths({"a": str(tmp_path / "a"), "b": str(tmp_path / "b"), "c": "", "d": ""}) is None
+    why = shared_snapshot_paths({"a": str(tmp_path / "m"), "b": str(tmp_path / "x" / ".." / "m")})
+    assert why and "a, b ->" in why
 
 
 def test_two_robots_one_model_own_memory_and_a_clean_ctrl_c(ros_env, run_python, observer, tmp_path):
@@ -147,6 +153,19 @@ def test_two_robots_one_model_own_memory_and_a_clean_ctrl_c(ros_env, run_python,
         kill(proc)
     text = log.read_text(errors="replace")
     assert code == 0 and "Traceback" not in text and "KeyboardInterrupt" not in text, (code, text)
+
+
+def test_one_snapshot_path_for_two_robots_is_refused_and_not_written(ros_env, tmp_path):
+    snap = tmp_path / "memory"
+    proc, log = start_serve(ros_env, tmp_path, "--robots", "a,b", "--ros-args", "-p",
+                            f"memory.snapshot_path:={snap}")
+    try:
+        code = proc.wait(120)
+    finally:
+        kill(proc)
+    text = log.read_text(errors="replace")
+    assert code == 2 and "robots share a memory.snapshot_path (a, b ->" in text, text
+    assert not list(tmp_path.glob("memory*")), "a snapshot was written"
 
 
 def test_attention_scoring_eviction_is_refused_when_serving(ros_env, tmp_path):
