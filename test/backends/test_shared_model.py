@@ -3,6 +3,7 @@ processor and cache, and each policy's novelty embedding is its own frame's even
 policy forwards through the same decoder on another thread."""
 from __future__ import annotations
 
+import gc
 import threading
 
 import numpy as np
@@ -39,12 +40,16 @@ def observation(seed: int) -> Observation:
 
 
 def test_the_same_model_is_loaded_once_and_each_caller_gets_its_own_processor(sharing):
+    reads = loading._weight_reads[loading.resolve_model(None)[0]]  # other tests of this process count too
     a, b = load_model(None), load_model(None)
     assert a.model is b.model
     assert a.processor is not b.processor and a.tokenizer is not b.tokenizer
-    assert [(m.loads, m.users) for m in shared_models()] == [(1, 2)]
-    assert registry.shared_models() == {"transformers": [{"path": a.path, "loads": 1, "users": 2}]}
+    assert [(m.loads, m.users) for m in shared_models()] == [(reads + 1, 2)]
+    assert registry.shared_models() == {"transformers": [{"path": a.path, "loads": reads + 1, "users": 2}]}
     assert loading.is_shared(a.model)
+    del b  # a holder that goes (a robot's cleanup) no longer counts
+    gc.collect()
+    assert [m.users for m in shared_models()] == [1]
     share_loaded_models(False)
     assert load_model(None).model is not a.model and shared_models() == []
 

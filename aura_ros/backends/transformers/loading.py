@@ -25,6 +25,8 @@ import logging
 import os
 import shutil
 import threading
+import weakref
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,12 +160,15 @@ class SharedModel:
     """One model loaded while sharing is on, and how often it was asked for."""
 
     path: Path
-    loads: int  # times the weights were read (1: every later request got the same module)
-    users: int  # load_model calls answered with this module
+    loads: int  # times this process read these weights from disk, shared or not (1: read once)
+    users: int  # holders now: processors handed out with this module that are still alive
 
 
 _sharing = threading.Lock()
-_shared: dict[tuple, tuple[LoadedModel, SharedModel]] | None = None  # None: every call loads
+# key -> (the loaded model, weak references to the processors handed out with it: a policy keeps
+# its processor for its life, so the live ones are the model's holders).
+_shared: dict[tuple, tuple[LoadedModel, list]] | None = None  # None: every call loads
+_weight_reads: Counter[str] = Counter()  # model folder -> times _load_model read its weights
 
 
 def share_loaded_models(on: bool = True) -> None:
@@ -183,7 +188,8 @@ def share_loaded_models(on: bool = True) -> None:
 def shared_models() -> list[SharedModel]:
     """The models loaded while sharing is on (empty when it is off)."""
     with _sharing:
-        return [dataclasses.replace(info) for _, info in (_shared or {}).values()]
+        return [SharedModel(loaded.path, _weight_reads[str(loaded.path)], sum(ref() is not None for ref in holders))
+                for loaded, holders in (_shared or {}).values()]
 
 
 def is_shared(module: torch.nn.Module) -> bool:
@@ -210,11 +216,10 @@ def load_model(model: str | Path | None = None, dtype: str | torch.dtype = "floa
     with _sharing:  # held while loading: two robots configuring at once still load once
         if key not in _shared:
             loaded = _load_model(source, dtype, device, trust_remote_code, local_only, attn_implementation)
-            _shared[key] = loaded, SharedModel(loaded.path, loads=1, users=1)
-            return loaded
-        loaded, info = _shared[key]
-        info.users += 1
+            _shared[key] = loaded, []
+        loaded, holders = _shared[key]
         processor, tokenizer = _load_processor(source, loaded.is_vlm, trust_remote_code, local_only)
+        holders[:] = [ref for ref in holders if ref() is not None] + [weakref.ref(processor)]
         return dataclasses.replace(loaded, processor=processor, tokenizer=tokenizer)
 
 
@@ -254,6 +259,7 @@ def _load_model(model, dtype, device, trust_remote_code, local_files_only, attn_
     # The folder the files came from (a hub id resolves into its snapshot in the HF cache).
     path = Path(source) if Path(source).is_dir() else Path(cached_file(source, "config.json",
                                                                        local_files_only=True)).parent
+    _weight_reads[str(path)] += 1
     rows = net.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         # Ids past the embedding table fail deep inside the forward pass; say so here instead.
