@@ -177,3 +177,35 @@ def test_attention_scoring_eviction_is_refused_when_serving(ros_env, tmp_path):
     text = log.read_text(errors="replace")
     assert code == 2, text
     assert "shared by the robots of this process" in text and "robot 'a' not started" in text
+
+
+def test_ctrl_c_at_any_moment_exits_cleanly(ros_env, tmp_path):
+    """SIGINT to the process group, again after a pause (or in a storm until the exit): one lands in
+    each robot's teardown, with the final snapshots of both robots to write."""
+    for pause in (0.0, 0.3, "storm"):
+        snaps = tmp_path / f"snap-{pause}"
+        params = tmp_path / f"robots-{pause}.yaml"
+        params.write_text("".join(f"/{r}/aura_policy:\n  ros__parameters:\n    memory.snapshot_path: {snaps / r}\n"
+                                  for r in ROBOTS))
+        proc, log = start_serve(ros_env, tmp_path, "--robots", ",".join(ROBOTS), "--ros-args", "--params-file",
+                                str(params), log_name=f"serve-{pause}.log")
+        try:
+            deadline = time.monotonic() + 120
+            while "serving 2 robots" not in log.read_text(errors="replace"):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
+            if pause == "storm":  # one every 2 ms until it has exited
+                while proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGINT)
+                    time.sleep(0.002)
+            else:
+                time.sleep(pause)
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGINT)
+            code = proc.wait(60)
+        finally:
+            kill(proc)
+        text = log.read_text(errors="replace")
+        assert code == 0 and "Traceback" not in text and "KeyboardInterrupt" not in text, (pause, code, text)
+        assert sorted(p.name for p in snaps.glob("*.json")) == ["a.json", "b.json"], (pause, text)
