@@ -1,8 +1,9 @@
 """`aura-ros bench chunks`: the command stream at the robot when the policy step is slow (issue 27).
 
 The sim node and the policy node run as separate processes over DDS on localhost (a private
-domain). The node's inference is slowed with ``model.step_delay_s`` (the worker sleeps after each
-step: the step then takes the delay plus the model's own time, as a larger model would). The bench
+domain). The node's inference is slowed with ``model.min_step_s`` (the worker pads every step to
+at least that long, as a larger model would take it; a step whose own decoding takes longer is
+not padded: H x joints action tokens are decoded one forward pass each). The bench
 process subscribes to the command topic as the robot's controller would and records when each
 command arrives. It runs the same set-up with chunk execution (``action.chunk`` H) and, for
 comparison, with one inference per tick (``action.chunk`` 1).
@@ -32,8 +33,9 @@ COUNTERS = ("chunks", "queue_empty_ticks", "chunk_actions_late", "chunk_actions_
 class RunReport:
     chunk: int
     rate_hz: float
-    step_delay_s: float
+    min_step_s: float
     refill_below: float
+    sim_rate_hz: float
     seconds: float = 0.0  # the measured window
     commands: int = 0
     command_hz: float = 0.0
@@ -47,7 +49,7 @@ class RunReport:
     steps: int = 0
     steps_hz: float = 0.0
     step_interval_p50_ms: float = 0.0  # between consecutive steps' stats (the inference period)
-    step_latency_p50_ms: float = 0.0  # the model's own step time (GateStats), without the delay
+    step_latency_p50_ms: float = 0.0  # the model's own step time (GateStats), before the padding
     counters: dict = field(default_factory=dict)
     exit_codes: dict = field(default_factory=dict)
 
@@ -59,8 +61,8 @@ def _percentiles(values: np.ndarray) -> tuple[float, float, float]:
             float(values.max()) * 1e3)
 
 
-def run_one(env: dict, chunk: int, rate_hz: float, step_delay_s: float, refill_below: float, seconds: float,
-            warmup_s: float, out: Path, progress=print) -> RunReport:
+def run_one(env: dict, chunk: int, rate_hz: float, min_step_s: float, refill_below: float, seconds: float,
+            warmup_s: float, out: Path, progress=print, sim_rate_hz: float | None = None) -> RunReport:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
@@ -70,12 +72,13 @@ def run_one(env: dict, chunk: int, rate_hz: float, step_delay_s: float, refill_b
     from aura_ros.ros import qos
 
     tag = f"chunk{chunk}"
-    sim = start_process("aura_ros.ros.sim_node", {"rate_hz": rate_hz}, env, out / f"sim_node_{tag}.log")
+    # The sim's rate is its camera's and joint states' rate (a camera at 30 Hz beside 50 Hz control).
+    sim = start_process("aura_ros.ros.sim_node", {"rate_hz": sim_rate_hz or rate_hz}, env, out / f"sim_node_{tag}.log")
     node = start_process("aura_ros.ros.policy_node", {
         "control.rate_hz": rate_hz, "action.chunk": chunk, "action.refill_below": refill_below,
-        "model.step_delay_s": step_delay_s, "action.time_from_start_s": 1.0 / rate_hz,
+        "model.min_step_s": min_step_s, "action.time_from_start_s": 1.0 / rate_hz,
         "instruction": f"'{INSTRUCTION}'"}, env, out / f"policy_node_{tag}.log")
-    rep = RunReport(chunk, rate_hz, step_delay_s, refill_below)
+    rep = RunReport(chunk, rate_hz, min_step_s, refill_below, sim_rate_hz or rate_hz)
     arrivals: list[float] = []
     stamps: list[float] = []
     steps: list[tuple[float, float]] = []  # (arrival, model step ms)
@@ -154,14 +157,15 @@ def run_one(env: dict, chunk: int, rate_hz: float, step_delay_s: float, refill_b
     return rep
 
 
-def run(chunks=(50, 1), rate_hz: float = 50.0, step_delay_s: float = 0.3, refill_below: float = 0.5,
+def run(chunks=(32, 1), rate_hz: float = 50.0, min_step_s: float = 0.3, refill_below: float = 0.75,
         seconds: float = 60.0, warmup_s: float = 5.0, out: Path = Path("out/bench_chunks"),
-        progress=print) -> list[RunReport]:
+        progress=print, sim_rate_hz: float | None = None) -> list[RunReport]:
     out.mkdir(parents=True, exist_ok=True)
     reports = []
     for chunk in chunks:
         with private_domain() as env:
-            reports.append(run_one(env, chunk, rate_hz, step_delay_s, refill_below, seconds, warmup_s, out, progress))
+            reports.append(run_one(env, chunk, rate_hz, min_step_s, refill_below, seconds, warmup_s, out, progress,
+                                   sim_rate_hz))
         progress(table(reports[-1:]))
     (out / "chunks.json").write_text(json.dumps([asdict(r) for r in reports], indent=1))
     (out / "chunks.md").write_text(table(reports) + "\n")
@@ -169,14 +173,14 @@ def run(chunks=(50, 1), rate_hz: float = 50.0, step_delay_s: float = 0.3, refill
 
 
 def table(reports: list[RunReport]) -> str:
-    rows = ["| chunk | control Hz | step delay s | commands/s | gap p50 / p99 / max ms (arrival) | "
+    rows = ["| chunk | control Hz | camera Hz | min step s | commands/s | gap p50 / p99 / max ms (arrival) | "
             "gap p50 / p99 / max ms (stamps) | gaps > 2 periods | steps/s | step interval p50 ms | "
             "model step p50 ms | empty-queue ticks | late rows | blended rows |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         c = r.counters
         rows.append(
-            f"| {r.chunk} | {r.rate_hz:g} | {r.step_delay_s:g} | {r.command_hz:.2f} | "
+            f"| {r.chunk} | {r.rate_hz:g} | {r.sim_rate_hz:g} | {r.min_step_s:g} | {r.command_hz:.2f} | "
             f"{r.gap_p50_ms:.1f} / {r.gap_p99_ms:.1f} / {r.gap_max_ms:.1f} | "
             f"{r.stamp_gap_p50_ms:.1f} / {r.stamp_gap_p99_ms:.1f} / {r.stamp_gap_max_ms:.1f} | "
             f"{r.gaps_over_2_periods} of {max(0, r.commands - 1)} | {r.steps_hz:.2f} | {r.step_interval_p50_ms:.0f} | "

@@ -353,11 +353,13 @@ class ControlLoop:
 
     def _step_with_oom_retry(self, snap: Inputs, executed: np.ndarray | None = None) -> Action:
         """Out of memory (as the policy's backend tells it): shrink the KV budget by OOM_SHRINK
-        and retry the step once. ``model.step_delay_s`` (tests and benchmarks) is slept after it,
-        on this worker, as a slower model would take it."""
+        and retry the step once. ``model.min_step_s`` (tests and benchmarks) pads the step to
+        at least that long, on this worker, as a slower model would take it."""
+        t0 = time.monotonic()
         action = self._step_once(Observation(snap.image, snap.state, executed=executed))
-        if self.settings.step_delay_s > 0:
-            time.sleep(self.settings.step_delay_s)
+        rest = self.settings.min_step_s - (time.monotonic() - t0)
+        if rest > 0:
+            time.sleep(rest)
         return action
 
     def _step_once(self, obs: Observation) -> Action:

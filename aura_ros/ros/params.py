@@ -142,9 +142,9 @@ POLICY_PARAMS = ParamTable((
     Spec("model.torch_threads", "torch_threads", 1,
          "torch CPU threads for inference; 1 keeps a 2-core machine responsive for DDS and the sim "
          "(0 = torch's default)", range=(0, 256)),
-    Spec("model.step_delay_s", "step_delay_s", 0.0,
-         "Tests and benchmarks only: after each policy step the inference worker sleeps this long, standing in "
-         "for a slower model (0 = off)", range=(0.0, 60.0)),
+    Spec("model.min_step_s", "min_step_s", 0.0,
+         "Tests and benchmarks only: the inference worker pads every policy step to at least this long, "
+         "standing in for a slower model (0 = off)", range=(0.0, 60.0)),
     Spec("model.trust_remote_code", "trust_remote_code", False,
          "Allow code from the model folder (off unless you trust it)"),
     Spec("memory.vram_budget_mb", "budget_mb", 0.5,

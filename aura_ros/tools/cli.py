@@ -138,9 +138,9 @@ def _bench_chunks(args) -> int:
     if not sizes or min(sizes) < 1 or max(sizes) > 64:
         print(f"aura-ros bench chunks: --chunks takes sizes from 1 to 64, got {args.chunks!r}")
         return 2
-    reports = chunks.run(chunks=sizes, rate_hz=args.rate_hz, step_delay_s=args.step_delay_s,
+    reports = chunks.run(chunks=sizes, rate_hz=args.rate_hz, min_step_s=args.min_step_s,
                          refill_below=args.refill_below, seconds=args.seconds, warmup_s=args.warmup_s,
-                         out=Path(args.out))
+                         out=Path(args.out), sim_rate_hz=args.sim_rate_hz)
     print(chunks.table(reports))
     return 0 if all(r.exit_codes.get("policy_node") == 0 for r in reports) else 1
 
@@ -465,12 +465,14 @@ def main(argv: list[str] | None = None) -> int:
 
     bk = bench.add_parser("chunks", help="chunk execution with a slow policy step: command rate and gaps at the "
                           "robot over DDS, chunked against one inference per tick")
-    bk.add_argument("--chunks", default="50,1", help="action.chunk of each run, comma-separated (1: one inference "
+    bk.add_argument("--chunks", default="32,1", help="action.chunk of each run, comma-separated (1: one inference "
                     "per tick, the comparison)")
     bk.add_argument("--rate-hz", type=float, default=50.0, help="control.rate_hz (and the sim's rate)")
-    bk.add_argument("--step-delay-s", type=float, default=0.3,
-                    help="model.step_delay_s: added to every policy step (a step of at least this long)")
-    bk.add_argument("--refill-below", type=float, default=0.5, help="action.refill_below")
+    bk.add_argument("--min-step-s", type=float, default=0.3,
+                    help="model.min_step_s: every policy step padded to at least this long")
+    bk.add_argument("--sim-rate-hz", type=float, default=None,
+                    help="the sim's camera and joint-state rate (default: --rate-hz)")
+    bk.add_argument("--refill-below", type=float, default=0.75, help="action.refill_below")
     bk.add_argument("--seconds", type=float, default=60.0, help="the measured window of each run")
     bk.add_argument("--warmup-s", type=float, default=5.0, help="after the first step, before measuring")
     bk.add_argument("--out", default="out/bench_chunks")

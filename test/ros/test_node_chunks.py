@@ -1,7 +1,7 @@
 """Chunk execution in a running node (action.chunk > 1): real node processes, real DDS on localhost.
 
-The inference is slowed with ``model.step_delay_s`` (the worker sleeps after each step, as a larger
-model would take that long), so that a chunk's inference spans several control ticks. Assertions
+The inference is slowed with ``model.min_step_s`` (the worker pads each step to at least that long,
+as a larger model would take it), so that a chunk's inference spans several control ticks. Assertions
 are on counts and order, not on timings.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 
 HELD = (0.0, 0.1, 0.2, 0.0)  # the joint state the operator publishes: what a hold commands
 
-CHUNKED = {"control.rate_hz": 20.0, "action.chunk": 32, "action.refill_below": 0.5, "model.step_delay_s": 0.25}
+CHUNKED = {"control.rate_hz": 20.0, "action.chunk": 32, "action.refill_below": 0.75, "model.min_step_s": 0.25}
 
 
 def test_commands_leave_from_the_queue_while_the_slow_inference_runs(started, operator):
@@ -23,7 +23,7 @@ def test_commands_leave_from_the_queue_while_the_slow_inference_runs(started, op
     cmds, steps = op.cmds[c0:], op.gates[g0:]
     # One command a tick from the queue, one point each (not one multi-point trajectory a step).
     assert all(len(c.points) == 1 for c in cmds)
-    # A step takes more than 0.25 s, 5 ticks at 20 Hz: a loop that sent one command per step
+    # A step takes at least 0.25 s, 5 ticks at 20 Hz: a loop that sent one command per step
     # would send about one command per step; the queue sends one every tick meanwhile.
     assert len(cmds) >= 3 * len(steps), (len(cmds), len(steps))
     # The next chunk was asked for while the queue still held actions: chunks arrived with actions
@@ -34,7 +34,7 @@ def test_commands_leave_from_the_queue_while_the_slow_inference_runs(started, op
     # The rows of a chunk whose ticks passed while it was inferred were dropped, not sent late.
     assert op.counter("chunk_actions_late") >= 5 * op.counter("chunks") // 2
     # Commands came out while steps were running: between the stamps of two consecutive steps'
-    # stats, commands were published in the last 0.2 s before the later one (its sleep alone is 0.25 s).
+    # stats, commands were published in the last 0.2 s before the later one (a step takes >= 0.25 s).
     stamps = np.array([c.header.stamp.sec + c.header.stamp.nanosec * 1e-9 for c in cmds])
     ends = [g.header.stamp.sec + g.header.stamp.nanosec * 1e-9 for g in steps[1:]]
     during = [int(np.sum((stamps > t - 0.2) & (stamps < t))) for t in ends]
@@ -57,7 +57,7 @@ def test_stale_input_mid_chunk_holds_and_drops_the_queue_then_resumes(started, o
     node = started(dict(CHUNKED, **{"timeouts.image_s": 0.5}))
     op = operator
     assert op.spin_until(lambda: len(op.gates) >= 3, 90, joints=HELD), node.output()
-    # The camera stops mid-chunk (a chunk of 32 refilled at 16 always has actions queued).
+    # The camera stops mid-chunk (a chunk of 32 refilled at 24 always has actions queued).
     steps_before = op.gates[-1].step
     c0 = len(op.cmds)
 
