@@ -228,6 +228,8 @@ class ControlLoop:
             self.health.count("held_ticks")
             self.out.warn("stale", f"holding: no fresh {' / '.join(stale)}")
             self.hold(snap)
+            if not self._busy:  # parameter changes and instructions still apply while holding, as in a step
+                self.submit(self.apply_pending)
             return
         action = self.queue.pop(tick)
         if action is None:
