@@ -134,6 +134,7 @@ class ControlLoop:
     # Chunk execution (action.chunk > 1): the queue and the control tick count it is keyed by.
     queue: ChunkQueue | None = None
     _tick_index: int = -1
+    _plan: int = 0  # bumped when the queue is dropped: a chunk requested before that is not queued
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -221,9 +222,7 @@ class ControlLoop:
                                     s.joint_state_timeout_s, snap.state is not None)
         self.health.stale = stale
         if stale:
-            cleared = self.queue.clear()
-            if cleared:
-                self.health.count("chunk_actions_cleared", cleared)
+            self.drop_queue()
             self.queue.pop(tick)  # the tick passes with nothing executed
             self.health.count("held_ticks")
             self.out.warn("stale", f"holding: no fresh {' / '.join(stale)}")
@@ -239,7 +238,18 @@ class ControlLoop:
             self.out.command(s.joint_names, action[None])
         if not self._busy and len(self.queue) <= self.refill_ticks():
             self._busy = True
-            self._worker.submit(self._work_chunk, snap, tick, self.queue.take_executed(), time.monotonic())
+            self._worker.submit(self._work_chunk, snap, tick, self.queue.take_executed(), time.monotonic(),
+                                self._plan)
+
+    def drop_queue(self) -> None:
+        """Chunk execution: forget the queued actions (counted as chunk_actions_cleared), and the
+        chunk being inferred (counted as chunks_discarded when it comes back): both were planned
+        before whatever made the queue go (stale inputs, a failed step, a pause)."""
+        if self.queue is not None:
+            self._plan += 1
+            cleared = self.queue.clear()
+            if cleared:
+                self.health.count("chunk_actions_cleared", cleared)
 
     def run(self, fn: Callable[[], object], timeout: float = 30.0):
         """Run ``fn`` on the worker between steps and wait for its result."""
@@ -312,7 +322,7 @@ class ControlLoop:
         finally:
             self._busy = False
 
-    def _work_chunk(self, snap: Inputs, obs_tick: int, executed: np.ndarray, tick_time: float) -> None:
+    def _work_chunk(self, snap: Inputs, obs_tick: int, executed: np.ndarray, tick_time: float, plan: int) -> None:
         """Worker: infer the chunk for the observation of tick ``obs_tick`` and merge it into the
         queue; the gate scores the previous chunk's step by ``executed`` (what it sent)."""
         try:
@@ -326,20 +336,21 @@ class ControlLoop:
                     return
                 self.health.model_error(f"{type(exc).__name__}: {exc}")
                 self.out.step_error(f"policy step failed: {type(exc).__name__}: {exc}")
-                cleared = self.queue.clear()
-                if cleared:
-                    self.health.count("chunk_actions_cleared", cleared)
+                self.drop_queue()
                 self.hold(snap)
                 return
             self.health.model_ok()
             if self.going_down:
                 return
-            pushed = self.queue.push(action.positions, obs_tick)
             self.health.count("chunks")
-            if pushed.dropped:
-                self.health.count("chunk_actions_late", pushed.dropped)
-            if pushed.blended:
-                self.health.count("chunk_actions_blended", pushed.blended)
+            if plan != self._plan:  # the queue was dropped while this chunk was inferred
+                self.health.count("chunks_discarded")
+            else:
+                pushed = self.queue.push(action.positions, obs_tick)
+                if pushed.dropped:
+                    self.health.count("chunk_actions_late", pushed.dropped)
+                if pushed.blended:
+                    self.health.count("chunk_actions_blended", pushed.blended)
             self.out.stats(action)
             s = self.settings
             # The deadline of an inference is the time the queue lasts once it is requested.
