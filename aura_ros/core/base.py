@@ -12,6 +12,7 @@ import psutil
 from aura_ros.core.types import Action, Observation, frames
 from aura_ros.memory.budget import budget_error
 from aura_ros.memory.gate import GateConfig, GateDecision
+from aura_ros.memory.segments import ACTION_EVENT, TASK_START
 from aura_ros.memory.stats import MemoryStats
 
 
@@ -22,9 +23,10 @@ class PolicyBase:
     t0)`` (ending in ``_finish_step``) and ``_stats(step, decision, latency_ms)``."""
 
     _task_event = False  # begin_task() was called: the next step is a gate event
+    _task_start = False  # the step being taken is the first of a task (begin_task() before it)
     # Chunk execution (Observation.executed given): the newest step waits for its executed actions
-    # (step, observation embedding, event, its chunk's first action), and the decision the gate
-    # made on the step before, reported with this step.
+    # (step, observation embedding, event, its chunk's first action, whether it began a task), and
+    # the decision the gate made on the step before, reported with this step.
     _pending_gate: tuple | None = None
     _scored: GateDecision | None = None
     _defer_gate = False
@@ -83,7 +85,8 @@ class PolicyBase:
         elif obs.instruction is not None and obs.instruction != self.instruction:
             self.set_instruction(obs.instruction)
         event = obs.event or self._task_event
-        self._task_event = False
+        # The episode's first step is its first task's start as much as a boundary's next step is.
+        self._task_start, self._task_event = self._task_event or self.step_index == 0, False
         state = np.asarray(obs.joint_state, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(state)):
             raise ValueError("joint state contains NaN or infinite values")
@@ -109,18 +112,19 @@ class PolicyBase:
         bins = bins.reshape(self.space.chunk, self.space.dim)
         positions = np.stack([self.space.from_bins(b) for b in bins])
         if self._defer_gate:
-            self._pending_gate = (step, self.last_observation_embedding, event, positions[0])
+            self._pending_gate = (step, self.last_observation_embedding, event, positions[0], self._task_start)
             decision = self._scored or GateDecision(value=0.0, written=False, action_delta=0.0, discrete=False,
                                                     surprise=0.0)
         else:
             decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
-            self._record_gate(step, decision)
+            self._record_gate(step, decision, self._task_start)
         self.step_index += 1
         stats = self._stats(step, decision, (time.perf_counter() - t0) * 1000.0)
         return Action(step, self.space.joint_names, positions, bins, decision, stats, first_logits)
 
-    def _record_gate(self, step: int, decision: GateDecision) -> None:
-        self.kv_store.set_gate(step, decision.value, decision.written)
+    def _record_gate(self, step: int, decision: GateDecision, task_start: bool) -> None:
+        kind = TASK_START if task_start else ACTION_EVENT if decision.acted else ""
+        self.kv_store.set_gate(step, decision.value, decision.written, kind)
         self.writes_total += int(decision.written)
         self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
 
@@ -134,15 +138,16 @@ class PolicyBase:
         pending, self._pending_gate, self._scored = self._pending_gate, None, None
         if pending is None:
             return
-        step, embedding, event, first = pending
+        step, embedding, event, first, task_start = pending
         if step not in {s for s, *_ in self.kv_store.table.step_summary()}:
             return
         actions = executed if len(executed) else first[None]
         decisions = [self.gate.update(a, event=event and i == 0, observation=embedding if i == 0 else None)
                      for i, a in enumerate(actions)]
         best = max(decisions, key=lambda d: d.value)
-        self._scored = replace(best, written=any(d.written for d in decisions))
-        self._record_gate(step, self._scored)
+        self._scored = replace(best, written=any(d.written for d in decisions),
+                               acted=any(d.acted for d in decisions))
+        self._record_gate(step, self._scored, task_start)
 
     def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
                     clear_memory_on_instruction: bool | None = None) -> None:

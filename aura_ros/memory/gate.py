@@ -85,6 +85,10 @@ class GateDecision:
     novelty: float = 0.0  # the observation embedding's distance from its running mean, in units
     delta: float = 0.0  # the action's largest departure from its baseline, in units
     returned: bool = False  # a return to the pre-event baseline: part of the last event, not a new one
+    # Written for what the robot did (a departure of a unit or more, a flip), not for a task start,
+    # a marked event, a sight or a slow drift alone. An event of this kind in a later task
+    # supersedes the earlier task's (planner: they leave first under pressure).
+    acted: bool = False
 
 
 @dataclass
@@ -261,10 +265,14 @@ class ActionGate:
                     + cfg.w_novelty * novelty)
         value = strength / (1.0 + strength)
         written = value >= cfg.threshold
+        # The robot itself did something: its action left the baseline by a unit or flipped a
+        # discrete joint. A cue the robot reacted to is that, however novel its frame also was.
+        moved = delta >= 1.0 or bool(np.any(flipped & self.discrete))
+        acted = bool(written and not event and moved)
         if written:
             # Only a departure (one unit away, a flip, a novel sight) can be returned from; a
             # write by drift alone leaves nothing to come back to.
-            self._write(norm, obs, departed=delta >= 1.0 or novelty >= 1.0 or bool(np.any(flipped & self.discrete)))
+            self._write(norm, obs, departed=moved or novelty >= 1.0)
         else:
             self._since_write += 1
             if not returned:
@@ -289,7 +297,8 @@ class ActionGate:
                 self._obs.add(obs, cfg.novelty_window)
         self._prev = a
         return GateDecision(value=float(value), written=bool(written), action_delta=action_delta,
-                            discrete=discrete, surprise=surprise, novelty=novelty, delta=delta, returned=returned)
+                            discrete=discrete, surprise=surprise, novelty=novelty, delta=delta, returned=returned,
+                            acted=acted)
 
     def _write(self, norm: np.ndarray, obs: np.ndarray | None, departed: bool) -> None:
         # A write absorbs the change: the new action becomes the baseline, so one event is

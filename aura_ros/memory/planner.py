@@ -74,6 +74,7 @@ def group_view(table: SegmentTable, current_step: int,
         groups.setdefault(key, []).append(i)
     members = list(groups.values())
     segs = table.segments
+    latest = table.latest_event_tasks()
     rows = []
     for idx in members:
         first = segs[idx[0]]
@@ -82,14 +83,15 @@ def group_view(table: SegmentTable, current_step: int,
                if attention is not None else 0.0)
         rows.append((first.step, max(current_step - first.step, 0) if first.is_step else 0,
                      tokens, first.gate, first.written, att, first.kind is Kind.PINNED, first.kind is Kind.SINK,
-                     max(table.current_task - first.task, 0) if first.is_step else 0))
-    cols = list(zip(*rows)) if rows else [()] * 9
+                     max(table.current_task - first.task, 0) if first.is_step else 0,
+                     first.is_step and first.written and first.task < latest.get(first.event, -1)))
+    cols = list(zip(*rows)) if rows else [()] * 10
     view = GroupView(
         step=np.asarray(cols[0], dtype=np.int64), age=np.asarray(cols[1], dtype=np.int64),
         tokens=np.asarray(cols[2], dtype=np.int64), gate=np.asarray(cols[3], dtype=np.float64),
         written=np.asarray(cols[4], dtype=bool), attention=np.asarray(cols[5], dtype=np.float64),
         pinned=np.asarray(cols[6], dtype=bool), sink=np.asarray(cols[7], dtype=bool),
-        task_age=np.asarray(cols[8], dtype=np.int64))
+        task_age=np.asarray(cols[8], dtype=np.int64), superseded=np.asarray(cols[9], dtype=bool))
     return members, view
 
 
@@ -129,13 +131,17 @@ def plan_eviction(table: SegmentTable, policy: EvictionPolicy, *, capacity: int,
     outside = [g for g in ranked if not window[g]]
     oldest_first = [int(g) for g in np.argsort(view.step, kind="stable")]
     if policy.keep_written:
-        # Stale first: the steps of tasks more than ``task_horizon`` tasks back (older tasks
-        # first), before even the current task's transient steps, so facts of finished tasks
-        # never crowd out the new ones. A written step past the window's share is long-term
-        # memory already: it waits with the other written steps, in the policy's order.
+        # Stale first: the steps of tasks more than ``task_horizon`` tasks back, and (with
+        # ``supersede``) a finished task's events once a later task has had its own of the same
+        # kind (older tasks first), before even the current task's transient steps, so facts of
+        # finished tasks never crowd out the new ones, nor sit beside them for the policy to
+        # read instead. A written step past the window's share is long-term memory already: it
+        # waits with the other written steps, in the policy's order.
         horizon = policy.task_horizon
-        stale = (np.zeros(len(view), dtype=bool) if horizon is None
-                 else (view.task_age > horizon) & ~view.pinned & ~view.sink & ~window)
+        old = (np.zeros(len(view), dtype=bool) if horizon is None else view.task_age > horizon)
+        if policy.supersede:
+            old = old | view.superseded
+        stale = old & ~view.pinned & ~view.sink & ~window
         by_task = [int(g) for g in np.lexsort((view.step, -view.task_age)) if stale[g]]
         passes = (by_task,
                   [g for g in outside if not view.written[g] and not stale[g]],

@@ -142,6 +142,10 @@ class EvictionPolicy:
         block.
     task_horizon: with keep_written, the steps of tasks more than this many task boundaries back
         are stale: they leave before anything else when room is needed (None: no such rule).
+    supersede: with keep_written, a finished task's events are stale too once a later task has
+        written one of its own of the same kind (segments.EVENT_KINDS: an action event, a task's
+        start): the newer fact replaces the older one. A later task that has reacted to nothing
+        yet (one that asks for the previous task's fact) leaves the action events where they are.
     """
 
     name: str
@@ -152,6 +156,7 @@ class EvictionPolicy:
     recent_share: float = 1.0
     keep_written: bool = False
     task_horizon: int | None = None
+    supersede: bool = False
 
     @property
     def uses_attention(self) -> bool:
@@ -182,6 +187,12 @@ class UtilityWeights:
     # facts beside the current one's (a task may ask for them).
     task: float = 2.0
     task_horizon: int = 1
+    # Two cues in memory, the current task's and the previous one's, are two answers for the
+    # policy to choose between: with a reset per task the shipped default read the right one 40
+    # times in 40, without one 33 in 40, every miss with both kept (docs/benchmarks.md section 8).
+    # A later task's own event of the same kind (an action event, its start) supersedes the
+    # finished task's, which then leaves first.
+    supersede: bool = True
 
 
 def action_gated(weights: UtilityWeights | None = None) -> EvictionPolicy:
@@ -193,7 +204,8 @@ def action_gated(weights: UtilityWeights | None = None) -> EvictionPolicy:
                        (w.attention, AccumulatedAttention()), (w.recency, Recency(w.recency_tau)),
                        (w.task, TaskAge())))
     return EvictionPolicy("action_gate", scorer, protect_pinned=True, protect_recent=True,
-                          recent_share=w.recent_share, keep_written=True, task_horizon=w.task_horizon)
+                          recent_share=w.recent_share, keep_written=True, task_horizon=w.task_horizon,
+                          supersede=w.supersede)
 
 
 def sliding_window() -> EvictionPolicy:

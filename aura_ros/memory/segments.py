@@ -12,6 +12,14 @@ from enum import Enum
 
 import numpy as np
 
+# Events the memory tells apart, because a newer one of the same kind replaces an older one: an
+# action event (the robot reacted: its action left the baseline, or a gripper flipped) and a task's
+# start (written as a gate event; it shows where the last task left the arm). A sight the robot
+# did not react to cannot be told from another (a distractor) and is never superseded.
+ACTION_EVENT = "action"
+TASK_START = "task"
+EVENT_KINDS = ("", ACTION_EVENT, TASK_START)
+
 
 class Kind(str, Enum):
     PINNED = "pinned"  # system prompt + instruction: never evicted by the action-gated policy
@@ -32,6 +40,9 @@ class Segment:
     gate: float = 1.0  # gate value of the step (1 for pinned)
     written: bool = False  # written to long-term memory
     task: int = 0  # the task the step belongs to (SegmentTable.current_task when it was committed)
+    # What kind of event the written step was (EVENT_KINDS): a later task's own event of the same
+    # kind supersedes it (planner). "" for a sight, a marked event, a drift, or a step not written.
+    event: str = ""
 
     @property
     def end(self) -> int:
@@ -55,10 +66,14 @@ class GroupView:
     pinned: np.ndarray  # bool
     sink: np.ndarray  # bool
     task_age: np.ndarray | None = None  # int64, tasks begun since the group's (0: the current task)
+    # bool, an action event of a finished task after which a later task has had its own
+    superseded: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.task_age is None:
             self.task_age = np.zeros(len(self.step), dtype=np.int64)
+        if self.superseded is None:
+            self.superseded = np.zeros(len(self.step), dtype=bool)
 
     def __len__(self) -> int:
         return int(self.step.shape[0])
@@ -125,11 +140,21 @@ class SegmentTable:
                 entry[2] += s.length
         return [(k, v[0], v[1], v[2]) for k, v in sorted(out.items())]
 
-    def set_gate(self, step: int, gate: float, written: bool) -> None:
+    def latest_event_tasks(self) -> dict[str, int]:
+        """For each event kind among the kept written steps, the newest task that has one."""
+        out: dict[str, int] = {}
+        for s in self.segments:
+            if s.is_step and s.written and s.event:
+                out[s.event] = max(out.get(s.event, -1), s.task)
+        return out
+
+    def set_gate(self, step: int, gate: float, written: bool, event: str = "") -> None:
         # Called every step for the newest step: walk back from the end, stop at older steps.
+        if event not in EVENT_KINDS:
+            raise ValueError(f"event kind is one of {EVENT_KINDS}, got {event!r}")
         for s in reversed(self.segments):
             if s.is_step and s.step == step:
-                s.gate, s.written = gate, written
+                s.gate, s.written, s.event = gate, written, event if written else ""
             elif s.is_step and s.step < step:
                 break
 
@@ -138,6 +163,6 @@ class SegmentTable:
         s = self.segments[index]
         if not 0 < at < s.length:
             return
-        head = Segment(first_kind, s.step, s.start, at, s.pos_start, at, s.gate, s.written, s.task)
+        head = Segment(first_kind, s.step, s.start, at, s.pos_start, at, s.gate, s.written, s.task, s.event)
         s.start, s.length, s.pos_start, s.pos_span = s.start + at, s.length - at, s.pos_start + at, s.pos_span - at
         self.segments.insert(index, head)

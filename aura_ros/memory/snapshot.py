@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aura_ros.memory.segments import Kind, Segment
+from aura_ros.memory.segments import EVENT_KINDS, Kind, Segment
 from aura_ros.memory.store import MemoryStore
 
 __all__ = ["SnapshotError", "SnapshotMissing", "Snapshot", "PolicyState", "save", "read", "exists", "files",
@@ -82,9 +82,10 @@ _META_KEYS = {"format", "fingerprint", "tensors", "layout", "policy", "budget_by
               "min_step_tokens", "current_step", "evictions_total", "evicted_written_total", "segments", "extra"}
 _SEGMENT_KEYS = {"kind", "step", "start", "length", "pos_start", "pos_span", "gate", "written"}
 # Optional: the task boundaries of the endless run (the stale rule needs to know which kept steps
-# belong to finished tasks). A snapshot written before tasks were recorded loads as one task.
+# belong to finished tasks). A snapshot written before tasks were recorded loads as one task; one
+# written before event kinds were recorded loads with none (nothing superseded).
 _META_OPTIONAL = {"current_task"}
-_SEGMENT_OPTIONAL = {"task"}
+_SEGMENT_OPTIONAL = {"task", "event"}
 _POLICY_EXTRA_KEYS = {"step_index", "writes_total", "write_rate", "instruction", "gate"}
 
 
@@ -287,7 +288,8 @@ def save(store: MemoryStore, base: str | os.PathLike, fingerprint: str, layout: 
         "evicted_written_total": store.evicted_written_total,
         "segments": [{"kind": s.kind.value, "step": s.step, "start": s.start, "length": s.length,
                       "pos_start": s.pos_start, "pos_span": s.pos_span, "gate": float(s.gate),
-                      "written": bool(s.written), "task": s.task} for s in store.table.segments],
+                      "written": bool(s.written), "task": s.task, "event": s.event}
+                     for s in store.table.segments],
         "extra": extra or {},
     }
     try:
@@ -437,7 +439,11 @@ def _segments(raw, store: MemoryStore, current_step: int, where: str, current_ta
             if task < last_task:
                 raise _fail(where, f"{name} (task {task}) comes after task {last_task}: tasks out of order")
             last_task = task
-        out.append(Segment(kind, step, start, length, pos_start, pos_span, gate, s["written"], task))
+        event = s.get("event", "")
+        if event not in EVENT_KINDS or not isinstance(event, str):
+            raise _fail(where, f"{name}.event must be one of {EVENT_KINDS}, got {event!r:.40}")
+        out.append(Segment(kind, step, start, length, pos_start, pos_span, gate, s["written"], task,
+                           event if s["written"] else ""))
     return out
 
 

@@ -27,7 +27,7 @@ The episode API on top (what a policy runtime calls each step):
     start = store.reserve(n)    # make room for n new tokens (evicts by the policy if needed)
     ... the backend writes n tokens at positions start.. ...
     store.commit(kind, step)    # the tokens written since the last commit form a segment
-    store.set_gate(step, gate, written)
+    store.set_gate(step, gate, written, event)
 """
 from __future__ import annotations
 
@@ -175,8 +175,10 @@ class MemoryStore:
             self.table.split(len(self.table) - 1, sinks - seg.start, Kind.SINK)
         return seg
 
-    def set_gate(self, step: int, gate: float, written: bool) -> None:
-        self.table.set_gate(step, gate, written)
+    def set_gate(self, step: int, gate: float, written: bool, event: str = "") -> None:
+        """The gate's decision on ``step``: its value, whether it is long-term memory, and the kind
+        of event it was (segments.EVENT_KINDS)."""
+        self.table.set_gate(step, gate, written, event)
 
     def rollback(self) -> int:
         """Forget the tokens written since the last commit (a failed step, a scored question);

@@ -164,6 +164,10 @@ POLICY_PARAMS = ParamTable((
          "action_gate: long-term steps of tasks more than this many task boundaries back (each /instruction "
          "message begins a task) are stale and leave first under pressure; 1 keeps the previous task's facts",
          range=(0, 1_000_000)),
+    Spec("memory.supersede", "supersede", True,
+         "action_gate: once a task has written an action event of its own, the earlier tasks' action events "
+         "are stale too (a newer fact of the same kind replaces the older); false keeps them by task_horizon "
+         "alone"),
     Spec("memory.eviction", "eviction", "action_gate",
          "Eviction policy: action_gate (ours) or the baselines", choices=EVICTION_POLICIES),
     Spec("memory.clear_on_instruction", "clear_on_instruction", False,

@@ -257,7 +257,8 @@ class PolicyNode(LifecycleNode):
             budget_bytes=int(s.budget_mb * MIB), recent_steps=s.recent_steps, eviction=s.eviction,
             block_fraction=s.block_fraction, gate=gate_config(s), clear_memory_on_instruction=s.clear_on_instruction,
             max_context_steps=s.max_context_steps,
-            utility=UtilityWeights(recent_share=s.recent_share, task_horizon=s.task_horizon))
+            utility=UtilityWeights(recent_share=s.recent_share, task_horizon=s.task_horizon,
+                                   supersede=s.supersede))
         instruction = s.instruction[: s.instruction_max_chars]
         # Every backend's loading parameters; the chosen backend takes the ones it knows
         # (its package's OPTIONS), so the node names no backend.

@@ -100,7 +100,8 @@ def _stream_cache(model, g):
             cache.table.begin_task()
         for _ in range(4):
             feed(model, cache, torch.randint(0, 100, (1, 7), generator=g), Kind.OBSERVATION, step)
-            cache.set_gate(step, 0.9 if step % 4 == 0 else 0.1, step % 4 == 0)
+            cache.set_gate(step, 0.9 if step % 4 == 0 else 0.1, step % 4 == 0,
+                           event="action" if step % 8 == 0 else "task" if step % 4 == 0 and task else "")
             step += 1
     return cache, step
 
@@ -118,6 +119,9 @@ def test_task_boundaries_survive_a_restart(tmp_path):
     load(restored, tmp_path / "mem", fp)
     assert restored.table.current_task == 2
     assert [s.task for s in restored.table.segments] == [s.task for s in cache.table.segments]
+    # And which long-term steps were action events (what a later task's own event supersedes).
+    assert [s.event for s in restored.table.segments] == [s.event for s in cache.table.segments]
+    assert {s.event for s in restored.table.segments} == {"", "action", "task"}
     # Under pressure both evict the same steps: the oldest task's long-term step goes first.
     for c in (cache, restored):
         c.set_budget(KVLayout.from_config(model.config).bytes_for(60))
@@ -136,11 +140,12 @@ def test_snapshots_without_task_tags_load_as_one_task(tmp_path):
     meta = json.loads(meta_file.read_text())
     del meta["current_task"]
     for seg in meta["segments"]:
-        del seg["task"]
+        del seg["task"], seg["event"]
     meta_file.write_text(json.dumps(meta))
     restored = fresh(model, tokens=120)
     load(restored, tmp_path / "mem", fp)
     assert restored.table.current_task == 0 and {s.task for s in restored.table.segments} == {0}
+    assert not any(s.event for s in restored.table.segments)  # nothing superseded
 
 
 @pytest.mark.parametrize("edit, message", [

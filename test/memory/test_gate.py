@@ -130,6 +130,25 @@ def test_novelty_writes_a_novel_observation_only_when_weighted():
         on.update(actions[0], observation=np.zeros(dim + 1))
 
 
+def test_only_what_the_robot_did_is_an_action_event():
+    """``acted`` marks the writes a later task's own action event supersedes (planner): a
+    departure and a gripper flip are; the first step, a marked event (a task start) and a sight
+    are not, and nothing unwritten is. A sight the robot reacted to is an action event."""
+    rng = np.random.default_rng(7)
+    dim = 16
+    center = rng.normal(size=dim)
+    obs = [center + 0.05 * rng.normal(size=dim) for _ in range(80)]
+    obs[30] = center + 2.0 * rng.normal(size=dim)
+    actions = [np.array([0.5, 0.0, 0.0])] * 80
+    actions[50] = np.array([0.5, 0.8, 0.0])  # a momentary turn, at a novel sight: the robot reacted
+    obs[50] = center + 2.0 * rng.normal(size=dim)
+    actions[70:] = [np.array([0.5, 0.0, 1.0])] * 10  # the gripper closes
+    g = gate(w_novelty=1.0)
+    d = [g.update(a, observation=o, event=t == 60) for t, (a, o) in enumerate(zip(actions, obs))]
+    assert [t for t, x in enumerate(d) if x.written] == [0, 30, 50, 60, 70]
+    assert [t for t, x in enumerate(d) if x.acted] == [50, 70]
+
+
 def test_state_round_trip_gives_identical_decisions():
     rng = np.random.default_rng(7)
     stream = jittery(30, rng) + [np.array([0.5, 0.8, 0.0])] + jittery(30, rng)

@@ -4,6 +4,7 @@ the horizon leave first, and what the policy reads is bounded by its trained con
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from aura_ros.memory import Kind, Segment, SegmentTable, action_gated
 from aura_ros.memory.budget import view_capacity
@@ -11,22 +12,24 @@ from aura_ros.memory.planner import group_view, plan_eviction
 from aura_ros.memory.scorers import UtilityWeights
 
 
-def add_step(t: SegmentTable, step: int, tokens: int = 10, written: bool = False, gate: float | None = None) -> None:
+def add_step(t: SegmentTable, step: int, tokens: int = 10, written: bool = False, gate: float | None = None,
+             event: str = "") -> None:
     g = (0.9 if written else 0.1) if gate is None else gate
     start = t.used_tokens
     t.append(Segment(Kind.OBSERVATION, step, start, tokens - 2, start, tokens - 2, g, written))
     t.append(Segment(Kind.ACTION, step, start + tokens - 2, 2, start + tokens - 2, 2, g, written))
+    t.set_gate(step, g, written, event)
 
 
-def stream_table(tasks: list[list[tuple[int, bool]]], pinned: int = 5) -> SegmentTable:
-    """Tasks of (step, written) back to back, a boundary before each task after the first."""
+def stream_table(tasks: list[list[tuple]], pinned: int = 5) -> SegmentTable:
+    """Tasks of (step, written[, event kind]) back to back, a boundary before each task after the first."""
     t = SegmentTable()
     t.append(Segment(Kind.PINNED, -1, 0, pinned, 0, pinned))
     for i, steps in enumerate(tasks):
         if i:
             t.begin_task()
-        for s, w in steps:
-            add_step(t, s, written=w)
+        for s, w, *a in steps:
+            add_step(t, s, written=w, event=a[0] if a else "")
     return t
 
 
@@ -98,3 +101,68 @@ def test_the_view_is_bounded_by_the_trained_context_not_only_by_the_budget():
                                         recent_steps=8)))
     assert plans[0] == plans[1] and len(plans[0]) < 20
     assert np.all(np.diff(sorted(plans[0])) > 0)
+
+
+# The endless run's cue tasks: a task start (written), the cue (an action event), transient steps,
+# the recall (an action event); then the next task.
+A, T, S, Q = (True, "action"), (True, "task"), (True, ""), (False, "")  # S: a sight; Q: transient
+
+
+def steps(start: int, kinds) -> list[tuple]:
+    return [(start + i, *k) for i, k in enumerate(kinds)]
+
+
+def test_a_later_tasks_own_event_supersedes_the_finished_tasks_event_of_the_same_kind():
+    # Task 0: start, cue, transient, recall. Task 1: start, transient, its own cue, transient x3.
+    t = stream_table([steps(0, [T, A, Q, A]), steps(4, [T, Q, A, Q, Q, Q])])
+    _, view = group_view(t, current_step=9)
+    # Groups: the pinned instruction, then steps 0..9.
+    assert view.superseded.tolist() == [False, True, True, False, True] + [False] * 6
+    # Under pressure the finished task's events go first, before the current task's transient
+    # steps, the action events as well as its start (which shows where the task before it left
+    # the arm).
+    plan = plan_eviction(t, action_gated(), capacity=85, incoming=10, current_step=9, recent_steps=2)
+    assert kept(plan) == {2, 4, 5, 6, 7, 8, 9} and plan.dropped_written_steps == 3
+    plan = plan_eviction(t, action_gated(), capacity=75, incoming=10, current_step=9, recent_steps=2)
+    assert kept(plan) == {4, 5, 6, 7, 8, 9} and plan.dropped_written_steps == 3
+    # Without the rule the transient steps go first, and the finished task's cue stays beside
+    # the new one (two answers for the policy to choose between).
+    old = action_gated(UtilityWeights(supersede=False))
+    plan = plan_eviction(t, old, capacity=85, incoming=10, current_step=9, recent_steps=2)
+    assert {1, 3, 6} <= kept(plan) and 5 not in kept(plan)
+
+
+def test_a_task_that_has_reacted_to_nothing_yet_keeps_the_previous_tasks_action_events():
+    # Task 1 asks for task 0's fact: until it reacts to something, task 0's cue and recall are
+    # memory, not stale; only task 0's start is replaced by task 1's.
+    t = stream_table([steps(0, [T, A, Q, A]), steps(4, [T, Q, Q, Q, Q])])
+    _, view = group_view(t, current_step=8)
+    assert view.superseded.tolist() == [False, True] + [False] * 8
+    plan = plan_eviction(t, action_gated(), capacity=75, incoming=10, current_step=8, recent_steps=2)
+    assert {1, 3} <= kept(plan) and 0 not in kept(plan)
+    # A sight (written, no action event) in the new task supersedes no action event.
+    t = stream_table([steps(0, [T, A, Q, A]), steps(4, [T, Q, S, Q, Q])])
+    _, view = group_view(t, current_step=8)
+    assert view.superseded.tolist() == [False, True] + [False] * 8
+
+
+def test_sights_are_never_superseded_and_the_window_is_never_touched():
+    # Task 0's sight is kept by the horizon rule alone: a distractor is a sight too, and one
+    # cannot be told from the other.
+    t = stream_table([steps(0, [T, S, A]), steps(3, [T, A, S, Q])])
+    _, view = group_view(t, current_step=6)
+    assert view.superseded.tolist() == [False, True, False, True] + [False] * 4
+    # A superseded step inside the protected recent window stays while anything else can go:
+    # step 1 (task 0's event, superseded by step 2) is in the window, step 0 (transient) is not.
+    t = stream_table([steps(0, [Q, A]), steps(2, [A, Q])])
+    whole_window = action_gated(UtilityWeights(recent_share=1.0))
+    plan = plan_eviction(t, whole_window, capacity=45, incoming=10, current_step=3, recent_steps=3)
+    assert kept(plan) == {1, 2, 3}
+
+
+def test_event_kinds_are_checked():
+    t = stream_table([steps(0, [Q])])
+    with pytest.raises(ValueError):
+        t.set_gate(0, 0.9, True, "sight")
+    t.set_gate(0, 0.1, False, "action")  # not written: no event
+    assert t.segments[-1].event == ""

@@ -53,8 +53,8 @@ class UnboundedCache(DynamicCache):
         self.table.append(seg)
         return seg
 
-    def set_gate(self, step: int, gate: float, written: bool) -> None:
-        self.table.set_gate(step, gate, written)
+    def set_gate(self, step: int, gate: float, written: bool, event: str = "") -> None:
+        self.table.set_gate(step, gate, written, event)
 
     def rollback(self) -> int:
         # Sliced by hand: DynamicCache.crop's argument changed meaning between transformers 5.x releases.
