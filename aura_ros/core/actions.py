@@ -17,7 +17,7 @@ class ActionSpace:
     low: np.ndarray
     high: np.ndarray
     n_bins: int = 256
-    chunk: int = 1  # actions predicted per step (an action chunk); the first is executed
+    chunk: int = 1  # actions predicted per step (an action chunk): row i is for i control ticks later
 
     def __post_init__(self) -> None:
         low = np.asarray(self.low, dtype=np.float64)

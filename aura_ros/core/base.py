@@ -11,7 +11,7 @@ import psutil
 
 from aura_ros.core.types import Action, Observation, frames
 from aura_ros.memory.budget import budget_error
-from aura_ros.memory.gate import GateConfig
+from aura_ros.memory.gate import GateConfig, GateDecision
 from aura_ros.memory.segments import ACTION_EVENT, TASK_START
 from aura_ros.memory.stats import MemoryStats
 
@@ -24,6 +24,12 @@ class PolicyBase:
 
     _task_event = False  # begin_task() was called: the next step is a gate event
     _task_start = False  # the step being taken is the first of a task (begin_task() before it)
+    # Chunk execution (Observation.executed given): the newest step waits for its executed actions
+    # (step, observation embedding, event, its chunk's first action, whether it began a task), and
+    # the decision the gate made on the step before, reported with this step.
+    _pending_gate: tuple | None = None
+    _scored: GateDecision | None = None
+    _defer_gate = False
 
     @property
     def kv_store(self):
@@ -63,8 +69,17 @@ class PolicyBase:
         return policy
 
     def step(self, obs: Observation) -> Action:
-        """One control step: observe, decode an action chunk, gate the step."""
+        """One control step: observe, decode an action chunk, gate the step.
+
+        With ``obs.executed`` (chunk execution) the gate does not score this step now: a chunk's
+        step is scored at the next step, by the actions the robot was actually sent from it
+        (blended, late ones dropped), so a step whose chunk turned the arm is the one written,
+        with its observation. The returned Action then carries the decision on the step before.
+        """
         t0 = time.perf_counter()
+        self._defer_gate = obs.executed is not None
+        if self._defer_gate:
+            self._score_executed(np.asarray(obs.executed, dtype=np.float64).reshape(-1, self.space.dim))
         if obs.new_task:
             self.begin_task(obs.instruction)
         elif obs.instruction is not None and obs.instruction != self.instruction:
@@ -96,14 +111,43 @@ class PolicyBase:
         decision on the step (written to long-term memory or not), the counters, the stats."""
         bins = bins.reshape(self.space.chunk, self.space.dim)
         positions = np.stack([self.space.from_bins(b) for b in bins])
-        decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
-        kind = TASK_START if self._task_start else ACTION_EVENT if decision.acted else ""
-        self.kv_store.set_gate(step, decision.value, decision.written, kind)
-        self.writes_total += int(decision.written)
-        self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
+        if self._defer_gate:
+            self._pending_gate = (step, self.last_observation_embedding, event, positions[0], self._task_start)
+            decision = self._scored or GateDecision(value=0.0, written=False, action_delta=0.0, discrete=False,
+                                                    surprise=0.0)
+        else:
+            decision = self.gate.update(positions[0], event=event, observation=self.last_observation_embedding)
+            self._record_gate(step, decision, self._task_start)
         self.step_index += 1
         stats = self._stats(step, decision, (time.perf_counter() - t0) * 1000.0)
         return Action(step, self.space.joint_names, positions, bins, decision, stats, first_logits)
+
+    def _record_gate(self, step: int, decision: GateDecision, task_start: bool) -> None:
+        kind = TASK_START if task_start else ACTION_EVENT if decision.acted else ""
+        self.kv_store.set_gate(step, decision.value, decision.written, kind)
+        self.writes_total += int(decision.written)
+        self.write_rate += 0.05 * (float(decision.written) - self.write_rate)
+
+    def _score_executed(self, executed: np.ndarray) -> None:
+        """Score the step waiting for its executed actions: the gate reads each action sent (one
+        update per control tick, as when every tick is a step, so its windows keep their meaning
+        in ticks), with the step's observation and event on the first; the step's decision is the
+        strongest of them, written if any wrote. A step whose chunk sent nothing (inputs went stale,
+        a newer chunk came first) is scored by its chunk's first action. A step no longer in the
+        memory (a reset, a loaded snapshot) is not scored."""
+        pending, self._pending_gate, self._scored = self._pending_gate, None, None
+        if pending is None:
+            return
+        step, embedding, event, first, task_start = pending
+        if step not in {s for s, *_ in self.kv_store.table.step_summary()}:
+            return
+        actions = executed if len(executed) else first[None]
+        decisions = [self.gate.update(a, event=event and i == 0, observation=embedding if i == 0 else None)
+                     for i, a in enumerate(actions)]
+        best = max(decisions, key=lambda d: d.value)
+        self._scored = replace(best, written=any(d.written for d in decisions),
+                               acted=any(d.acted for d in decisions))
+        self._record_gate(step, self._scored, task_start)
 
     def set_options(self, *, recent_steps: int | None = None, gate: GateConfig | None = None,
                     clear_memory_on_instruction: bool | None = None) -> None:

@@ -21,6 +21,10 @@ class Observation:
     new_task: this step begins a new task (with ``instruction``, or the pinned one again): a task
         boundary the memory records, so that facts of finished tasks leave first (memory.planner)
         and the gate writes the step.
+    executed: chunk execution only: [n, dim] the actions the robot was sent since the previous
+        step's chunk arrived (n may be 0). Given, the gate scores the previous step by them (the
+        actions its chunk actually produced) instead of scoring each step by its own first action;
+        see PolicyBase.step.
     """
 
     image: np.ndarray | tuple[np.ndarray, ...] | None
@@ -28,6 +32,7 @@ class Observation:
     instruction: str | None = None
     event: bool = False
     new_task: bool = False
+    executed: np.ndarray | None = None
 
 
 def frames(image) -> tuple[np.ndarray, ...]:

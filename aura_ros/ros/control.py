@@ -6,10 +6,17 @@ that touches the policy (steps, parameter changes, snapshots, resets) runs on th
 between steps, so the KV cache is only ever touched from one thread. Heavy decoding (a large
 PNG or JPEG) happens on the worker too, with its time counted, not on the executor thread.
 
+With ``action.chunk`` > 1 the loop executes chunks instead (``ChunkQueue``, aura_ros.ros.chunks):
+every tick checks the inputs' age, sends the queued action meant for it (or holds, when inputs are
+stale, dropping the queue), and hands the worker the next observation once the queue has fallen
+to ``action.refill_below`` of a chunk; the worker's chunk is merged into the queue when it comes
+back. One policy step, so one memory step, per inference.
+
 No rclpy here: the node passes an ``Outputs`` (publishers and a logger) and its Health.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +29,7 @@ import numpy as np
 from aura_ros.core.types import Action, Observation
 from aura_ros.memory import MIB, BudgetError, GateConfig
 from aura_ros.ros import guards
+from aura_ros.ros.chunks import ChunkQueue
 from aura_ros.ros.diagnostics import Health
 
 # On out of memory the KV budget shrinks by this factor, then the step is retried once.
@@ -123,8 +131,15 @@ class ControlLoop:
     _decode_lock: threading.Lock = field(default_factory=threading.Lock)
     _decode_next: dict = field(default_factory=dict)  # camera -> the newest frame waiting for the decoder
     _decoding: bool = False
+    # Chunk execution (action.chunk > 1): the queue and the control tick count it is keyed by.
+    queue: ChunkQueue | None = None
+    _tick_index: int = -1
+    _plan: int = 0  # bumped when the queue is dropped: a chunk requested before that is not queued
 
     def __post_init__(self) -> None:
+        s = self.settings
+        if s.chunk > 1:
+            self.queue = ChunkQueue(len(s.joint_names), np.array([n in s.discrete_joints for n in s.joint_names]))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aura_inference")
         # Compressed frames are decoded on a thread of their own: a large PNG takes a second to
         # decode, which must block neither the executor (callbacks, services) nor a step.
@@ -171,7 +186,10 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ scheduling
     def tick(self) -> None:
-        """Timer callback: hand the newest inputs to the worker, or count a skipped tick."""
+        """Timer callback: hand the newest inputs to the worker, or count a skipped tick (with
+        chunks: send the queued action of this tick, see chunk_tick)."""
+        if self.queue is not None:
+            return self.chunk_tick()
         if self._busy:
             self.health.count("skipped_ticks")
             return
@@ -179,6 +197,59 @@ class ControlLoop:
             return
         self._busy = True
         self._worker.submit(self._work, self.store.snapshot(), time.monotonic())
+
+    def refill_ticks(self) -> int:
+        """Chunk execution: the queue length at or below which the next inference is requested."""
+        s = self.settings
+        return int(math.floor(s.refill_below * s.chunk))
+
+    def chunk_tick(self) -> None:
+        """One control tick of chunk execution (executor thread): the stale and hold rules as in
+        a step, then this tick's queued action, then the next inference if the queue is low.
+
+        Stale inputs drop what is queued (those actions were planned from inputs that stopped)
+        and hold, as a step would; when inputs resume, the queue is empty and the next chunk is
+        inferred at once. A tick whose queue is empty while a chunk is being inferred sends
+        nothing and is counted (``queue_empty_ticks``): the inference took longer than the queue
+        lasted."""
+        if self._worker is None or self.stopping:
+            return
+        self._tick_index += 1
+        tick = self._tick_index
+        s = self.settings
+        snap = self.store.snapshot()
+        stale = guards.stale_inputs(time.monotonic(), snap.image_time, snap.state_time, s.image_timeout_s,
+                                    s.joint_state_timeout_s, snap.state is not None)
+        self.health.stale = stale
+        if stale:
+            self.drop_queue()
+            self.queue.pop(tick)  # the tick passes with nothing executed
+            self.health.count("held_ticks")
+            self.out.warn("stale", f"holding: no fresh {' / '.join(stale)}")
+            self.hold(snap)
+            if not self._busy:  # parameter changes and instructions still apply while holding, as in a step
+                self.submit(self.apply_pending)
+            return
+        action = self.queue.pop(tick)
+        if action is None:
+            if self._busy:
+                self.health.count("queue_empty_ticks")
+        elif not s.dry_run and not self.going_down:
+            self.out.command(s.joint_names, action[None])
+        if not self._busy and len(self.queue) <= self.refill_ticks():
+            self._busy = True
+            self._worker.submit(self._work_chunk, snap, tick, self.queue.take_executed(), time.monotonic(),
+                                self._plan)
+
+    def drop_queue(self) -> None:
+        """Chunk execution: forget the queued actions (counted as chunk_actions_cleared), and the
+        chunk being inferred (counted as chunks_discarded when it comes back): both were planned
+        before whatever made the queue go (stale inputs, a failed step, a pause)."""
+        if self.queue is not None:
+            self._plan += 1
+            cleared = self.queue.clear()
+            if cleared:
+                self.health.count("chunk_actions_cleared", cleared)
 
     def run(self, fn: Callable[[], object], timeout: float = 30.0):
         """Run ``fn`` on the worker between steps and wait for its result."""
@@ -251,10 +322,60 @@ class ControlLoop:
         finally:
             self._busy = False
 
-    def _step_with_oom_retry(self, snap: Inputs) -> Action:
+    def _work_chunk(self, snap: Inputs, obs_tick: int, executed: np.ndarray, tick_time: float, plan: int) -> None:
+        """Worker: infer the chunk for the observation of tick ``obs_tick`` and merge it into the
+        queue; the gate scores the previous chunk's step by ``executed`` (what it sent)."""
+        try:
+            self.apply_pending()
+            if self.going_down:
+                return
+            try:
+                action = self._step_with_oom_retry(snap, executed)
+            except Exception as exc:  # hold, report ERROR; the next tick asks again (the queue is empty)
+                if self.going_down:
+                    return
+                self.health.model_error(f"{type(exc).__name__}: {exc}")
+                self.out.step_error(f"policy step failed: {type(exc).__name__}: {exc}")
+                self.drop_queue()
+                self.hold(snap)
+                return
+            self.health.model_ok()
+            if self.going_down:
+                return
+            self.health.count("chunks")
+            if plan != self._plan:  # the queue was dropped while this chunk was inferred
+                self.health.count("chunks_discarded")
+            else:
+                pushed = self.queue.push(action.positions, obs_tick)
+                if pushed.dropped:
+                    self.health.count("chunk_actions_late", pushed.dropped)
+                if pushed.blended:
+                    self.health.count("chunk_actions_blended", pushed.blended)
+            self.out.stats(action)
+            s = self.settings
+            # The deadline of an inference is the time the queue lasts once it is requested.
+            self.health.step_done(action.stats, period_s=max(1, self.refill_ticks()) / s.rate_hz,
+                                  since_tick_s=time.monotonic() - tick_time,
+                                  evicted_written_total=action.stats.evicted_written_total)
+        except Exception as exc:  # nothing may kill the worker thread silently
+            if not self.going_down:
+                self.health.model_error(f"{type(exc).__name__}: {exc}")
+                self.out.step_error(f"control step failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._busy = False
+
+    def _step_with_oom_retry(self, snap: Inputs, executed: np.ndarray | None = None) -> Action:
         """Out of memory (as the policy's backend tells it): shrink the KV budget by OOM_SHRINK
-        and retry the step once."""
-        obs = Observation(snap.image, snap.state)
+        and retry the step once. ``model.min_step_s`` (tests and benchmarks) pads the step to
+        at least that long, on this worker, as a slower model would take it."""
+        t0 = time.monotonic()
+        action = self._step_once(Observation(snap.image, snap.state, executed=executed))
+        rest = self.settings.min_step_s - (time.monotonic() - t0)
+        if rest > 0:
+            time.sleep(rest)
+        return action
+
+    def _step_once(self, obs: Observation) -> Action:
         try:
             return self.policy.step(obs)
         except Exception as exc:

@@ -142,6 +142,9 @@ POLICY_PARAMS = ParamTable((
     Spec("model.torch_threads", "torch_threads", 1,
          "torch CPU threads for inference; 1 keeps a 2-core machine responsive for DDS and the sim "
          "(0 = torch's default)", range=(0, 256)),
+    Spec("model.min_step_s", "min_step_s", 0.0,
+         "Tests and benchmarks only: the inference worker pads every policy step to at least this long, "
+         "standing in for a slower model (0 = off)", range=(0.0, 60.0)),
     Spec("model.trust_remote_code", "trust_remote_code", False,
          "Allow code from the model folder (off unless you trust it)"),
     Spec("memory.vram_budget_mb", "budget_mb", 0.5,
@@ -226,7 +229,12 @@ POLICY_PARAMS = ParamTable((
          "Joint-state values are clipped to the action limits (state joints outside the action: to +-this) and "
          "counted, so one absurd value cannot flood the cache with digits", range=(0.001, 1e6)),
     Spec("action.n_bins", "n_bins", 256, "Bins per action dimension (OpenVLA-style action tokens)", range=(2, 4096)),
-    Spec("action.chunk", "chunk", 1, "Actions predicted per step (the first is executed)", range=(1, 64)),
+    Spec("action.chunk", "chunk", 1, "Actions predicted per inference. 1: one inference per control tick, its "
+         "action sent at once; more: chunk execution, one queued action sent per tick while the next chunk is "
+         "inferred (README: chunk execution)", range=(1, 64)),
+    Spec("action.refill_below", "refill_below", 0.5, "Chunk execution: the next inference is requested when the "
+         "queue holds at most this fraction of a chunk; it must return within refill_below x action.chunk "
+         "ticks or the queue runs dry", live=True, range=(0.0, 0.95)),
     Spec("action.time_from_start_s", "time_from_start_s", 0.1, "JointTrajectory: time_from_start of the first "
          "point", live=True, range=(0.0, 60.0)),
     Spec("timeouts.image_s", "image_timeout_s", 1.0, "Hold and warn when the newest frame arrived longer ago",

@@ -178,12 +178,15 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.loop.drop_queue()  # a chunk that came back during the pause
         self._control_timer = self.create_timer(1.0 / self.settings.rate_hz, self.loop.tick)
         self._transition("active")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._destroy_control_timer()
+        if self.loop is not None:
+            self.loop.drop_queue()  # a plan from before the pause must not run after it
         self._transition("inactive")
         return super().on_deactivate(state)
 

@@ -152,6 +152,20 @@ def _bench_cameras(args) -> int:
     return 0
 
 
+def _bench_chunks(args) -> int:
+    from aura_ros.bench import chunks
+
+    sizes = [int(c) for c in args.chunks.split(",") if c.strip()]
+    if not sizes or min(sizes) < 1 or max(sizes) > 64:
+        print(f"aura-ros bench chunks: --chunks takes sizes from 1 to 64, got {args.chunks!r}")
+        return 2
+    reports = chunks.run(chunks=sizes, rate_hz=args.rate_hz, min_step_s=args.min_step_s,
+                         refill_below=args.refill_below, seconds=args.seconds, warmup_s=args.warmup_s,
+                         out=Path(args.out), sim_rate_hz=args.sim_rate_hz)
+    print(chunks.table(reports))
+    return 0 if all(r.exit_codes.get("policy_node") == 0 for r in reports) else 1
+
+
 def _bench_cross_host(args) -> int:
     from aura_ros.bench import cross_host
 
@@ -487,6 +501,21 @@ def main(argv: list[str] | None = None) -> int:
     bc.add_argument("--out", default="out/bench_cameras")
     bc.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     bc.set_defaults(func=_bench_cameras)
+
+    bk = bench.add_parser("chunks", help="chunk execution with a slow policy step: command rate and gaps at the "
+                          "robot over DDS, chunked against one inference per tick")
+    bk.add_argument("--chunks", default="32,1", help="action.chunk of each run, comma-separated (1: one inference "
+                    "per tick, the comparison)")
+    bk.add_argument("--rate-hz", type=float, default=50.0, help="control.rate_hz (and the sim's rate)")
+    bk.add_argument("--min-step-s", type=float, default=0.3,
+                    help="model.min_step_s: every policy step padded to at least this long")
+    bk.add_argument("--sim-rate-hz", type=float, default=None,
+                    help="the sim's camera and joint-state rate (default: --rate-hz)")
+    bk.add_argument("--refill-below", type=float, default=0.75, help="action.refill_below")
+    bk.add_argument("--seconds", type=float, default=60.0, help="the measured window of each run")
+    bk.add_argument("--warmup-s", type=float, default=5.0, help="after the first step, before measuring")
+    bk.add_argument("--out", default="out/bench_chunks")
+    bk.set_defaults(func=_bench_chunks)
 
     bx = bench.add_parser("cross-host", help="the policy on another host: the loop and its recovery after link "
                                              "cuts, over a veth pair between two network namespaces (root)")

@@ -47,5 +47,12 @@ def private_domain() -> Iterator[dict[str, str]]:
     applied to this process) for the duration: a demo or soak never talks to a live robot."""
     from aura_ros.ros.env import apply_local_ros_env, claim_free_domain
 
-    with claim_free_domain() as claim:
-        yield apply_local_ros_env(domain_id=claim.domain_id)
+    saved = dict(os.environ)
+    try:
+        with claim_free_domain() as claim:
+            yield apply_local_ros_env(domain_id=claim.domain_id)
+    finally:
+        # Only for the duration: a later rclpy.init in this process (a test's own node, a second
+        # run) must not land in the domain that was released.
+        os.environ.clear()
+        os.environ.update(saved)
